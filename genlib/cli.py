@@ -1,0 +1,31 @@
+"""The ``genlib`` console script: a thin front for the recipes (``genlib NAME --help``).
+
+``genlib sample ...`` is ``python -m recipes.sample_synthetic ...``; every other name maps to ``recipes.NAME``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+ALIASES = {"sample": "sample_synthetic", "xor": "delayed_xor", "svhn": "svhn_semisup", "vctk": "vctk_resynthesis"}
+RECIPES = ("quickstart", "delayed_xor", "svhn_semisup", "sample_synthetic", "vctk_resynthesis")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = ", ".join(RECIPES + tuple(ALIASES))
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: genlib COMMAND [--help] [options]\n\ncommands: {names}")
+        return 0
+    name = ALIASES.get(argv[0], argv[0])
+    if name not in RECIPES:
+        print(f"genlib: unknown command {argv[0]!r}; expected one of: {names}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"recipes.{name}")
+    result = module.main(argv[1:])
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,342 @@
+"""Image datasets as tensors: scikit-learn's digits, the shared MNIST subset, SVHN ``.mat`` files, PNG crops.
+
+Every loader returns ``(images, labels)``: ``images`` a float32 tensor ``(N, C, H, W)`` in [0, 1] and
+``labels`` an int64 tensor ``(N,)`` (``-1`` marks an unlabelled example). Nothing is downloaded unless a
+loader is called with ``download=True``.
+
+Semi-supervised protocols draw a balanced labelled subset with :func:`semi_supervised_split`;
+:func:`load_svhn_semi_supervised` applies the standard SVHN one (a few labels from ``train``, the rest of
+``train`` — and optionally ``extra`` — unlabelled, the official ``test`` split for evaluation).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DATA_ROOT_ENV",
+    "SVHN_FILES",
+    "default_data_root",
+    "load_digits_sklearn",
+    "load_mnist_npz",
+    "load_svhn",
+    "load_image_folder_crops",
+    "SplitIndices",
+    "semi_supervised_split",
+    "SemiSupervisedData",
+    "load_svhn_semi_supervised",
+]
+
+#: Environment variable that overrides where :func:`default_data_root` looks first.
+DATA_ROOT_ENV = "GENLIB_DATA_ROOT"
+
+#: SVHN cropped-digit files: split -> (official URL, file name, md5), as published by the dataset's authors.
+SVHN_FILES: dict[str, tuple[str, str, str]] = {
+    "train": (
+        "http://ufldl.stanford.edu/housenumbers/train_32x32.mat",
+        "train_32x32.mat",
+        "e26dedcc434d2e4c54c9b2d4a06d8373",
+    ),
+    "test": (
+        "http://ufldl.stanford.edu/housenumbers/test_32x32.mat",
+        "test_32x32.mat",
+        "eb5a983be6a315427106f1b164d9cef3",
+    ),
+    "extra": (
+        "http://ufldl.stanford.edu/housenumbers/extra_32x32.mat",
+        "extra_32x32.mat",
+        "a93ce644f1a588dc4d68dda5feec44a7",
+    ),
+}
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _uint8_to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 in [0, 1], dividing in place so large datasets need only the float copy."""
+    t = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    return t.to(torch.float32).div_(255.0)
+
+
+# ---------------------------------------------------------------------------------------------- data root
+
+
+def default_data_root() -> Path:
+    """The folder holding the project's real data (``digits/``, ``speech/``).
+
+    Looked up, first existing wins: ``$GENLIB_DATA_ROOT``; ``../shared/data`` relative to the current
+    directory; ``../shared/data`` relative to the project root (the folder holding ``genlib/``). Raises
+    ``FileNotFoundError`` listing every place tried.
+    """
+    candidates: list[Path] = []
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        candidates.append(Path(env).expanduser())
+    candidates += [Path.cwd() / ".." / "shared" / "data", _PROJECT_ROOT / ".." / "shared" / "data"]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"no data folder found (tried {tried}); set ${DATA_ROOT_ENV} or pass an explicit path"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- loaders
+
+
+def load_digits_sklearn(image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes; no download).
+
+    Pixel counts 0..16 are scaled to [0, 1]. With ``image_size`` (e.g. 28 or 32) the images are upsampled
+    bilinearly, which keeps values in [0, 1]. Returns ``(images (1797, 1, S, S), labels (1797,))``.
+    """
+    from sklearn.datasets import load_digits
+
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                   or image_size < 8):
+        raise ValueError(f"image_size must be None or an int >= 8, got {image_size!r}")
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    if image_size is not None and image_size != 8:
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        images = images.clamp_(0.0, 1.0)  # float rounding only: bilinear weights are convex
+    return images.contiguous(), torch.from_numpy(bunch.target.astype(np.int64))
+
+
+def load_mnist_npz(path: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """An MNIST ``.npz`` with ``images`` uint8 ``(N, 28, 28)`` and ``labels`` ``(N,)`` in 0..9.
+
+    ``path`` defaults to ``digits/mnist_4k.npz`` under :func:`default_data_root` (4000 real digits, 400 per
+    class). Returns ``(images (N, 1, 28, 28), labels (N,))``.
+    """
+    path = Path(path) if path is not None else default_data_root() / "digits" / "mnist_4k.npz"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"MNIST npz not found: {path} (expected arrays 'images' (N,28,28) and 'labels')"
+        )
+    with np.load(path) as f:
+        missing = {"images", "labels"} - set(f.files)
+        if missing:
+            raise ValueError(f"{path} lacks arrays {sorted(missing)}; it has {sorted(f.files)}")
+        images, labels = f["images"], f["labels"]
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"{path}: 'images' must be uint8 (N, H, W), got {images.dtype} {images.shape}")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"{path}: 'labels' must have shape ({images.shape[0]},), got {labels.shape}")
+    return _uint8_to_float(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_svhn(
+    data_dir: str | os.PathLike, split: str = "train", download: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SVHN cropped digits from the official ``{split}_32x32.mat`` file in ``data_dir``.
+
+    The file holds ``X`` uint8 ``(32, 32, 3, N)`` (height, width, channel, example) and ``y`` ``(N, 1)`` with
+    labels 1..10, where 10 stands for the digit 0. Returns ``(images (N, 3, 32, 32), labels (N,))`` with
+    labels 0..9. ``split`` is ``"train"`` (73,257), ``"test"`` (26,032) or ``"extra"`` (531,131; ~6.5 GB as
+    float32). With ``download=True`` a missing file is fetched from the official URL and its md5 checked
+    (needs internet); otherwise a missing file raises ``FileNotFoundError``.
+    """
+    if split not in SVHN_FILES:
+        raise ValueError(f"split must be one of {sorted(SVHN_FILES)}, got {split!r}")
+    url, filename, md5 = SVHN_FILES[split]
+    data_dir = Path(data_dir)
+    path = data_dir / filename
+    if not path.is_file():
+        if not download:
+            raise FileNotFoundError(
+                f"SVHN {split} file not found: {path} (expected the official files "
+                f"{', '.join(f[1] for f in SVHN_FILES.values())} in {data_dir}; pass download=True to fetch)"
+            )
+        from torchvision.datasets.utils import download_url
+
+        download_url(url, str(data_dir), filename, md5)
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path, variable_names=["X", "y"])
+    except NotImplementedError as e:  # MATLAB v7.3 (HDF5) files: SVHN is published as v5
+        raise ValueError(f"{path} is not a MATLAB v5 file as published for SVHN: {e}") from None
+    if "X" not in mat or "y" not in mat:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise ValueError(f"{path} must hold variables 'X' and 'y', found {found}")
+    x, y = mat["X"], np.asarray(mat["y"]).reshape(-1)
+    if x.ndim != 4 or x.shape[2] != 3 or x.dtype != np.uint8:
+        raise ValueError(f"{path}: 'X' must be uint8 (H, W, 3, N), got {x.dtype} {x.shape}")
+    if y.shape[0] != x.shape[3]:
+        raise ValueError(f"{path}: 'y' has {y.shape[0]} labels for {x.shape[3]} images")
+    if y.size and (y.min() < 1 or y.max() > 10):
+        raise ValueError(f"{path}: 'y' must hold labels 1..10 (10 = digit 0), got range {y.min()}..{y.max()}")
+    labels = torch.from_numpy(y.astype(np.int64) % 10)  # 10 -> 0, 1..9 unchanged
+    # (H, W, C, N) -> (N, C, H, W)
+    return _uint8_to_float(x.transpose(3, 2, 0, 1)), labels
+
+
+_DIGIT_NAME = re.compile(r"_digit_(\d+)$")
+_UNLABELED_NAME = re.compile(r"^unlabeled_\d+$")
+
+
+def _natural_key(p: Path) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+
+
+def load_image_folder_crops(folder: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equal-sized PNG crops named ``<anything>_digit_K.png`` (class K) or ``unlabeled_N.png`` (label -1).
+
+    ``folder`` defaults to ``digits/svhn_real_crops`` under :func:`default_data_root`. Files are read as RGB
+    in natural name order (with PIL: importing torchvision.io costs seconds). Returns
+    ``(images (N, 3, H, W), labels (N,))``.
+    """
+    from PIL import Image
+
+    folder = Path(folder) if folder is not None else default_data_root() / "digits" / "svhn_real_crops"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"crop folder not found: {folder} (expected *_digit_K.png / unlabeled_N.png)")
+    files = sorted(folder.glob("*.png"), key=_natural_key)
+    if not files:
+        raise FileNotFoundError(f"no .png files in {folder} (expected *_digit_K.png / unlabeled_N.png)")
+    images, labels = [], []
+    for f in files:
+        m = _DIGIT_NAME.search(f.stem)
+        if m:
+            labels.append(int(m.group(1)))
+        elif _UNLABELED_NAME.match(f.stem):
+            labels.append(-1)
+        else:
+            raise ValueError(
+                f"cannot read a label from {f.name}: expected <name>_digit_K.png or unlabeled_N.png"
+            )
+        with Image.open(f) as im:
+            images.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))
+    shapes = {tuple(im.shape) for im in images}
+    if len(shapes) != 1:
+        raise ValueError(f"crops in {folder} differ in size: {sorted(shapes)}")
+    return _uint8_to_float(torch.stack(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------- splits
+
+
+class SplitIndices(NamedTuple):
+    """Index tensors (int64, ascending) of a semi-supervised split; the three sets are disjoint."""
+
+    labeled: torch.Tensor
+    unlabeled: torch.Tensor
+    test: torch.Tensor
+
+
+def _as_labels(labels: Any) -> torch.Tensor:
+    if isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(np.ascontiguousarray(labels))
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 1:
+        got = tuple(labels.shape) if hasattr(labels, "shape") else type(labels).__name__
+        raise ValueError(f"labels must be a 1-D tensor or array, got {got}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must hold integers (-1 = unlabelled), got dtype {labels.dtype}")
+    labels = labels.long().cpu()
+    if labels.numel() and int(labels.min()) < -1:
+        raise ValueError(f"labels must be >= -1 (-1 = unlabelled), got min {int(labels.min())}")
+    return labels
+
+
+def semi_supervised_split(
+    labels: torch.Tensor | np.ndarray,
+    n_labeled: int = 1000,
+    n_test: int = 0,
+    seed: int = 0,
+    balanced: bool = True,
+    num_classes: int | None = None,
+) -> SplitIndices:
+    """Split example indices into a labelled subset, the unlabelled rest and an optional held-out test set.
+
+    The test set (``n_test`` examples, uniformly at random among labelled ones) is drawn first. The labelled
+    subset then takes ``n_labeled / K`` examples of each of the ``K`` classes when ``balanced`` (an error if
+    ``n_labeled`` is not a multiple of ``K`` or a class has too few examples), else ``n_labeled`` uniformly.
+    Everything else, including examples labelled ``-1``, is unlabelled. ``K`` is ``num_classes`` or
+    ``max(labels) + 1``. The same ``seed`` always gives the same split.
+    """
+    labels = _as_labels(labels)
+    for name, v in (("n_labeled", n_labeled), ("n_test", n_test), ("seed", seed)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+    known = torch.nonzero(labels >= 0).flatten()
+    if n_test + n_labeled > known.numel():
+        raise ValueError(
+            f"n_labeled + n_test = {n_labeled + n_test} exceeds the {known.numel()} labelled examples"
+        )
+    g = torch.Generator().manual_seed(seed)
+    perm = known[torch.randperm(known.numel(), generator=g)]
+    test, pool = perm[:n_test], perm[n_test:]
+    if balanced and n_labeled > 0:
+        k = num_classes if num_classes is not None else int(labels.max()) + 1
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if int(labels.max()) >= k:
+            raise ValueError(f"labels must be < num_classes={k}, got max {int(labels.max())}")
+        if n_labeled % k:
+            raise ValueError(f"balanced split needs n_labeled divisible by the {k} classes, got {n_labeled}")
+        per_class = n_labeled // k
+        chosen = []
+        pool_labels = labels[pool]  # pool is already shuffled: the first per_class of each class are random
+        for c in range(k):
+            members = pool[pool_labels == c]
+            if members.numel() < per_class:
+                raise ValueError(
+                    f"class {c} has {members.numel()} examples outside the test set, need {per_class} "
+                    f"(n_labeled={n_labeled} over {k} classes)"
+                )
+            chosen.append(members[:per_class])
+        labeled = torch.cat(chosen)
+    else:
+        labeled = pool[:n_labeled]
+    taken = torch.zeros(labels.numel(), dtype=torch.bool)
+    taken[labeled] = True
+    taken[test] = True
+    unlabeled = torch.nonzero(~taken).flatten()
+    return SplitIndices(labeled.sort().values, unlabeled, test.sort().values)
+
+
+@dataclass
+class SemiSupervisedData:
+    """Tensors of a semi-supervised image task.
+
+    ``y_unlabeled`` holds the true labels of the unlabelled images (``-1`` where unknown) for diagnostics
+    such as pseudo-label accuracy only; a semi-supervised method must not train on them.
+    """
+
+    x_labeled: torch.Tensor
+    y_labeled: torch.Tensor
+    x_unlabeled: torch.Tensor
+    y_unlabeled: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def load_svhn_semi_supervised(
+    data_dir: str | os.PathLike,
+    n_labeled: int = 1000,
+    include_extra: bool = False,
+    seed: int = 0,
+    download: bool = False,
+) -> SemiSupervisedData:
+    """The standard SVHN protocol: ``n_labeled`` balanced labels from ``train``, the rest of ``train``
+    (plus all of ``extra`` when ``include_extra``) unlabelled, and the official ``test`` split for testing."""
+    x_train, y_train = load_svhn(data_dir, "train", download=download)
+    x_test, y_test = load_svhn(data_dir, "test", download=download)
+    split = semi_supervised_split(y_train, n_labeled=n_labeled, seed=seed, balanced=True, num_classes=10)
+    x_unl, y_unl = x_train[split.unlabeled], y_train[split.unlabeled]
+    if include_extra:
+        x_extra, y_extra = load_svhn(data_dir, "extra", download=download)
+        x_unl, y_unl = torch.cat([x_unl, x_extra]), torch.cat([y_unl, y_extra])
+    return SemiSupervisedData(
+        x_train[split.labeled], y_train[split.labeled], x_unl, y_unl, x_test, y_test
+    )

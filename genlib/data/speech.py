@@ -1,0 +1,311 @@
+"""Speech corpora (VCTK, LibriSpeech): utterance discovery, speaker splits and STFT-frame datasets.
+
+Layouts understood (``root`` may be the corpus root or the folder holding the speaker folders):
+
+- VCTK 0.92:    ``wav48_silence_trimmed/pXXX/pXXX_NNN_mic1.flac`` (``mic="mic1"`` by default, or ``"mic2"``)
+- VCTK <= 0.91: ``wav48/pXXX/pXXX_NNN.wav``
+- plain VCTK:   ``pXXX/*.wav`` or ``pXXX/*.flac`` (e.g. a 16 kHz copy)
+- flat VCTK:    ``pXXX_NNN.wav`` files in one folder (Voicebank-DEMAND's ``clean_testset_wav/`` etc.)
+- LibriSpeech:  ``SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac``, ``SPEAKER/*.flac`` or flat ``*.flac``;
+  the speaker id is always read from the ``SPK-CHAP-UTT`` file name.
+
+Audio is read with soundfile, mixed to mono, resampled with ``torchaudio.functional.resample`` and returned
+as float32. Datasets hold complex STFT frames of the paper's STFT (:mod:`genlib.data.stft`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+from torch.utils.data import Dataset
+
+from genlib.data.stft import HOP_LENGTH, N_FFT, SAMPLE_RATE, stft
+
+__all__ = [
+    "Utterance",
+    "discover_vctk",
+    "discover_librispeech",
+    "discover_utterances",
+    "load_audio",
+    "split_by_speaker",
+    "SpeechFrames",
+    "SpeechWindows",
+]
+
+_VCTK_SPEAKER = re.compile(r"^[ps]\d+$")
+_VCTK_092 = re.compile(r"^([ps]\d+)_(\d+)_(mic[12])\.flac$")
+_VCTK_FLAT = re.compile(r"^([ps]\d+)_(\d+)(?:_mic[12])?\.(?:wav|flac)$")
+_LIBRI = re.compile(r"^(\d+)-(\d+)-(\d+)\.flac$")
+
+VCTK_LAYOUTS = (
+    "wav48_silence_trimmed/pXXX/pXXX_NNN_mic1.flac (VCTK 0.92)",
+    "wav48/pXXX/*.wav (VCTK <= 0.91)",
+    "pXXX/*.wav or pXXX/*.flac (plain)",
+    "pXXX_NNN.wav in one folder (flat, Voicebank-DEMAND)",
+)
+LIBRISPEECH_LAYOUTS = (
+    "SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac (LibriSpeech)",
+    "SPEAKER/SPEAKER-CHAPTER-UTT.flac",
+    "SPEAKER-CHAPTER-UTT.flac in one folder (flat)",
+)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One audio file and its speaker id (``corpus`` is ``"vctk"`` or ``"librispeech"``)."""
+
+    path: Path
+    speaker: str
+    corpus: str
+
+
+def _check_root(root: str | os.PathLike) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"speech root not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"speech root must be a directory, got a file: {root}")
+    return root
+
+
+def _no_utterances(root: Path, layouts: Sequence[str], extra: str = "") -> FileNotFoundError:
+    looked = "\n  ".join(layouts)
+    return FileNotFoundError(f"no utterances found under {root}{extra}; layouts looked for:\n  {looked}")
+
+
+def _sorted_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def discover_vctk(root: str | os.PathLike, mic: str = "mic1") -> list[Utterance]:
+    """All VCTK utterances under ``root`` (any layout in the module docstring), sorted by path.
+
+    ``mic`` selects the microphone of the 0.92 release (``"mic1"`` or ``"mic2"``); it is ignored by the
+    older layouts, which have one file per utterance.
+    """
+    if mic not in ("mic1", "mic2"):
+        raise ValueError(f"mic must be 'mic1' or 'mic2', got {mic!r}")
+    root = _check_root(root)
+    base = root
+    for sub in ("wav48_silence_trimmed", "wav48"):
+        if (root / sub).is_dir():
+            base = root / sub
+            break
+    utts: list[Utterance] = []
+    speaker_dirs = sorted(p for p in base.iterdir() if p.is_dir() and _VCTK_SPEAKER.match(p.name))
+    for spk_dir in speaker_dirs:
+        for f in _sorted_files(spk_dir, (".flac", ".wav")):
+            m = _VCTK_092.match(f.name)
+            if m is not None:  # 0.92 naming: keep the requested microphone only
+                if m.group(3) == mic:
+                    utts.append(Utterance(f, spk_dir.name, "vctk"))
+            elif not f.name.endswith(("_mic1.flac", "_mic2.flac")):
+                utts.append(Utterance(f, spk_dir.name, "vctk"))
+    if not speaker_dirs:  # flat folder: speaker from the file name
+        for f in _sorted_files(base, (".flac", ".wav")):
+            m = _VCTK_FLAT.match(f.name)
+            if m is not None and (not f.name.endswith(("_mic1.flac", "_mic2.flac")) or f"_{mic}." in f.name):
+                utts.append(Utterance(f, m.group(1), "vctk"))
+    if not utts:
+        raise _no_utterances(base, VCTK_LAYOUTS, f" (mic={mic})")
+    return utts
+
+
+def discover_librispeech(root: str | os.PathLike) -> list[Utterance]:
+    """All LibriSpeech ``SPK-CHAP-UTT.flac`` files under ``root`` (searched recursively), sorted by path."""
+    root = _check_root(root)
+    utts = []
+    for f in sorted(root.rglob("*.flac")):
+        m = _LIBRI.match(f.name)
+        if m is not None:
+            utts.append(Utterance(f, m.group(1), "librispeech"))
+    if not utts:
+        raise _no_utterances(root, LIBRISPEECH_LAYOUTS)
+    return utts
+
+
+def discover_utterances(root: str | os.PathLike, corpus: str = "auto", mic: str = "mic1") -> list[Utterance]:
+    """Utterances under ``root``; ``corpus`` is ``"vctk"``, ``"librispeech"`` or ``"auto"`` (try both)."""
+    if corpus == "vctk":
+        return discover_vctk(root, mic=mic)
+    if corpus == "librispeech":
+        return discover_librispeech(root)
+    if corpus != "auto":
+        raise ValueError(f"corpus must be 'auto', 'vctk' or 'librispeech', got {corpus!r}")
+    root = _check_root(root)
+    for find in (lambda: discover_vctk(root, mic=mic), lambda: discover_librispeech(root)):
+        try:
+            return find()
+        except FileNotFoundError:
+            continue
+    raise _no_utterances(root, VCTK_LAYOUTS + LIBRISPEECH_LAYOUTS)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Read an audio file as a mono float32 tensor ``(L,)`` at ``sample_rate`` (channels averaged)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    if not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+    data, sr = sf.read(path, dtype="float32", always_2d=True)
+    wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    if sr != sample_rate:
+        wave = torchaudio.functional.resample(wave, orig_freq=sr, new_freq=sample_rate)
+    return wave.to(torch.float32)
+
+
+def split_by_speaker(
+    utterances: Sequence[Utterance],
+    train: float = 0.8,
+    val: float = 0.1,
+    test: float = 0.1,
+    seed: int = 0,
+    speakers: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, list[Utterance]]:
+    """Split utterances into ``{"train", "val", "test"}`` with disjoint speakers.
+
+    Either by fractions of the speakers (shuffled with ``seed``; the fractions may sum to less than 1 --
+    the dissertation trains on 10% of the speakers, ``train=0.1`` -- and each non-zero fraction gets at
+    least one speaker), or by explicit lists, ``speakers={"train": [...], "val": [...], "test": [...]}``
+    (missing keys mean an empty split).
+    """
+    if not utterances:
+        raise ValueError("utterances must be a non-empty sequence of Utterance")
+    by_speaker: dict[str, list[Utterance]] = {}
+    for u in utterances:
+        by_speaker.setdefault(u.speaker, []).append(u)
+    names = ("train", "val", "test")
+    if speakers is not None:
+        unknown = set(speakers) - set(names)
+        if unknown:
+            raise ValueError(f"speakers keys must be among {names}, got {sorted(unknown)}")
+        chosen = {k: list(speakers.get(k, ())) for k in names}
+        seen: set[str] = set()
+        for k in names:
+            missing = [s for s in chosen[k] if s not in by_speaker]
+            if missing:
+                raise ValueError(f"speakers[{k!r}] has speakers with no utterances: {missing}")
+            overlap = seen.intersection(chosen[k])
+            if overlap:
+                raise ValueError(f"speaker lists must be disjoint; {sorted(overlap)} appear twice")
+            seen.update(chosen[k])
+    else:
+        fracs = dict(zip(names, (train, val, test)))
+        for k, f in fracs.items():
+            if not 0 <= f <= 1:
+                raise ValueError(f"{k} must be a fraction in [0, 1], got {f!r}")
+        if sum(fracs.values()) > 1 + 1e-9:
+            raise ValueError(f"train + val + test must be <= 1, got {sum(fracs.values())}")
+        spk = sorted(by_speaker)
+        order = np.random.default_rng(seed).permutation(len(spk))
+        counts = {k: (max(1, round(f * len(spk))) if f > 0 else 0) for k, f in fracs.items()}
+        if sum(counts.values()) > len(spk):
+            raise ValueError(
+                f"cannot give every non-zero split at least one speaker: {len(spk)} speakers, "
+                f"fractions train={train}, val={val}, test={test}"
+            )
+        chosen, start = {}, 0
+        for k in names:
+            chosen[k] = [spk[i] for i in order[start : start + counts[k]]]
+            start += counts[k]
+    return {k: [u for s in sorted(chosen[k]) for u in by_speaker[s]] for k in names}
+
+
+Source = Utterance | str | os.PathLike | torch.Tensor
+
+
+def _spectra(sources: Sequence[Source], sample_rate: int, n_fft: int, hop_length: int) -> list[torch.Tensor]:
+    if isinstance(sources, (str, os.PathLike, torch.Tensor, Utterance)) or len(sources) == 0:
+        raise ValueError("sources must be a non-empty sequence of Utterance, paths or 1-D waveform tensors")
+    out = []
+    for i, src in enumerate(sources):
+        if isinstance(src, torch.Tensor):
+            if src.ndim != 1 or src.is_complex():
+                raise ValueError(f"sources[{i}] must be a real 1-D waveform, got shape {tuple(src.shape)}")
+            wave = src.to(torch.float32)
+        else:
+            wave = load_audio(src.path if isinstance(src, Utterance) else src, sample_rate)
+        out.append(stft(wave, n_fft=n_fft, hop_length=hop_length))
+    return out
+
+
+class SpeechFrames(Dataset):
+    """Every ``every``-th STFT frame of all utterances: complex ``(N, F)`` in ``.data``.
+
+    For the fully-connected models (frames are modelled independently; sub-sampling by ``every``,
+    default 10, removes most of the overlap between neighbouring 64 ms frames). ``sources`` are
+    :class:`Utterance` s, file paths or 16 kHz waveforms; ``.utterance_index[i]`` says where frame ``i``
+    came from.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        every: int = 10,
+        sample_rate: int = SAMPLE_RATE,
+        n_fft: int = N_FFT,
+        hop_length: int = HOP_LENGTH,
+    ) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        specs = _spectra(sources, sample_rate, n_fft, hop_length)
+        frames = [s[:, ::every].T for s in specs]
+        self.data = torch.cat(frames)
+        self.utterance_index = torch.cat(
+            [torch.full((len(f),), i, dtype=torch.long) for i, f in enumerate(frames)]
+        )
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.data[i]
+
+
+class SpeechWindows(Dataset):
+    """``n_windows`` random windows of ``frames`` consecutive STFT frames: complex ``(N, F, T)`` in ``.data``.
+
+    For the convolutional / recurrent models. Windows are drawn once, at construction, with ``seed``:
+    an utterance is picked with probability proportional to how many windows fit in it, then a uniform
+    start frame. Utterances shorter than ``frames`` are skipped (an error if all are).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        n_windows: int,
+        frames: int = 64,
+        seed: int = 0,
+        sample_rate: int = SAMPLE_RATE,
+        n_fft: int = N_FFT,
+        hop_length: int = HOP_LENGTH,
+    ) -> None:
+        for name, v in (("n_windows", n_windows), ("frames", frames)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        specs = _spectra(sources, sample_rate, n_fft, hop_length)
+        fits = torch.tensor([max(s.shape[-1] - frames + 1, 0) for s in specs], dtype=torch.float64)
+        if fits.sum() == 0:
+            longest = max(s.shape[-1] for s in specs)
+            raise ValueError(f"frames={frames} is longer than every utterance (longest has {longest} frames)")
+        gen = torch.Generator().manual_seed(seed)
+        utt = torch.multinomial(fits, n_windows, replacement=True, generator=gen)
+        start = (torch.rand(n_windows, generator=gen, dtype=torch.float64) * fits[utt]).long()
+        self.data = torch.stack([specs[u][:, s : s + frames] for u, s in zip(utt.tolist(), start.tolist())])
+        self.utterance_index = utt
+        self.start_frame = start
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.data[i]

@@ -1,0 +1,734 @@
+"""PSGD optimizers: ``torch.optim.Optimizer`` families on one shared step.
+
+:class:`PSGD` does the work — curvature pairs, refit of the preconditioner with probability ``p``,
+momentum, preconditioning, step clipping, decoupled weight decay, update — and the families only choose a
+preconditioner factory (:mod:`genlib.optim.preconditioners`):
+
+========  ==================================================  =========================================
+family    preconditioner                                      acts on
+========  ==================================================  =========================================
+Kron      Kronecker product of per-dim triangular/diag Q_i    each tensor (affine family for matrices)
+Diag      diagonal (Jacobi)                                   each tensor
+LRA       (I + UVᵀ)·diag(d), rank ``rank``                    flattened concatenation of a param group
+XMat      diagonal + anti-diagonal                            flattened concatenation of a param group
+Dense     full Q (or upper-triangular)                        flattened concatenation of a param group
+========  ==================================================  =========================================
+
+Curvature sources (``curvature=``):
+
+- ``"whiten"`` (default): pairs ``(v, g)``, i.e. the preconditioner whitens the (momentum) gradient;
+  use it like any torch optimizer: ``loss.backward(); opt.step()``. Default ``lr = 1e-3``.
+- ``"hvp"``: Newton type with exact Hessian-vector products. Call ``opt.step(closure)`` where the
+  closure returns the loss **without** calling ``backward()``; the optimizer takes gradients with
+  ``create_graph=True`` and one HVP with ``v ~ N(0, I)`` on refit steps. Default ``lr = 1e-2``.
+- ``"finite_diff"``: Newton type from first derivatives only: ``h = g(θ + v) − g(θ)`` for a tiny ``v``
+  (``√eps·(1 + rms θ)``); the closure (no ``backward()``) is re-run on the same batch with the torch CPU and
+  CUDA RNG states restored, so dropout masks match; θ is restored exactly afterwards.
+
+With ``P ≈ |H|⁻¹`` (Newton types) ``lr`` is a fraction of a Newton step; ``momentum`` is an EMA of the
+gradient (``m ← β m + (1 − β) g``, not heavy-ball) so it does not rescale the step: default 0 (the papers'
+plain PSGD), 0.9 is a good choice for noisy whitening runs.
+
+Cost: a step without a refit (probability ``1 − update_probability``) only draws the coin, checks the
+gradients are finite (one device sync; ``check_finite=False`` skips it), preconditions and updates; refits
+add the curvature pair (one HVP, or a second closure call for ``"finite_diff"``) and one fit of Q.
+
+Reproducibility: the refit coin flips and every ``v`` come from the optimizer's own generators seeded
+by ``seed``; they, the step count and every preconditioner are in :meth:`PSGD.state_dict`, so resuming from
+a checkpoint reproduces the uninterrupted run bit for bit (on the same device).
+
+Distributed (DDP): all ranks keep identical Q because the coin flips and ``v`` come from identically
+seeded generators and every pair is identical across ranks:
+
+- ``"whiten"`` is DDP-safe with a DDP-wrapped model (DDP all-reduces ``.grad`` in ``backward()``).
+- ``"hvp"`` and ``"finite_diff"`` are DDP-safe when the closure runs the **unwrapped** module
+  (``ddp_model.module``): their gradients come from ``torch.autograd.grad``, which DDP does not reduce, so
+  the optimizer all-reduces (averages) the gradients and HVPs itself whenever ``torch.distributed`` is
+  initialised (``sync_closure_grads=True``, the default).
+
+Example::
+
+    opt = Kron(model.parameters(), lr=1e-3)                        # gradient whitening
+    loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
+
+    opt = Kron(model.parameters(), lr=0.05, curvature="hvp",
+               update_probability=ExponentialDecaySchedule(1.0, 0.1, 500))
+    opt.step(lambda: loss_fn(model(x), y))                         # closure without backward()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+
+from .preconditioners import (
+    DensePreconditioner,
+    DiagPreconditioner,
+    KronPreconditioner,
+    LRAPreconditioner,
+    Preconditioner,
+    XMatPreconditioner,
+)
+
+__all__ = ["PSGD", "Kron", "Diag", "LRA", "XMat", "Dense", "CURVATURES"]
+
+CURVATURES = ("whiten", "hvp", "finite_diff")
+
+Probability = float | Callable[[int], float]
+
+
+def _check_number(
+    value: Any, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
+):
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    bad = not math.isfinite(x) and not (hi == math.inf and x == math.inf and not hi_open)
+    bad = bad or x < lo or x > hi or (lo_open and x == lo) or (hi_open and x == hi)
+    if bad:
+        lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
+        raise ValueError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
+    return x
+
+
+def _check_probability(p: Any, name: str = "update_probability") -> Probability:
+    if callable(p):
+        return p
+    return _check_number(p, name, 0.0, 1.0)
+
+
+def _pick(xs: list[torch.Tensor] | None, ks: list[int | None]) -> list[torch.Tensor | None] | None:
+    return None if xs is None else [None if k is None else xs[k] for k in ks]
+
+
+def _by_device(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    groups: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.device, []).append(t)
+    return list(groups.values())
+
+
+class PSGD(torch.optim.Optimizer):
+    """Base PSGD optimizer; use a family (:class:`Kron`, :class:`Diag`, :class:`LRA`, :class:`XMat`,
+    :class:`Dense`). Module docstring: curvature modes, momentum, reproducibility and DDP.
+
+    Args:
+        params: parameters or param-group dicts (groups may override every per-group option below).
+        lr: step size (per group); ``None`` → 1e-3 for ``"whiten"``, 1e-2 otherwise.
+        preconditioner_lr: normalised step ``μ`` of the preconditioner fit (per group; 0.01–0.1).
+        momentum: EMA factor ``β`` in [0, 1) of the gradient that is preconditioned (per group).
+        weight_decay: decoupled weight decay, ``θ ← θ (1 − lr·wd)`` (per group).
+        curvature: ``"whiten"``, ``"hvp"`` or ``"finite_diff"``.
+        update_probability: refit probability, a float in [0, 1] or a picklable ``step → p`` schedule
+            (e.g. :class:`~genlib.optim.ExponentialDecaySchedule`). Non-refit steps only precondition and
+            update. The first step always refits when ``init_scale=None``, to set Q's scale from data.
+        grad_clip_max_norm: trust region: scale the preconditioned step so its norm (per group) is at most
+            this; ``None`` disables it (per group).
+        init_scale: ``Q = init_scale·I`` at start; ``None`` sets it from the first curvature pair (per group).
+        preconditioner_dtype: storage dtype of Q (per group); ``None`` → the parameters' dtype. bfloat16 is
+            stored and computed in float32.
+        seed: seed of the optimizer's generators (coin flips, ``v``, LRA's initial factors).
+        sync_closure_grads: in ``"hvp"``/``"finite_diff"`` mode, all-reduce (average) gradients and HVPs
+            over ranks when ``torch.distributed`` is initialised.
+        check_finite: raise ``RuntimeError`` naming the parameter when a gradient holds NaN/Inf (one device
+            sync per step; turn off for the last bit of speed).
+    """
+
+    #: True: one preconditioner over a group's flattened concatenation; False: one per tensor.
+    flatten: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float | None = None,
+        *,
+        preconditioner_lr: float = 0.1,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        curvature: str = "whiten",
+        update_probability: Probability = 1.0,
+        grad_clip_max_norm: float | None = None,
+        init_scale: float | None = None,
+        preconditioner_dtype: torch.dtype | None = None,
+        seed: int = 0,
+        sync_closure_grads: bool = True,
+        check_finite: bool = True,
+        **family_defaults: Any,
+    ) -> None:
+        if curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if lr is None:
+            lr = 1e-3 if curvature == "whiten" else 1e-2
+        self._curvature = curvature
+        self._update_probability = _check_probability(update_probability)
+        self.seed = seed
+        self.sync_closure_grads = bool(sync_closure_grads)
+        self.check_finite = bool(check_finite)
+        self._preconds: list[list[Preconditioner]] = []
+        self._step_count_psgd = 0
+        self._coin_gen = torch.Generator().manual_seed(seed)
+        self._gens: dict[str, torch.Generator] = {}
+        defaults = dict(
+            lr=lr,
+            preconditioner_lr=preconditioner_lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            grad_clip_max_norm=grad_clip_max_norm,
+            init_scale=init_scale,
+            preconditioner_dtype=preconditioner_dtype,
+            **family_defaults,
+        )
+        self._validate_group(defaults, "")
+        super().__init__(params, defaults)
+
+    # ---- configuration -----------------------------------------------------------------------------------
+    @property
+    def curvature(self) -> str:
+        return self._curvature
+
+    @curvature.setter
+    def curvature(self, value: str) -> None:
+        if value not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, got {value!r}")
+        self._curvature = value
+
+    @property
+    def update_probability(self) -> Probability:
+        return self._update_probability
+
+    @update_probability.setter
+    def update_probability(self, value: Probability) -> None:
+        self._update_probability = _check_probability(value)
+
+    def _validate_group(self, g: dict[str, Any], where: str) -> None:
+        _check_number(g["lr"], f"{where}lr", 0.0, math.inf)
+        _check_number(g["preconditioner_lr"], f"{where}preconditioner_lr", 0.0, math.inf, lo_open=True)
+        _check_number(g["momentum"], f"{where}momentum", 0.0, 1.0, hi_open=True)
+        _check_number(g["weight_decay"], f"{where}weight_decay", 0.0, math.inf)
+        if g["grad_clip_max_norm"] is not None:
+            _check_number(g["grad_clip_max_norm"], f"{where}grad_clip_max_norm", 0.0, math.inf, lo_open=True)
+        if g["init_scale"] is not None:
+            _check_number(g["init_scale"], f"{where}init_scale", 0.0, math.inf, lo_open=True)
+        dt = g["preconditioner_dtype"]
+        if dt is not None and not (isinstance(dt, torch.dtype) and dt.is_floating_point):
+            raise ValueError(
+                f"{where}preconditioner_dtype must be None or a floating torch.dtype, got {dt!r}"
+            )
+        self._validate_family(g, where)
+
+    def _validate_family(self, g: dict[str, Any], where: str) -> None:
+        """Family-specific per-group checks (override)."""
+
+    def _make_preconditioner(
+        self, shape: tuple[int, ...], group: dict[str, Any], dtype: torch.dtype, device: torch.device, gi: int
+    ) -> Preconditioner:
+        raise NotImplementedError
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (validated; its preconditioners are built here)."""
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        param_group = {**param_group, "params": params}
+        gi = len(self.param_groups)
+        for i, p in enumerate(params):
+            if not isinstance(p, torch.Tensor):
+                raise ValueError(
+                    f"param_groups[{gi}]['params'][{i}] must be a torch.Tensor, got {type(p).__name__}"
+                )
+            if not p.is_leaf:
+                raise ValueError(
+                    f"param_groups[{gi}]['params'][{i}] (shape {tuple(p.shape)}) is not a leaf tensor: "
+                    "optimize the tensor you created (e.g. nn.Parameter), not a result of an operation on it"
+                )
+            if not p.is_floating_point():
+                raise ValueError(
+                    f"param_groups[{gi}]['params'][{i}] must be a real floating tensor, got {p.dtype}"
+                )
+            if p.is_sparse:
+                raise ValueError(f"param_groups[{gi}]['params'][{i}] is sparse: PSGD needs dense tensors")
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate_group(group, f"param_groups[{gi}] ")
+        self._preconds.append(self._build_group(group, gi))
+
+    def _build_group(self, group: dict[str, Any], gi: int) -> list[Preconditioner]:
+        params = group["params"]
+        if not params:
+            return []
+        if self.flatten:
+            devices = {p.device for p in params}
+            if len(devices) > 1:
+                raise ValueError(
+                    f"param_groups[{gi}] spans devices {sorted(map(str, devices))}: {type(self).__name__} "
+                    "preconditions the flattened group, so put each device's parameters in its own group"
+                )
+            dtype = group["preconditioner_dtype"] or params[0].dtype
+            dim = sum(p.numel() for p in params)
+            return [self._make_preconditioner((dim,), group, dtype, params[0].device, gi)]
+        return [
+            self._make_preconditioner(
+                tuple(p.shape), group, group["preconditioner_dtype"] or p.dtype, p.device, gi
+            )
+            for p in params
+        ]
+
+    # ---- generators -------------------------------------------------------------------------------------
+    def _gen_key(self, device: torch.device) -> str:
+        return device.type if device.type == "cpu" else str(device)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = self._gen_key(device)
+        gen = self._gens.get(key)
+        if gen is None:
+            gen = self._gens[key] = torch.Generator(device=device).manual_seed(self.seed + 1)
+        return gen
+
+    def _randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x.shape, generator=self._generator(x.device), dtype=x.dtype, device=x.device)
+
+    # ---- the step ---------------------------------------------------------------------------------------
+    def _refit_probability(self, step: int) -> float:
+        p = self._update_probability
+        if callable(p):
+            value = p(step)
+            return _check_number(value, f"update_probability({step}) (schedule output)", 0.0, 1.0)
+        return float(p)
+
+    @staticmethod
+    def _loss_of(out: Any) -> torch.Tensor:
+        loss = (
+            out
+            if isinstance(out, torch.Tensor)
+            else (out[0] if isinstance(out, (tuple, list)) and out else None)
+        )
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise RuntimeError(
+                "closure must return the scalar loss tensor (or a tuple whose first item is the loss), "
+                f"got {type(out).__name__}"
+            )
+        if not loss.requires_grad:
+            raise RuntimeError(
+                "closure returned a loss that does not require grad: it must build the graph from the "
+                "parameters (not under torch.no_grad) and must not call backward() itself"
+            )
+        return loss.reshape(())
+
+    def _grad(self, loss: torch.Tensor, params: list[torch.Tensor], **kw: Any) -> tuple[torch.Tensor, ...]:
+        try:
+            return torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True, **kw)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"{err}\nHint: with curvature={self._curvature!r} the closure must return the loss without "
+                "calling backward(); the optimizer differentiates it itself."
+            ) from err
+
+    def _distributed(self) -> bool:
+        return (
+            self.sync_closure_grads
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        )
+
+    @staticmethod
+    def _all_reduce_mean(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        return [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+    @staticmethod
+    def _rng_states() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        cuda = (
+            torch.cuda.get_rng_state_all()
+            if torch.cuda.is_available() and torch.cuda.is_initialized()
+            else None
+        )
+        return torch.get_rng_state(), cuda
+
+    @staticmethod
+    def _set_rng_states(states: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None:
+        torch.set_rng_state(states[0])
+        if states[1] is not None:
+            torch.cuda.set_rng_state_all(states[1])
+
+    def _check_finite(
+        self, tensors: list[torch.Tensor | None], index: list[tuple[int, int]], what: str
+    ) -> None:
+        present = [(t, ij) for t, ij in zip(tensors, index) if t is not None]
+        if not present:
+            return
+        norms = torch._foreach_norm([t for t, _ in present], math.inf)
+        if all(bool(torch.isfinite(torch.stack(ns)).all()) for ns in _by_device(norms)):
+            return
+        flat_ids = {ij: k for k, ij in enumerate(index)}
+        for (t, ij), n in zip(present, norms):
+            if not bool(torch.isfinite(n)):
+                gi, pi = ij
+                raise RuntimeError(
+                    f"{what} of parameter {flat_ids[ij]} (param_groups[{gi}]['params'][{pi}], shape "
+                    f"{tuple(t.shape)}) contains NaN or Inf"
+                )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One PSGD step. ``"whiten"``: uses ``p.grad`` (``closure``, if given, is called under
+        ``enable_grad`` and may call ``backward()`` as for torch optimizers). ``"hvp"``/``"finite_diff"``:
+        ``closure`` is required and must return the loss without calling ``backward()``.
+        Returns what the closure returned (``None`` without a closure)."""
+        curv = self._curvature
+        if curv != "whiten" and closure is None:
+            raise RuntimeError(
+                f"curvature={curv!r} needs step(closure): a function that re-evaluates the model on the "
+                "batch and returns the loss without calling backward()"
+            )
+        index = [
+            (gi, pi)
+            for gi, g in enumerate(self.param_groups)
+            for pi, p in enumerate(g["params"])
+            if p.requires_grad
+        ]
+        params = [self.param_groups[gi]["params"][pi] for gi, pi in index]
+        p_refit = self._refit_probability(self._step_count_psgd)
+        coin = torch.rand((), generator=self._coin_gen).item()
+        # The first step always refits when a scale is still to be set from data (init_scale=None); later a
+        # tensor that had no gradient then is initialised at its first regular refit.
+        pending = self._step_count_psgd == 0 and any(
+            not pc.initialized for pcs in self._preconds for pc in pcs
+        )
+        refit = coin < p_refit or pending
+        if not params:  # everything frozen: nothing to do but evaluate the closure
+            if closure is not None:
+                with torch.enable_grad():
+                    out = closure()
+            self._step_count_psgd += 1
+            return out if closure is not None else None
+
+        out: Any = None
+        vs: list[torch.Tensor] | None = None
+        hs: list[torch.Tensor] | None = None
+        if curv == "whiten":
+            if closure is not None:
+                with torch.enable_grad():
+                    out = closure()
+            grads: list[torch.Tensor | None] = [p.grad for p in params]
+            if any(g is not None and g.is_sparse for g in grads):
+                raise RuntimeError("sparse gradients are not supported by PSGD")
+        elif curv == "hvp":
+            with torch.enable_grad():
+                out = closure()
+                loss = self._loss_of(out)
+                if refit:
+                    g_graph = self._grad(loss, params, create_graph=True)
+                    vs = [self._randn_like(p) for p in params]
+                    live = [k for k, g in enumerate(g_graph) if g.requires_grad]
+                    if live:
+                        hs = list(
+                            torch.autograd.grad(
+                                [g_graph[k] for k in live],
+                                params,
+                                [vs[k] for k in live],
+                                allow_unused=True,
+                                materialize_grads=True,
+                            )
+                        )
+                    else:  # gradient independent of θ (linear loss): H = 0
+                        hs = [torch.zeros_like(p) for p in params]
+                    grads = [g.detach() for g in g_graph]
+                    del g_graph
+                else:
+                    grads = list(self._grad(loss, params))
+        else:  # finite_diff
+            rng = self._rng_states()
+            with torch.enable_grad():
+                out = closure()
+                grads = list(self._grad(self._loss_of(out), params))
+            if refit:
+                eps = max(torch.finfo(p.dtype).eps for p in params)
+                sq = sum(
+                    float(torch.stack(ns).double().square().sum())
+                    for ns in _by_device(torch._foreach_norm(params))
+                )
+                rms = math.sqrt(sq / sum(p.numel() for p in params))  # one sync per device
+                delta = math.sqrt(eps) * (1.0 + rms)
+                saved = [p.detach().clone() for p in params]
+                for p in params:
+                    p.add_(self._randn_like(p), alpha=delta)
+                vs = [(p - s) / delta for p, s in zip(params, saved)]  # the perturbation actually applied
+                self._set_rng_states(rng)  # same dropout masks etc. as the first evaluation
+                try:
+                    with torch.enable_grad():
+                        g_plus = self._grad(self._loss_of(closure()), params)
+                finally:
+                    for p, s in zip(params, saved):
+                        p.copy_(s)
+                hs = [(gp - g) / delta for gp, g in zip(g_plus, grads)]
+        if curv != "whiten" and self._distributed():
+            grads = self._all_reduce_mean(grads)
+            if hs is not None:
+                hs = self._all_reduce_mean(hs)
+        if self.check_finite:
+            self._check_finite(grads, index, "gradient")
+            if hs is not None:
+                self._check_finite(hs, index, "Hessian-vector product")
+
+        by_param = {ij: k for k, ij in enumerate(index)}
+        for gi, group in enumerate(self.param_groups):
+            # Per group, lists over ALL its tensors (frozen ones: None), so flattened layouts stay fixed.
+            ks = [by_param.get((gi, pi)) for pi in range(len(group["params"]))]
+            if all(k is None for k in ks):
+                continue
+            gs = [None if k is None else grads[k] for k in ks]
+            if refit:
+                self._refit(gi, group["params"], gs, _pick(vs, ks), _pick(hs, ks))
+            self._apply(group, gi, gs)
+        self._step_count_psgd += 1
+        return out
+
+    def _refit(
+        self,
+        gi: int,
+        ps: list[torch.Tensor],
+        gs: list[torch.Tensor | None],
+        vs: list[torch.Tensor | None] | None,
+        hs: list[torch.Tensor | None] | None,
+    ) -> None:
+        """One preconditioner fit per tensor (or one on the flattened group) from this step's pairs."""
+        pcs = self._preconds[gi]
+        if self.flatten:
+
+            def flat(xs: list[torch.Tensor | None]) -> torch.Tensor:
+                return torch.cat(
+                    [(x if x is not None else torch.zeros_like(p)).reshape(-1) for p, x in zip(ps, xs)]
+                )
+
+            if hs is None:  # whitening: (v, g) pairs
+                h = flat(gs)
+                v = self._randn_like(h)
+            else:
+                v, h = flat(vs), flat(hs)
+            pcs[0]._update(v.unsqueeze(0), h.unsqueeze(0))
+            return
+        for i, pc in enumerate(pcs):
+            if gs[i] is None:
+                continue
+            if hs is None:
+                h = gs[i]
+                v = self._randn_like(h)
+            else:
+                v, h = vs[i], hs[i]
+            pc._update(v.unsqueeze(0), h.unsqueeze(0))
+
+    def _apply(self, group: dict[str, Any], gi: int, gs: list[torch.Tensor | None]) -> None:
+        """Momentum, preconditioning, clipping, weight decay and the update for one group."""
+        lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
+        pcs = self._preconds[gi]
+        live = [i for i, g in enumerate(gs) if g is not None]  # tensors without a gradient are not updated
+        ps = [group["params"][i] for i in live]
+        ms = [gs[i] for i in live]
+        if beta > 0:
+            bufs = []
+            for p, g in zip(ps, ms):
+                st = self.state[p]
+                buf = st.get("momentum_buffer")
+                if buf is None:
+                    buf = st["momentum_buffer"] = (1.0 - beta) * g
+                else:
+                    buf.mul_(beta).add_(g, alpha=1.0 - beta)
+                bufs.append(buf)
+            ms = bufs
+        if self.flatten:
+            full = dict(zip(live, ms))
+            allp = group["params"]
+            x = torch.cat([full.get(i, torch.zeros_like(p)).reshape(-1) for i, p in enumerate(allp)])
+            chunks = pcs[0].precondition(x).split([p.numel() for p in allp])
+            pre = [chunks[i].view_as(allp[i]) for i in live]
+        else:
+            pre = [pcs[i].precondition(m) for i, m in zip(live, ms)]
+        clip = group["grad_clip_max_norm"]
+        if clip is not None:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(pre)))
+            scale = torch.clamp(clip / (norm + torch.finfo(norm.dtype).tiny), max=1.0)
+            pre = torch._foreach_mul(pre, scale)
+        if wd != 0:
+            torch._foreach_mul_(ps, 1.0 - lr * wd)
+        torch._foreach_add_(ps, pre, alpha=-lr)
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+    _PICKLED = (
+        "_curvature",
+        "_update_probability",
+        "seed",
+        "sync_closure_grads",
+        "check_finite",
+        "_preconds",
+        "_step_count_psgd",
+        "_coin_gen",
+        "_gens",
+    )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's Optimizer pickles only defaults/state/param_groups; keep PSGD's own fields too.
+        state = super().__getstate__()
+        state.update({k: self.__dict__[k] for k in self._PICKLED})
+        return state
+
+    @property
+    def preconditioners(self) -> list[list[Preconditioner]]:
+        """Per param group, the preconditioners (one for flattened families, else one per tensor)."""
+        return self._preconds
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's optimizer state (momentum buffers, param groups) plus a ``"psgd"`` entry: step count,
+        generator states and every preconditioner."""
+        sd = super().state_dict()
+        sd["psgd"] = {
+            "step": self._step_count_psgd,
+            "coin_generator": self._coin_gen.get_state(),
+            "generators": {k: g.get_state() for k, g in self._gens.items()},
+            "preconditioners": [[pc.state_dict() for pc in pcs] for pcs in self._preconds],
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; continuing reproduces the uninterrupted run bit for bit."""
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("psgd", None)
+        if extra is None:
+            raise ValueError("state_dict has no 'psgd' entry: it was not saved by a genlib PSGD optimizer")
+        saved = extra["preconditioners"]
+        if [len(s) for s in saved] != [len(p) for p in self._preconds]:
+            raise ValueError(
+                f"state_dict holds preconditioners per group {[len(s) for s in saved]}, this optimizer has "
+                f"{[len(p) for p in self._preconds]}: build it on the same parameters and family"
+            )
+        super().load_state_dict(state_dict)
+        for pcs, states in zip(self._preconds, saved):
+            for pc, st in zip(pcs, states):
+                pc.load_state_dict(st)
+        self._step_count_psgd = int(extra["step"])
+        self._coin_gen.set_state(extra["coin_generator"])
+        for key, st in extra["generators"].items():
+            device = torch.device(key)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                continue  # a CUDA checkpoint resumed on CPU: the CPU generator keeps its own stream
+            self._generator(device).set_state(st)
+
+
+class Kron(PSGD):
+    """PSGD with a Kronecker-factored preconditioner per tensor (:class:`KronPreconditioner`).
+
+    Args (besides :class:`PSGD`'s):
+        max_size: largest tensor dim that gets a triangular factor (bigger ones get a diagonal factor).
+        max_skew: a dim larger than ``max_skew`` × (product of the other dims) gets a diagonal factor; with
+            the default 10, vectors longer than 10 (biases) are preconditioned diagonally. ``inf``: never.
+    """
+
+    def __init__(
+        self, params, lr: float | None = None, *, max_size: float = 2048, max_skew: float = 10.0, **kwargs
+    ):
+        super().__init__(params, lr, max_size=max_size, max_skew=max_skew, **kwargs)
+
+    def _validate_family(self, g, where):
+        _check_number(g["max_size"], f"{where}max_size", 0.0, math.inf)
+        _check_number(g["max_skew"], f"{where}max_skew", 0.0, math.inf)
+
+    def _make_preconditioner(self, shape, group, dtype, device, gi):
+        return KronPreconditioner(
+            shape,
+            max_size=group["max_size"],
+            max_skew=group["max_skew"],
+            lr=group["preconditioner_lr"],
+            init_scale=group["init_scale"],
+            dtype=dtype,
+            device=device,
+        )
+
+
+class Diag(PSGD):
+    """PSGD with a diagonal (Jacobi) preconditioner per tensor (:class:`DiagPreconditioner`)."""
+
+    def _make_preconditioner(self, shape, group, dtype, device, gi):
+        return DiagPreconditioner(
+            shape, lr=group["preconditioner_lr"], init_scale=group["init_scale"], dtype=dtype, device=device
+        )
+
+
+class LRA(PSGD):
+    """PSGD with a low-rank-approximation preconditioner ``(I + UVᵀ)·diag(d)`` over each param group's
+    flattened concatenation (:class:`LRAPreconditioner`).
+
+    Args (besides :class:`PSGD`'s):
+        rank: rank of ``UVᵀ`` (>= 0; 0 is diagonal); capped at ``dim − 1`` for groups with few entries.
+    """
+
+    flatten = True
+
+    def __init__(self, params, lr: float | None = None, *, rank: int = 10, **kwargs):
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+            raise ValueError(f"rank must be an int >= 0, got {rank!r}")
+        super().__init__(params, lr, rank=rank, **kwargs)
+
+    def _validate_family(self, g, where):
+        r = g["rank"]
+        if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+            raise ValueError(f"{where}rank must be an int >= 0, got {r!r}")
+
+    def _make_preconditioner(self, shape, group, dtype, device, gi):
+        dim = shape[0]
+        return LRAPreconditioner(
+            dim,
+            min(group["rank"], dim - 1),
+            seed=self.seed + gi,
+            lr=group["preconditioner_lr"],
+            init_scale=group["init_scale"],
+            dtype=dtype,
+            device=device,
+        )
+
+
+class XMat(PSGD):
+    """PSGD with an X-shaped (diagonal + anti-diagonal) preconditioner over each param group's flattened
+    concatenation (:class:`XMatPreconditioner`)."""
+
+    flatten = True
+
+    def _make_preconditioner(self, shape, group, dtype, device, gi):
+        return XMatPreconditioner(
+            shape[0],
+            lr=group["preconditioner_lr"],
+            init_scale=group["init_scale"],
+            dtype=dtype,
+            device=device,
+        )
+
+
+class Dense(PSGD):
+    """PSGD with a dense preconditioner over each param group's flattened concatenation
+    (:class:`DensePreconditioner`); for small models (memory ``dim²``).
+
+    Args (besides :class:`PSGD`'s):
+        triangular: upper-triangular ``Q``, or a full invertible ``Q`` (default; fits faster).
+    """
+
+    flatten = True
+
+    def __init__(self, params, lr: float | None = None, *, triangular: bool = False, **kwargs):
+        super().__init__(params, lr, triangular=bool(triangular), **kwargs)
+
+    def _make_preconditioner(self, shape, group, dtype, device, gi):
+        return DensePreconditioner(
+            shape[0],
+            triangular=group["triangular"],
+            lr=group["preconditioner_lr"],
+            init_scale=group["init_scale"],
+            dtype=dtype,
+            device=device,
+        )

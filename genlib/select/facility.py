@@ -1,0 +1,411 @@
+"""Facility location: the submodular objective behind CRAIG and AdaCore, maximised greedily in chunks.
+
+For points ``x_1..x_n`` and a selected set ``S`` the objective is
+
+    F(S) = sum_i max_{j in S} sim(i, j),    sim(i, j) = max(0, C - d(x_i, x_j)),
+
+with ``d`` the Euclidean (or squared Euclidean) distance and ``C`` a constant. When ``C`` is at least the
+largest distance, ``sim >= 0`` without the clip and ``F(S) = n C - sum_i min_{j in S} d(x_i, x_j)``: the
+greedy selection then does not depend on ``C`` (every marginal gain is ``C``-free once ``S`` is non-empty,
+and the first pick is the 1-medoid). A smaller ``C`` gives a truncated, still monotone submodular objective.
+
+Greedy maximisation reaches ``F(S) >= (1 - 1/e) F(S*)`` (Nemhauser et al. 1978). Three variants:
+
+- ``"lazy"``: exact greedy (Minoux 1978). Marginal gains only shrink as ``S`` grows, so stale gains are
+  upper bounds; each step re-evaluates the candidates with the largest bounds, a batch at a time, until
+  the best one is fresh (ties: lowest index among the fresh maxima). Two additions cut the work:
+  the first gains come from the distances to the mean (exact for squared distances, a bound otherwise),
+  and once a pick changes the coverage of few points (the ``m`` points it now covers best), every
+  gain is updated exactly from those points alone, ``O(m n)``, so exact gains stay exact instead of
+  going stale. Exact ties (two points that only cover each other) may then fall either way.
+- ``"naive"``: plain greedy, every remaining gain re-evaluated at every step (the reference the lazy
+  variant must reproduce; ``O(n^2 k)``).
+- ``"stochastic"``: stochastic greedy (Mirzasoleiman et al. 2015). Each step draws
+  ``ceil(n / k * log(1 / epsilon))`` random candidates and takes the best of them (lazily, with the same
+  bounds); ``E[F(S)] >= (1 - 1/e - epsilon) F(S*)`` at ``O(n log(1/epsilon))`` gain evaluations in all.
+
+Distances are never stored as an ``n x n`` matrix: a batch of ``b <= chunk_size`` candidates is one
+``(b, n)`` matrix product against the current coverage vector, so memory is ``O(n * chunk_size)``.
+Written by hand because no maintained torch library does chunked, GPU-capable lazy greedy (apricot is
+NumPy/numba over a dense ``n x n`` similarity matrix).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from genlib.select._common import as_tensor
+from genlib.utils import check_positive
+
+Tensor = torch.Tensor
+Metric = Literal["euclidean", "sqeuclidean"]
+Greedy = Literal["lazy", "stochastic", "naive"]
+
+__all__ = [
+    "FacilityLocationResult",
+    "facility_location",
+    "facility_location_objective",
+    "pairwise_distances",
+    "max_distance_bound",
+]
+
+_INCREMENTAL_FRACTION = 0.25  # see facility_location: when to update gains exactly rather than re-evaluate
+_FIRST_BATCH = 16  # candidates re-evaluated first in a lazy step; doubles while the top bound stays stale
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in ("euclidean", "sqeuclidean"):
+        raise ValueError(f"metric must be 'euclidean' or 'sqeuclidean', got {metric!r}")
+    return metric
+
+
+def _check_greedy(greedy: str) -> str:
+    if greedy not in ("lazy", "stochastic", "naive"):
+        raise ValueError(f"greedy must be 'lazy', 'stochastic' or 'naive', got {greedy!r}")
+    return greedy
+
+
+def _check_chunk(chunk_size: Any, n: int = 0, device: torch.device | None = None) -> int:
+    """A positive int, or ``None`` for the default: 64 rows on CPU (blocks that stay in cache; measured
+    fastest), on GPU as many as keep a block under 2^27 entries (512 MiB in float32), 64 to 2048."""
+    if chunk_size is None:
+        if device is None or device.type == "cpu":
+            return 64
+        return int(min(2048, max(64, 2**27 // max(n, 1))))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    return chunk_size
+
+
+class _Points:
+    """Centred points with their squared norms packed so one matmul gives squared distances.
+
+    ``[x, |x|^2, 1] @ [-2 x, 1, |y|^2]^T = |x - y|^2``; centring first (distances are translation
+    invariant) keeps the cancellation error of that expansion small.
+    """
+
+    def __init__(self, x: Tensor, metric: str):
+        x = x - x.mean(0)
+        sq = (x * x).sum(1, keepdim=True)
+        one = torch.ones_like(sq)
+        self.left = torch.cat([x, sq, one], 1)
+        # kept (n, d + 2), used transposed: faster in MKL's sgemm than a contiguous (d + 2, n) copy
+        self.right = torch.cat([-2 * x, one, sq], 1)
+        self.metric = metric
+        self.n = x.shape[0]
+
+    def squared_distances(self, rows: Tensor) -> Tensor:
+        """``(len(rows), n)`` squared distances from the points ``rows`` to every point."""
+        return self.raw_squared(rows).clamp_(min=0)
+
+    def raw_squared(self, rows: Tensor, cols: Tensor | None = None) -> Tensor:
+        """Squared distances from ``rows`` to ``cols`` (sorted; default all points) by one matmul, with
+        the self-distances set to exactly zero (the expansion leaves a round-off residue there, which a
+        square root would blow up)."""
+        if cols is None:
+            d = self.left[rows] @ self.right.T
+            d[torch.arange(rows.numel(), device=d.device), rows] = 0
+            return d
+        d = self.left[rows] @ self.right[cols].T
+        pos = torch.searchsorted(cols, rows).clamp_(max=max(cols.numel() - 1, 0))
+        hit = torch.nonzero(cols[pos] == rows).squeeze(1)
+        d[hit, pos[hit]] = 0
+        return d
+
+    def distances(self, rows: Tensor) -> Tensor:
+        """``(len(rows), n)`` distances (in the chosen metric) from the points ``rows`` to every point."""
+        d = self.squared_distances(rows)
+        return d.sqrt_() if self.metric == "euclidean" else d
+
+
+def pairwise_distances(
+    x: Tensor, y: Tensor | None = None, *, metric: Metric = "euclidean", chunk_size: int | None = None
+) -> Tensor:
+    """Dense ``(n, m)`` distance matrix, computed ``chunk_size`` rows at a time (small inputs and tests only;
+    the greedy never builds it)."""
+    x = as_tensor(x, "x", ndim=2)
+    y = x if y is None else as_tensor(y, "y", ndim=2)
+    if y.shape[1] != x.shape[1]:
+        raise ValueError(f"x and y must have the same number of columns, got {x.shape[1]} and {y.shape[1]}")
+    metric = _check_metric(metric)
+    pts = _Points(x if y is x else torch.cat([x, y]), metric)
+    offset = 0 if y is x else x.shape[0]
+    chunk = x.shape[0] if chunk_size is None else _check_chunk(chunk_size)
+    rows = torch.arange(x.shape[0], device=x.device)
+    out = [pts.distances(r)[:, offset:] for r in rows.split(max(chunk, 1))]
+    return torch.cat(out) if out else x.new_zeros(0, y.shape[0])
+
+
+def max_distance_bound(x: Tensor, metric: Metric = "euclidean") -> float:
+    """An upper bound on the largest pairwise distance in O(n): ``2 max_i |x_i - mean|`` (triangle
+    inequality), squared for ``"sqeuclidean"``."""
+    x = as_tensor(x, "x", ndim=2)
+    if x.shape[0] == 0:
+        return 0.0
+    r = 2.0 * float((x - x.mean(0)).norm(dim=1).max())
+    r = r * (1 + 1e-6) + 1e-12  # round-off margin, so the bound holds for the float distances too
+    return r * r if _check_metric(metric) == "sqeuclidean" else r
+
+
+@dataclass
+class FacilityLocationResult:
+    """Outcome of :func:`facility_location`.
+
+    Attributes:
+        indices: ``(k,)`` LongTensor, the selected rows in greedy order.
+        weights: ``(k,)`` float tensor, the size of each selected element's cluster (points whose nearest
+            selected element it is; ties go to the earlier pick); sums to ``n``.
+        gains: ``(k,)`` marginal gain of each pick, non-increasing for lazy greedy.
+        objective: ``F(S)``.
+        assignment: ``(n,)`` LongTensor, position in ``indices`` of each point's nearest selected element.
+        C: the constant used in ``sim = max(0, C - d)``.
+    """
+
+    indices: Tensor
+    weights: Tensor
+    gains: Tensor
+    objective: float
+    assignment: Tensor
+    C: float
+
+
+class _Coverage:
+    """Greedy state: per-point coverage ``min(C, d(i, S))`` and nearest selected element.
+
+    For the Euclidean metric the squared coverage is the primary copy and ``cover = sqrt(cover_sq)``:
+    then ``sqrt(min(d^2, cover_sq))`` equals ``cover`` bit for bit where the clamp bites, and far points add
+    exactly zero to a gain.
+    """
+
+    def __init__(self, pts: _Points, C: float, chunk_size: int, dtype: torch.dtype, device: torch.device):
+        self.pts, self.chunk = pts, chunk_size
+        self.euclidean = pts.metric == "euclidean"
+        cap = C * C if self.euclidean else C
+        self.cap = torch.full((pts.n,), cap, dtype=dtype, device=device)  # cover^2 (euclidean) or cover
+        self.cover = self.cap.sqrt() if self.euclidean else self.cap
+        self.C = float(self.cover[0]) if pts.n else C
+        self.nearest = torch.full((pts.n,), math.inf, dtype=dtype, device=device)
+        self.assign = torch.zeros(pts.n, dtype=torch.long, device=device)
+        self._zero = torch.zeros((), dtype=dtype, device=device)
+
+    def gains(self, rows: Tensor) -> Tensor:
+        """Marginal gains ``sum_i max(0, cover_i - d(i, k))`` of the candidates ``rows``.
+
+        One ``(b, n)`` block per chunk, in place: ``min(d, cover) - cover`` summed is minus the gain.
+        (Pruning points by the triangle inequality, as :meth:`decrease` does, was tried here too: it skips
+        few points unless the data is low-dimensional, and the gathers cost more than they save.)
+        """
+        out = []
+        for r in rows.split(self.chunk):
+            d = self.pts.raw_squared(r)
+            if self.euclidean:
+                torch.clamp(d, min=self._zero, max=self.cap, out=d).sqrt_()
+            else:
+                torch.minimum(d, self.cap, out=d)
+            out.append(d.sub_(self.cover).sum(1).neg_())
+        return torch.cat(out)
+
+    def add(self, j: int, position: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Select ``j``. Returns the points whose coverage improved (``d_ij < cover_i``), their old and new
+        ``cap`` values, and the distances from ``j`` to every point."""
+        d2 = self.pts.squared_distances(torch.tensor([j], device=self.cap.device))[0]
+        d = d2.sqrt() if self.euclidean else d2
+        closer = d < self.nearest
+        self.assign[closer] = position
+        self.nearest = torch.minimum(self.nearest, d)
+        rows = torch.nonzero(d2 < self.cap).squeeze(1)
+        old, new = self.cap[rows], d2[rows]
+        self.cap = self.cap.index_put((rows,), new)
+        self.cover = self.cap.sqrt() if self.euclidean else self.cap
+        return rows, old, new, d
+
+    def decrease(self, rows: Tensor, old: Tensor, new: Tensor, dist: Tensor) -> Tensor:
+        """Exact drop of every candidate's gain caused by the coverage change of the points ``rows``.
+
+        Point ``i``'s term ``max(0, c_i - d_ik)`` becomes ``max(0, c'_i - d_ik)`` with ``c'_i < c_i``; the
+        difference is ``c_i - clamp(d_ik, c'_i, c_i)``, zero unless ``d_ik < c_i``. With ``e`` Euclidean
+        distances and ``j`` the new pick, ``e_ik >= e_jk - e_ij`` (``dist`` holds ``e_j``), so a block of
+        rows only touches the candidates closer to ``j`` than ``max_i (c_i + e_ij)``: the rows go in
+        order of that reach, each ``(chunk, m)`` block over just those ``m`` columns, summed in float64.
+        """
+        out = torch.zeros(self.pts.n, dtype=torch.float64, device=self.cap.device)
+        reach = old.sqrt() + dist[rows]  # sqrt(cap) is the old cover as a Euclidean distance
+        order = torch.argsort(reach)
+        rows, old, new, reach = rows[order], old[order], new[order], reach[order]
+        for r, lo, hi, far in zip(*(t.split(self.chunk) for t in (rows, new, old, reach))):
+            # margin for round-off in the matmul distances; a wider radius only costs work
+            cols = torch.nonzero(dist < float(far[-1]) * (1 + 1e-4) + 1e-6).squeeze(1)
+            d = self.pts.raw_squared(r, cols)
+            # in place; much faster than clamp with broadcast tensor bounds on CPU
+            torch.maximum(d, lo[:, None], out=d)
+            torch.minimum(d, hi[:, None], out=d)
+            if self.euclidean:  # caps are squared covers: sqrt(clamp(d^2, c'^2, c^2)) = clamp(d, c', c)
+                d.sqrt_()
+                hi = hi.sqrt()
+            out.index_add_(0, cols, d.sub_(hi[:, None]).sum(0).double())
+        return out.neg_()
+
+    def affected(self, rows: Tensor, old: Tensor, d: Tensor) -> Tensor:
+        """Mask of candidates whose gain may have changed (when it is not updated exactly).
+
+        Candidate ``k`` drew gain from a changed point ``i`` only if ``d_ik < c_i``; by the triangle
+        inequality ``d_ik >= d_jk - d_ij``, so every candidate with ``d_jk >= max_i (c_i + d_ij)`` keeps its
+        exact gain. Squared distances break the triangle inequality; their square roots do not.
+        """
+        if rows.numel() == 0:
+            return torch.zeros(self.pts.n, dtype=torch.bool, device=d.device)
+        dist = d if self.euclidean else d.sqrt()
+        reach = float((old.sqrt() + dist[rows]).max())  # old is cover^2 (euclidean) or squared cover
+        # margin for round-off in the matmul distances; a wider radius only costs re-evaluations
+        return dist < reach * (1 + 1e-4) + 1e-6
+
+    def objective(self) -> float:
+        return float(self.pts.n * self.C - self.cover.double().sum())
+
+
+def _first_gains(cov: _Coverage, unclipped: bool) -> tuple[Tensor, Tensor]:
+    """Gains (or upper bounds on them) for the empty set, from the distances to the mean in O(n d).
+
+    Without clipping (``C`` >= every distance) the first gain of ``j`` is ``n C - sum_i d(i, j)``. For
+    squared distances ``sum_i |x_i - x_j|^2 = sum_i |x_i - mean|^2 + n |x_j - mean|^2`` exactly; for
+    distances, convexity gives ``sum_i |x_i - x_j| >= n |x_j - mean|``, an upper bound on the gain that
+    lets the lazy loop skip the points far from the mean.
+    """
+    n, dtype, device = cov.pts.n, torch.float64, cov.cap.device  # running gains are kept in float64
+    if not unclipped:
+        return torch.full((n,), math.inf, dtype=dtype, device=device), torch.zeros(
+            n, dtype=torch.bool, device=device
+        )
+    r2 = cov.pts.left[:, -2].double()  # |x_j - mean|^2 (the points are centred)
+    if cov.euclidean:
+        g = n * cov.C - n * r2.sqrt()
+        g += 1e-5 * n * cov.C  # round-off margin: a bound must not fall below the float gain
+        return g, torch.zeros(n, dtype=torch.bool, device=device)
+    g = n * cov.C - (r2.sum() + n * r2)
+    return g, torch.ones(n, dtype=torch.bool, device=device)
+
+
+def facility_location(
+    x: Tensor,
+    budget: int,
+    *,
+    greedy: Greedy = "lazy",
+    metric: Metric = "euclidean",
+    C: float | None = None,
+    chunk_size: int | None = None,
+    epsilon: float = 0.01,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> FacilityLocationResult:
+    """Select ``budget`` rows of ``x`` maximising the facility-location objective greedily.
+
+    Args:
+        x: ``(n, d)`` float tensor (CPU or CUDA) or NumPy array.
+        budget: number of rows to select, ``1 <= budget <= n``.
+        greedy: ``"lazy"`` (exact greedy), ``"naive"`` (the same picks, no bounds: slow) or ``"stochastic"``.
+        metric: ``"euclidean"`` or ``"sqeuclidean"`` (the latter is what apricot calls "euclidean").
+        C: similarity offset; default :func:`max_distance_bound` (>= every distance, so nothing is clipped).
+        chunk_size: candidates per ``(chunk_size, n)`` distance block; memory is ``O(n * chunk_size)``.
+            ``None``: 64 on CPU, up to 2048 on GPU (see ``_check_chunk``).
+        epsilon: stochastic greedy's accuracy; each step samples ``ceil(n / budget * log(1 / epsilon))``.
+        generator: CPU generator for the stochastic samples.
+        progress: show a tqdm progress bar over the picks.
+    """
+    x = as_tensor(x, "x", ndim=2)
+    n = x.shape[0]
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= n:
+        raise ValueError(f"budget must be an int in [1, n={n}], got {budget!r}")
+    _check_greedy(greedy)
+    metric = _check_metric(metric)
+    chunk_size = _check_chunk(chunk_size, n, x.device)
+    C = max_distance_bound(x, metric) if C is None else check_positive(C, "C")
+    if greedy == "stochastic" and not 0.0 < float(epsilon) < 1.0:
+        raise ValueError(f"epsilon must be in (0, 1), got {epsilon!r}")
+    if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # half precision cannot hold sums over n points
+
+    device = x.device
+    cov = _Coverage(_Points(x, metric), C, chunk_size, x.dtype, device)
+    # Stale gains are upper bounds (submodularity); +inf = never evaluated, -inf = selected.
+    bounds, fresh = _first_gains(cov, max_distance_bound(x, metric) <= C)
+    sample_size = n if greedy != "stochastic" else math.ceil(n / budget * math.log(1.0 / float(epsilon)))
+    # Update gains exactly (cost: changed points x n) when fewer points changed than a step would
+    # otherwise re-evaluate; the first picks change most points, and re-evaluation is then as cheap.
+    incremental_max = int(_INCREMENTAL_FRACTION * min(n, sample_size))
+    picked: list[int] = []
+    gains: list[float] = []
+    for step in tqdm(range(budget), desc="facility location", disable=not progress):
+        if greedy == "naive":
+            remaining = torch.nonzero(bounds > -math.inf).squeeze(1)
+            bounds[remaining] = cov.gains(remaining).double()
+            fresh[remaining] = True
+        cand = None
+        if sample_size < n - step:
+            remaining = torch.nonzero(bounds > -math.inf).squeeze(1)
+            perm = torch.randperm(remaining.numel(), generator=generator)[:sample_size]
+            cand = remaining[perm.to(device)]
+        batch = _FIRST_BATCH
+        while True:
+            view = bounds if cand is None else bounds[cand]
+            best = int(view.argmax())
+            j = best if cand is None else int(cand[best])
+            if fresh[j]:
+                break  # its exact gain beats every other candidate's upper bound
+            stale = view.masked_fill(fresh if cand is None else fresh[cand], -math.inf)
+            top_bounds, top = stale.topk(min(batch, stale.numel()))
+            top = top[top_bounds > -math.inf]  # drop picked / fresh ones when few stale remain
+            top = top if cand is None else cand[top]
+            bounds[top] = cov.gains(top).double()
+            fresh[top] = True
+            batch = min(2 * batch, chunk_size)
+        picked.append(j)
+        gains.append(float(bounds[j]))
+        bounds[j] = -math.inf
+        rows, old, new, d = cov.add(j, step)
+        if greedy != "naive" and 0 < rows.numel() <= incremental_max:
+            # exact gains stay exact, stale bounds get tighter
+            bounds -= cov.decrease(rows, old, new, d if cov.euclidean else d.sqrt())
+        else:  # a large change costs about as much as re-evaluating: mark the gains it may touch stale
+            fresh &= ~cov.affected(rows, old, d)
+
+    indices = torch.tensor(picked, dtype=torch.long, device=device)
+    weights = torch.bincount(cov.assign, minlength=budget).to(x.dtype)
+    return FacilityLocationResult(
+        indices=indices,
+        weights=weights,
+        gains=torch.tensor(gains, dtype=x.dtype, device=device),
+        objective=cov.objective(),
+        assignment=cov.assign,
+        C=C,
+    )
+
+
+def facility_location_objective(
+    x: Tensor,
+    indices: Tensor,
+    *,
+    metric: Metric = "euclidean",
+    C: float | None = None,
+    chunk_size: int | None = None,
+) -> float:
+    """``F(S) = sum_i max(0, C - min_{j in S} d(x_i, x_j))`` for the rows ``indices``, in chunks."""
+    x = as_tensor(x, "x", ndim=2)
+    metric = _check_metric(metric)
+    if isinstance(indices, Tensor):
+        indices = indices.to(device=x.device, dtype=torch.long).reshape(-1)
+    else:
+        indices = torch.as_tensor(indices, dtype=torch.long, device=x.device).reshape(-1)
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= x.shape[0]):
+        raise ValueError(
+            f"indices must lie in [0, {x.shape[0]}), got range [{indices.min()}, {indices.max()}]"
+        )
+    C = max_distance_bound(x, metric) if C is None else check_positive(C, "C")
+    cov = _Coverage(_Points(x, metric), C, _check_chunk(chunk_size, x.shape[0], x.device), x.dtype, x.device)
+    for pos, j in enumerate(indices.tolist()):
+        cov.add(j, pos)
+    return cov.objective()

@@ -1,0 +1,28 @@
+"""Training utilities: weighted classifier training, downstream classifiers, checkpoints, metric logs.
+
+- :func:`train_classifier` / :func:`evaluate_accuracy`: per-example weighted cross-entropy with any
+  ``torch.optim`` or ``genlib.optim`` optimizer (a factory), tqdm progress, optional checkpoint/resume
+- :class:`MLPClassifier`, :class:`SmallConvNet`: the downstream models of the augmentation experiments
+- :class:`Checkpointer`: atomic periodic checkpoints of models, optimizers and RNG states; exact resume
+- :class:`MetricsLogger`: JSON-lines + CSV metric records next to a run's results
+"""
+
+from genlib.train.checkpoint import Checkpointer, Resumed, get_rng_state, set_rng_state
+from genlib.train.classifiers import MLPClassifier, SmallConvNet
+from genlib.train.classify import evaluate_accuracy, predict_logits, train_classifier, weighted_cross_entropy
+from genlib.train.logger import MetricsLogger, read_jsonl
+
+__all__ = [
+    "Checkpointer",
+    "Resumed",
+    "get_rng_state",
+    "set_rng_state",
+    "MLPClassifier",
+    "SmallConvNet",
+    "train_classifier",
+    "evaluate_accuracy",
+    "predict_logits",
+    "weighted_cross_entropy",
+    "MetricsLogger",
+    "read_jsonl",
+]

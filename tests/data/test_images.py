@@ -1,0 +1,257 @@
+"""Image loaders on the shared real files, the SVHN .mat format on small files written in that format,
+and semi-supervised splits."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from genlib.data import (
+    default_data_root,
+    load_digits_sklearn,
+    load_image_folder_crops,
+    load_mnist_npz,
+    load_svhn,
+    load_svhn_semi_supervised,
+    semi_supervised_split,
+)
+from genlib.data import images as images_module
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+MNIST = DATA / "digits" / "mnist_4k.npz"
+CROPS = DATA / "digits" / "svhn_real_crops"
+needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"{MNIST} not present")
+needs_crops = pytest.mark.skipif(not CROPS.is_dir(), reason=f"{CROPS} not present")
+
+
+# ---------------------------------------------------------------------------------------------- real files
+
+
+@needs_mnist
+def test_mnist_npz_values_labels_and_range():
+    x, y = load_mnist_npz(MNIST)
+    raw = np.load(MNIST)
+    assert x.shape == (4000, 1, 28, 28) and x.dtype == torch.float32
+    assert y.dtype == torch.int64 and torch.equal(y, torch.from_numpy(raw["labels"].astype(np.int64)))
+    assert torch.bincount(y, minlength=10).tolist() == [400] * 10
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    # exact pixel values, in the file's (row, column) order
+    assert torch.equal((x[:, 0] * 255).round().to(torch.uint8), torch.from_numpy(raw["images"]))
+
+
+@needs_mnist
+def test_default_root_finds_shared_data_and_default_mnist_path():
+    assert default_data_root() == DATA.resolve()
+    x, _ = load_mnist_npz()
+    assert x.shape[0] == 4000
+
+
+def test_default_root_env_and_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENLIB_DATA_ROOT", str(tmp_path))
+    assert default_data_root() == tmp_path.resolve()
+    monkeypatch.delenv("GENLIB_DATA_ROOT")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(images_module, "_PROJECT_ROOT", tmp_path / "nowhere" / "project")
+    with pytest.raises(FileNotFoundError, match=r"(?s)no data folder found.*shared.*GENLIB_DATA_ROOT"):
+        default_data_root()
+
+
+def test_mnist_npz_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        load_mnist_npz(tmp_path / "missing.npz")
+    np.savez(tmp_path / "nolabels.npz", images=np.zeros((3, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match=r"lacks arrays \['labels'\]"):
+        load_mnist_npz(tmp_path / "nolabels.npz")
+    np.savez(tmp_path / "float.npz", images=np.zeros((3, 28, 28)), labels=np.zeros(3))
+    with pytest.raises(ValueError, match="must be uint8"):
+        load_mnist_npz(tmp_path / "float.npz")
+
+
+@needs_crops
+def test_svhn_crops_labels_and_pixels_match_pil():
+    x, y = load_image_folder_crops(CROPS)
+    assert y.tolist() == [0, 1, 2, 5, -1, -1, -1, -1, -1]
+    assert x.shape == (9, 3, 32, 32) and x.dtype == torch.float32
+    ref = np.array(Image.open(CROPS / "svhn_digit_5.png").convert("RGB"))  # (H, W, C)
+    assert torch.equal((x[3] * 255).round().to(torch.uint8), torch.from_numpy(ref).permute(2, 0, 1))
+    assert float(x.std()) > 0.05  # real photos, not blank
+
+
+def test_crops_errors(tmp_path):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "svhn_digit_3.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "unlabeled_0.png")
+    with pytest.raises(ValueError, match="differ in size"):
+        load_image_folder_crops(tmp_path)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "cat.png")
+    with pytest.raises(ValueError, match="cannot read a label from cat.png"):
+        load_image_folder_crops(tmp_path)
+    with pytest.raises(FileNotFoundError, match="crop folder not found"):
+        load_image_folder_crops(tmp_path / "nope")
+
+
+def test_sklearn_digits_exact_and_upsampled():
+    from sklearn.datasets import load_digits
+
+    ref = load_digits()
+    x, y = load_digits_sklearn()
+    assert x.shape == (1797, 1, 8, 8)
+    assert torch.equal(x[:, 0], torch.from_numpy(ref.images.astype(np.float32) / 16))
+    assert torch.equal(y, torch.from_numpy(ref.target).long())
+    up, _ = load_digits_sklearn(image_size=32)
+    assert up.shape == (1797, 1, 32, 32) and 0 <= float(up.min()) and float(up.max()) <= 1
+    # an integer-factor bilinear upsampling keeps each image's mean intensity, and pooling back to 8x8
+    # gives the original digit up to interpolation blur
+    assert torch.allclose(up.mean((1, 2, 3)), x.mean((1, 2, 3)), atol=1e-6)
+    back = F.interpolate(up, size=8, mode="area")
+    assert float(torch.corrcoef(torch.stack([back.flatten(), x.flatten()]))[0, 1]) > 0.95
+    with pytest.raises(ValueError, match="image_size"):
+        load_digits_sklearn(image_size=4)
+
+
+# ---------------------------------------------------------------------------------------------- SVHN .mat
+
+
+def _write_svhn(folder: Path, split: str, labels: list[int], seed: int = 0) -> np.ndarray:
+    """A small file in the official layout: X uint8 (32, 32, 3, N), y (N, 1) with 10 for digit 0."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(32, 32, 3, len(labels)), dtype=np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(folder / f"{split}_32x32.mat", {"X": x, "y": np.array(labels, np.uint8)[:, None]})
+    return x
+
+
+def test_svhn_mat_axis_order_and_label_mapping(tmp_path):
+    x = _write_svhn(tmp_path, "train", [10, 3, 1, 10, 9])
+    x[:] = 0
+    x[5, 7, 2, 1] = 200  # row 5, column 7, blue channel, second example
+    y = np.array([[10], [3], [1], [10], [9]], np.uint8)
+    scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": x, "y": y})
+    images, labels = load_svhn(tmp_path, "train")
+    assert images.shape == (5, 3, 32, 32) and images.dtype == torch.float32
+    assert labels.tolist() == [0, 3, 1, 0, 9] and labels.dtype == torch.int64
+    assert images[1, 2, 5, 7] == pytest.approx(200 / 255)
+    assert torch.count_nonzero(images) == 1
+
+
+def test_svhn_mat_random_content_matches_transpose(tmp_path):
+    x = _write_svhn(tmp_path, "test", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], seed=3)
+    images, labels = load_svhn(tmp_path, "test")
+    expected = torch.from_numpy(x).permute(3, 2, 0, 1).float() / 255
+    assert torch.equal(images, expected)
+    assert labels.tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
+
+
+def test_svhn_missing_file_and_bad_input(tmp_path):
+    expected = r"(?s)not found: .*train_32x32\.mat.*test_32x32\.mat.*extra_32x32\.mat.*download=True"
+    with pytest.raises(FileNotFoundError, match=expected):
+        load_svhn(tmp_path, "train")
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_svhn(tmp_path, "validation")
+    scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": [[0], [1]]})
+    with pytest.raises(ValueError, match="labels 1..10"):
+        load_svhn(tmp_path, "train")
+    scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((32, 32, 2), np.uint8), "y": [[1], [1]]})
+    with pytest.raises(ValueError, match=r"'X' must be uint8 \(H, W, 3, N\)"):
+        load_svhn(tmp_path, "train")
+
+
+def test_svhn_semi_supervised_protocol(tmp_path):
+    train_labels = [c if c else 10 for c in range(10)] * 5  # 50 examples, 5 per class
+    _write_svhn(tmp_path, "train", train_labels, seed=1)
+    _write_svhn(tmp_path, "test", [1, 2, 10], seed=2)
+    _write_svhn(tmp_path, "extra", [4, 4, 4, 10], seed=3)
+    x_train, y_train = load_svhn(tmp_path, "train")
+
+    d = load_svhn_semi_supervised(tmp_path, n_labeled=20, seed=0)
+    assert torch.bincount(d.y_labeled, minlength=10).tolist() == [2] * 10
+    assert d.x_unlabeled.shape[0] == 30 and d.y_test.tolist() == [1, 2, 0]
+    # labelled and unlabelled images are disjoint and together are exactly the training set
+    rows = {tuple(r.tolist()) for r in (x_train.flatten(1) * 255).round()}
+    lab = {tuple(r.tolist()) for r in (d.x_labeled.flatten(1) * 255).round()}
+    unl = {tuple(r.tolist()) for r in (d.x_unlabeled.flatten(1) * 255).round()}
+    assert not lab & unl and lab | unl == rows
+
+    e = load_svhn_semi_supervised(tmp_path, n_labeled=20, seed=0, include_extra=True)
+    assert torch.equal(e.x_labeled, d.x_labeled)
+    assert e.x_unlabeled.shape[0] == 34 and e.y_unlabeled[-4:].tolist() == [4, 4, 4, 0]
+
+
+# ---------------------------------------------------------------------------------------------- splits
+
+
+def _labels(per_class=(30, 30, 30, 30), n_unknown=7):
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate(per_class)] + [torch.full((n_unknown,), -1)])
+    return y[torch.randperm(len(y), generator=torch.Generator().manual_seed(9))]
+
+
+def test_split_balanced_disjoint_complete():
+    y = _labels()
+    s = semi_supervised_split(y, n_labeled=40, n_test=20, seed=1)
+    assert torch.bincount(y[s.labeled], minlength=4).tolist() == [10, 10, 10, 10]
+    all_idx = torch.cat([s.labeled, s.unlabeled, s.test])
+    assert all_idx.numel() == y.numel() and torch.equal(all_idx.sort().values, torch.arange(y.numel()))
+    assert (y[s.test] >= 0).all()  # test examples need labels
+    assert (y[s.unlabeled] == -1).sum() == 7  # unknown-label examples all end up unlabelled
+    assert s.test.numel() == 20 and s.unlabeled.numel() == y.numel() - 60
+
+
+def test_split_deterministic_per_seed():
+    y = _labels()
+    a, b = semi_supervised_split(y, 40, 20, seed=5), semi_supervised_split(y.numpy(), 40, 20, seed=5)
+    c = semi_supervised_split(y, 40, 20, seed=6)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not torch.equal(a.labeled, c.labeled)
+
+
+def test_split_unbalanced_and_errors():
+    y = _labels(per_class=(50, 3, 50, 50))
+    s = semi_supervised_split(y, n_labeled=17, seed=0, balanced=False)
+    assert s.labeled.numel() == 17 and s.test.numel() == 0
+    with pytest.raises(ValueError, match=r"class 1 has 3 examples .* need 10"):
+        semi_supervised_split(y, n_labeled=40)
+    with pytest.raises(ValueError, match="divisible"):
+        semi_supervised_split(y, n_labeled=41)
+    with pytest.raises(ValueError, match="exceeds"):
+        semi_supervised_split(y, n_labeled=100, n_test=100)
+    with pytest.raises(ValueError, match="integers"):
+        semi_supervised_split(y.float())
+    with pytest.raises(ValueError, match="num_classes=3"):
+        semi_supervised_split(y, n_labeled=12, num_classes=3)
+
+
+def test_svhn_download_wiring_matches_torchvision(tmp_path, monkeypatch):
+    """download=True fetches the official file with its md5 (the values torchvision's SVHN uses too)."""
+    import importlib.util
+    import sys
+    import types
+
+    calls = []
+
+    def fake_download_url(url, root, filename, md5):
+        calls.append((url, Path(root), filename, md5))
+        _write_svhn(Path(root), filename.split("_")[0], [7, 10])
+
+    # fake modules stand in for torchvision (importing it costs seconds; the test needs no network)
+    fake = types.ModuleType("torchvision.datasets.utils")
+    fake.download_url = fake_download_url
+    for name in ("torchvision", "torchvision.datasets"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "torchvision.datasets.utils", fake)
+    x, y = load_svhn(tmp_path / "svhn", "test", download=True)
+    assert y.tolist() == [7, 0] and x.shape == (2, 3, 32, 32)
+    url, root, filename, md5 = calls[0]
+    assert (url, root, filename) == (
+        "http://ufldl.stanford.edu/housenumbers/test_32x32.mat", tmp_path / "svhn", "test_32x32.mat"
+    )
+    assert md5 == images_module.SVHN_FILES["test"][2]
+    load_svhn(tmp_path / "svhn", "test", download=True)
+    assert len(calls) == 1  # present files are not fetched again
+    monkeypatch.undo()
+    spec = importlib.util.find_spec("torchvision")
+    source = (Path(spec.submodule_search_locations[0]) / "datasets" / "svhn.py").read_text()
+    for url, filename, md5 in images_module.SVHN_FILES.values():
+        assert url in source and f'"{filename}"' in source and f'"{md5}"' in source

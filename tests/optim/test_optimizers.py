@@ -1,0 +1,382 @@
+"""PSGD optimizers: convergence against tuned SGD, every family × curvature source, bit-exact resume,
+argument validation, and the small contracts (groups, clipping, weight decay, dtypes, pickling)."""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from genlib.optim import LRA, PSGD, Dense, Diag, ExponentialDecaySchedule, Kron, XMat
+
+DT = torch.float64
+FAMILIES = [Dense, LRA, Kron, XMat, Diag]
+
+
+def rosenbrock(x: torch.Tensor) -> torch.Tensor:
+    return 100 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2
+
+
+def train(opt, loss_fn, steps: int, closure: bool) -> None:
+    for _ in range(steps):
+        if closure:
+            opt.step(loss_fn)
+        else:
+            opt.zero_grad()
+            loss_fn().backward()
+            opt.step()
+
+
+def test_rosenbrock_psgd_far_below_tuned_sgd():
+    steps = 300
+    x = nn.Parameter(torch.tensor([-1.2, 1.0], dtype=DT))
+    train(Dense([x], lr=1.0, curvature="hvp"), lambda: rosenbrock(x), steps, closure=True)
+    psgd = float(rosenbrock(x.detach()))
+    # SGD's best over a grid up to its stability limit (lr = 4e-3 diverges from this start).
+    sgd = []
+    for lr in (1e-3, 2e-3, 3e-3):
+        y = nn.Parameter(torch.tensor([-1.2, 1.0], dtype=DT))
+        train(torch.optim.SGD([y], lr=lr), lambda y=y: rosenbrock(y), steps, closure=False)
+        sgd.append(float(rosenbrock(y.detach())))
+    assert psgd < 1e-8
+    assert min(sgd) > 1e-2  # SGD is still crawling along the valley
+    assert torch.allclose(x.detach(), torch.ones(2, dtype=DT), atol=1e-4)
+
+
+def ill_conditioned_lstsq(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(40, 20, generator=g, dtype=DT))
+    V, _ = torch.linalg.qr(torch.randn(20, 20, generator=g, dtype=DT))
+    A = U @ torch.diag(torch.logspace(0, -1.5, 20, dtype=DT)) @ V.mT  # cond(AᵀA) = 1000, L = 1
+    b = torch.randn(40, generator=g, dtype=DT)
+    x_star = torch.linalg.lstsq(A, b[:, None]).solution[:, 0]
+    f_star = float(0.5 * (A @ x_star - b).square().sum())
+    return A, b, f_star
+
+
+# Kron on a vector is one triangular factor, which fits more slowly: it needs the trust region early on.
+@pytest.mark.parametrize(
+    ("family", "curvature", "clip"), [(Dense, "hvp", None), (Dense, "finite_diff", None), (Kron, "hvp", 1.0)]
+)
+def test_ill_conditioned_least_squares_psgd_far_below_tuned_sgd(family, curvature, clip):
+    A, b, f_star = ill_conditioned_lstsq()
+    steps = 400
+
+    def gap_after(make_opt, closure):
+        x = nn.Parameter(torch.zeros(20, dtype=DT))
+        loss = lambda: 0.5 * (A @ x - b).square().sum()  # noqa: E731
+        train(make_opt([x]), loss, steps, closure)
+        return float(loss().detach()) - f_star
+
+    kw = {"max_skew": math.inf} if family is Kron else {}  # Kron: one triangular factor on the vector
+    psgd = gap_after(lambda p: family(p, lr=0.5, curvature=curvature, grad_clip_max_norm=clip, **kw), True)
+    # SGD with lr in units of 1/L up to just below the divergence threshold 2/L.
+    sgd = min(gap_after(lambda p, lr=lr: torch.optim.SGD(p, lr=lr), False) for lr in (0.5, 1.0, 1.5, 1.9))
+    assert psgd < 0.1  # from an initial gap of ~20; SGD's best is still above 1
+    assert sgd > 15 * psgd
+
+
+def mlp_problem():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 6, generator=g, dtype=DT) * torch.logspace(0, -1, 6, dtype=DT)
+    Y = X @ torch.randn(6, 4, generator=g, dtype=DT) + 0.01 * torch.randn(64, 4, generator=g, dtype=DT)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    return model, lambda: (model(X) - Y).square().mean()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("curvature", ["hvp", "finite_diff", "whiten"])
+def test_every_family_and_curvature_trains_an_mlp(family, curvature):
+    model, loss = mlp_problem()
+    start = float(loss().detach())
+    if curvature == "whiten":  # plain loss.backward(); opt.step()
+        opt = family(model.parameters(), lr=0.1, momentum=0.9, grad_clip_max_norm=1.0)
+        train(opt, loss, 120, closure=False)
+    else:
+        opt = family(model.parameters(), lr=0.3, curvature=curvature, grad_clip_max_norm=1.0)
+        train(opt, loss, 120, closure=True)
+    # Full-batch SGD's best over lr ∈ {0.03, 0.1, 0.3, 1} reaches 0.015 after 150 steps on this problem.
+    assert float(loss().detach()) < 0.012 < start / 100
+    assert all(pc.initialized and pc.num_updates == 120 for pcs in opt.preconditioners for pc in pcs)
+
+
+RESUME_CONFIGS = {
+    "kron-hvp-schedule": lambda p: Kron(
+        p,
+        lr=0.2,
+        curvature="hvp",
+        momentum=0.5,
+        weight_decay=1e-3,
+        grad_clip_max_norm=1.0,
+        update_probability=ExponentialDecaySchedule(1.0, 0.2, 6),
+    ),
+    "lra-finite-diff-dropout": lambda p: LRA(
+        p, lr=0.2, rank=3, curvature="finite_diff", update_probability=0.6
+    ),
+    "dense-whiten": lambda p: Dense(p, lr=0.05, momentum=0.9, update_probability=0.5),
+    "xmat-whiten": lambda p: XMat(p, lr=0.05, update_probability=0.5),
+    "diag-hvp": lambda p: Diag(p, lr=0.2, curvature="hvp", update_probability=0.5),
+}
+
+
+@pytest.mark.parametrize("config", sorted(RESUME_CONFIGS))
+def test_resume_from_checkpoint_is_bit_exact(config):
+    make_opt = RESUME_CONFIGS[config]
+    dropout = "dropout" in config
+    g = torch.Generator().manual_seed(1)
+    X, Y = torch.randn(32, 5, generator=g), torch.randn(32, 3, generator=g)
+
+    def build():
+        torch.manual_seed(0)
+        layers = [nn.Linear(5, 8), nn.Tanh()] + ([nn.Dropout(0.2)] if dropout else []) + [nn.Linear(8, 3)]
+        model = nn.Sequential(*layers)
+        return model, make_opt(model.parameters())
+
+    def run(model, opt, steps, start):
+        for t in range(start, start + steps):
+            torch.manual_seed(1000 + t)  # the training loop's own RNG (dropout) is the caller's to restore
+            loss = lambda: (model(X) - Y).square().mean()  # noqa: E731
+            if opt.curvature == "whiten":
+                opt.zero_grad()
+                loss().backward()
+                opt.step()
+            else:
+                opt.step(loss)
+
+    model_a, opt_a = build()
+    run(model_a, opt_a, 12, 0)
+
+    model_b, opt_b = build()
+    run(model_b, opt_b, 5, 0)
+    buf = io.BytesIO()
+    torch.save({"model": model_b.state_dict(), "opt": opt_b.state_dict()}, buf)
+    del model_b, opt_b
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=False)
+    model_c, opt_c = build()
+    model_c.load_state_dict(ckpt["model"])
+    opt_c.load_state_dict(ckpt["opt"])
+    run(model_c, opt_c, 7, 5)
+
+    for pa, pc in zip(model_a.parameters(), model_c.parameters()):
+        assert torch.equal(pa, pc)
+    for pa, pc in zip(opt_a.preconditioners[0], opt_c.preconditioners[0]):
+        for k, t in pa.state_dict()["tensors"].items():
+            assert torch.equal(t, pc.state_dict()["tensors"][k])
+    # ...and the run did something: the preconditioners moved away from their first fit.
+    assert any(pc.num_updates >= 3 for pc in opt_a.preconditioners[0])
+
+
+def test_finite_diff_restores_parameters_and_matches_exact_hvp():
+    A, b, _ = ill_conditioned_lstsq()
+    fits = {}
+    for curvature in ("finite_diff", "hvp"):
+        x = nn.Parameter(torch.linspace(-1, 1, 20, dtype=DT))
+        before = x.detach().clone()
+        opt = Dense([x], lr=0.0, curvature=curvature, seed=3)
+        opt.step(lambda x=x: 0.5 * (A @ x - b).square().sum())
+        assert torch.equal(x.detach(), before)  # lr = 0 and θ + v restored exactly
+        fits[curvature] = opt.preconditioners[0][0].to_dense()
+    # On a quadratic the finite difference is exact up to round-off: the same (v, h) pair, the same fit.
+    assert torch.allclose(fits["finite_diff"], fits["hvp"], rtol=1e-5)
+
+
+def test_finite_diff_replays_the_closure_rng_so_dropout_masks_match():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 32), nn.Dropout(0.5), nn.Linear(32, 1)).double()
+    X = torch.randn(16, 4, dtype=DT)
+    opt = Dense(model.parameters(), lr=0.0, curvature="finite_diff")
+    captured = []
+
+    def closure():
+        out = model(X)
+        captured.append(out.detach())
+        return out.square().mean()
+
+    opt.step(closure)
+    assert len(captured) == 2
+    # Same mask in both evaluations: outputs differ only by the tiny perturbation (dropout would change
+    # about half the hidden units, i.e. O(1) differences).
+    assert float((captured[0] - captured[1]).abs().max()) < 1e-5
+
+
+def test_zero_gradients_never_produce_nan():
+    w = nn.Parameter(torch.ones(3, 4))
+    opt = Kron([w], lr=0.1)
+    for _ in range(3):
+        w.grad = torch.zeros_like(w)
+        opt.step()
+    assert torch.equal(w.detach(), torch.ones(3, 4))
+    assert all(torch.isfinite(t).all() for t in opt.preconditioners[0][0].state_dict()["tensors"].values())
+    assert not opt.preconditioners[0][0].initialized  # waits for a real gradient to set its scale
+    w.grad = torch.randn(3, 4)
+    opt.step()
+    assert torch.isfinite(w).all() and not torch.equal(w.detach(), torch.ones(3, 4))
+    # A linear loss has H = 0: the HVP is zero, and nothing blows up either.
+    x = nn.Parameter(torch.ones(5))
+    opt = LRA([x], lr=0.1, curvature="hvp", rank=2)
+    opt.step(lambda: (3.0 * x).sum())
+    assert torch.isfinite(x).all()
+
+
+def test_param_groups_use_their_own_lr():
+    a, b, c = (nn.Parameter(torch.full((2, 3), 1.0)) for _ in range(3))
+    opt = Kron(
+        [{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.3}, {"params": [c], "lr": 0.0}],
+        update_probability=0.0,
+        init_scale=1.0,  # Q = I, never refit: the step is exactly lr·g
+    )
+    for p in (a, b, c):
+        p.grad = torch.full((2, 3), 2.0)
+    opt.step()
+    assert torch.allclose(a.detach(), torch.full((2, 3), 1.0 - 0.2))
+    assert torch.allclose(b.detach(), torch.full((2, 3), 1.0 - 0.6))
+    assert torch.equal(c.detach(), torch.full((2, 3), 1.0))
+
+
+def test_grad_clip_bounds_the_step_and_weight_decay_is_decoupled():
+    x = nn.Parameter(torch.zeros(10))
+    opt = Diag([x], lr=0.5, grad_clip_max_norm=0.1, init_scale=1.0, update_probability=0.0)
+    x.grad = torch.full((10,), 100.0)
+    opt.step()
+    assert math.isclose(float(x.detach().norm()), 0.5 * 0.1, rel_tol=1e-5)  # ‖lr·P g‖ clipped to lr·max_norm
+    y = nn.Parameter(torch.full((4,), 2.0))
+    opt = XMat([y], lr=0.1, weight_decay=0.5, init_scale=1.0, update_probability=0.0)
+    y.grad = torch.zeros(4)
+    opt.step()
+    assert torch.allclose(y.detach(), torch.full((4,), 2.0 * (1 - 0.1 * 0.5)))
+
+
+def test_bfloat16_preconditioner_dtype_trains_float32_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 6, generator=g)
+    Y = X @ torch.randn(6, 4, generator=g)
+    opt = Kron(model.parameters(), lr=0.3, curvature="hvp", preconditioner_dtype=torch.bfloat16)
+    loss = lambda: (model(X) - Y).square().mean()  # noqa: E731
+    start = float(loss().detach())
+    train(opt, loss, 80, closure=True)
+    assert float(loss().detach()) < start / 50
+    assert all(f.dtype == torch.bfloat16 for pc in opt.preconditioners[0] for f in pc.factors)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_schedule_values_and_pickling():
+    s = ExponentialDecaySchedule(start=1.0, end=0.1, decay_steps=100)
+    assert s(0) == 1.0 and math.isclose(s(50), math.sqrt(0.1)) and s(100) == 0.1 and s(10**6) == 0.1
+    assert all(s(t) >= s(t + 1) for t in range(150))
+    s2 = pickle.loads(pickle.dumps(s))
+    assert s2 == s and s2(37) == s(37)
+    w = nn.Parameter(torch.randn(3, 4))
+    opt = Kron([w], update_probability=s)
+    w.grad = torch.randn(3, 4)
+    opt.step()
+    clone = pickle.loads(pickle.dumps(opt))  # the whole optimizer, schedule and preconditioners included
+    assert clone.update_probability == s
+    assert torch.equal(clone.preconditioners[0][0].factors[0], opt.preconditioners[0][0].factors[0])
+
+
+def test_refit_frequency_follows_update_probability():
+    w = nn.Parameter(torch.randn(4, 4))
+    opt = Diag([w], update_probability=0.25, init_scale=1.0)
+    for _ in range(400):
+        w.grad = torch.randn(4, 4)
+        opt.step()
+    n = opt.preconditioners[0][0].num_updates
+    assert 70 <= n <= 130  # Binomial(400, 0.25): mean 100, sd 8.7
+
+
+def test_bad_arguments_raise_clear_errors():
+    w = nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match="lr"):
+        Kron([w], lr=-0.1)
+    with pytest.raises(ValueError, match="rank"):
+        LRA([w], rank=-1)
+    with pytest.raises(ValueError, match="curvature"):
+        Kron([w], curvature="newton")
+    with pytest.raises(ValueError, match="update_probability"):
+        Kron([w], update_probability=1.5)
+    with pytest.raises(ValueError, match="update_probability"):
+        Kron([w], update_probability=-0.1)
+    with pytest.raises(ValueError, match="momentum"):
+        Kron([w], momentum=1.0)
+    with pytest.raises(ValueError, match=r"param_groups\[1\] lr"):
+        Kron([{"params": [w]}, {"params": [nn.Parameter(torch.ones(2))], "lr": -1.0}])
+    with pytest.raises(ValueError, match=r"\['params'\]\[0\].*not a leaf"):
+        Kron([w * 2])
+    for curvature in ("hvp", "finite_diff"):
+        opt = Dense([w], curvature=curvature)
+        with pytest.raises(RuntimeError, match="needs step\\(closure\\)"):
+            opt.step()
+
+    def calls_backward():
+        loss = w.square().sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(RuntimeError, match="without calling backward"):
+        Dense([w], curvature="hvp").step(calls_backward)
+    v = nn.Parameter(torch.randn(2))
+    opt = Kron([w, v])
+    w.grad, v.grad = torch.randn(3), torch.tensor([1.0, float("nan")])
+    with pytest.raises(RuntimeError, match=r"parameter 1 .*NaN or Inf"):
+        opt.step()
+    opt = Kron([w], update_probability=lambda step: 2.0)
+    w.grad = torch.randn(3)
+    with pytest.raises(ValueError, match="update_probability"):
+        opt.step()
+    with pytest.raises(ValueError, match="psgd"):
+        Kron([w]).load_state_dict(torch.optim.SGD([w], lr=0.1).state_dict())
+
+
+def test_families_share_the_base_and_flatten_where_documented():
+    assert all(issubclass(f, PSGD) and issubclass(f, torch.optim.Optimizer) for f in FAMILIES)
+    ps = [nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(5))]
+    assert [pc.shape for pc in LRA(ps).preconditioners[0]] == [(17,)]
+    assert [pc.shape for pc in Kron(ps).preconditioners[0]] == [(3, 4), (5,)]
+    assert LRA(ps, rank=100).preconditioners[0][0].rank == 16  # capped at dim − 1
+
+
+@pytest.mark.parametrize("family", [LRA, Dense, Kron])
+@pytest.mark.parametrize("curvature", ["whiten", "hvp"])
+def test_frozen_and_unused_tensors_are_left_alone(family, curvature):
+    torch.manual_seed(0)
+    w, frozen, unused = (
+        nn.Parameter(torch.randn(3, 4)),
+        nn.Parameter(torch.randn(4)),
+        nn.Parameter(torch.randn(2)),
+    )
+    frozen.requires_grad_(False)
+    before = (frozen.detach().clone(), unused.detach().clone())
+    opt = family([w, frozen, unused], lr=0.1, curvature=curvature)
+    x = torch.randn(5, 4)
+    loss = lambda: (x @ (w.mT @ w) @ frozen).square().mean()  # noqa: E731
+    w0 = w.detach().clone()
+    for _ in range(3):
+        if curvature == "whiten":
+            opt.zero_grad()
+            loss().backward()
+            opt.step()
+        else:
+            opt.step(loss)
+    assert torch.equal(frozen.detach(), before[0]) and not torch.equal(w.detach(), w0)
+    if curvature == "whiten":  # no .grad at all: skipped, like torch optimizers do
+        assert torch.equal(unused.detach(), before[1])
+    assert all(torch.isfinite(p).all() for p in (w, frozen, unused))
+
+
+def test_only_the_first_step_is_a_forced_refit():
+    w, unused = nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(5))
+    opt = Kron([w, unused], update_probability=0.0)  # init_scale=None: step 0 must set Q's scale
+    for _ in range(5):
+        w.grad = torch.randn(3, 4)
+        opt.step()
+    pw, pu = opt.preconditioners[0]
+    assert pw.num_updates == 1 and pw.initialized
+    assert pu.num_updates == 0 and not pu.initialized  # never had a gradient: no refit forced for it

@@ -1,0 +1,298 @@
+"""Oracle tests: each preconditioner family fitted on pairs with known curvature reaches the closed form.
+
+With E[vvᵀ] = I/m and h = H v + ε, the PSGD criterion E[hᵀPh + vᵀP⁻¹v] is minimised by
+P* = (H² + E[εεᵀ]·m)^(-1/2). Deterministic pair batches make the expectations exact, so the tolerances
+are tight: a flipped sign, a missing transpose or P = Q instead of QᵀQ all land far from P*.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from genlib.optim import (
+    DensePreconditioner,
+    DiagPreconditioner,
+    KronPreconditioner,
+    LRAPreconditioner,
+    XMatPreconditioner,
+    psd_norm_lower_bound,
+)
+
+DT = torch.float64
+
+
+def inv_sqrtm(S: torch.Tensor) -> torch.Tensor:
+    w, U = torch.linalg.eigh(S)
+    return U @ torch.diag(w.rsqrt()) @ U.mT
+
+
+def rel_err(A: torch.Tensor, B: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(A - B) / torch.linalg.matrix_norm(B))
+
+
+def sym_with_spectrum(eigs: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(len(eigs), len(eigs), generator=g, dtype=DT))
+    return U @ torch.diag(eigs) @ U.mT
+
+
+def randomize(pre, seed: int = 0):
+    """Start from a random point of the family's group, so no symmetry hides a wrong update rule."""
+    g = torch.Generator().manual_seed(seed)
+    st = pre.state_dict()
+    for k, t in st["tensors"].items():
+        if k == "invQ":
+            continue
+        r = 0.3 * torch.randn(t.shape, generator=g, dtype=t.dtype)
+        if t.ndim == 2 and t.shape[0] == t.shape[1]:  # a (triangular or full) Q factor: I + R
+            r = r if k == "Q" and "invQ" in st["tensors"] else torch.triu(r)
+            st["tensors"][k] = torch.eye(t.shape[0], dtype=t.dtype) + r
+        elif k == "b":  # X-matrix anti-diagonal (centre entry stays 0)
+            st["tensors"][k] = r * torch.tensor(
+                [0.0 if (t.numel() % 2 and i == t.numel() // 2) else 1.0 for i in range(t.numel())],
+                dtype=t.dtype,
+            )
+        elif k in ("a", "d", "q"):
+            st["tensors"][k] = 1.0 + r.abs()
+    if "invQ" in st["tensors"]:
+        st["tensors"]["invQ"] = torch.linalg.inv(st["tensors"]["Q"])
+    pre.load_state_dict(st)
+    return pre
+
+
+def fit(pre, v, h, steps):
+    for _ in range(steps):
+        pre.update(v, h)
+    return pre
+
+
+def indefinite_h(d: int, seed: int = 0) -> torch.Tensor:
+    # |eigenvalues| log-spaced over [0.1, 10] (condition number 100), alternating signs: indefinite.
+    eigs = torch.logspace(-1, 1, d, dtype=DT) * torch.tensor([1.0, -1.0] * d, dtype=DT)[:d]
+    return sym_with_spectrum(eigs, seed)
+
+
+@pytest.mark.parametrize(("triangular", "definite"), [(False, False), (True, False), (False, True)])
+def test_dense_reaches_inverse_sqrt_of_h2_plus_noise(triangular, definite):
+    d = 8
+    H = sym_with_spectrum(torch.logspace(-1, 1, d, dtype=DT), 2) if definite else indefinite_h(d)
+    E = 0.3 * torch.randn(d, d, generator=torch.Generator().manual_seed(1), dtype=DT)
+    # v = [I; I] and h = [H + ε; H − ε] (rows): E[vvᵀ] = I/d, E[hhᵀ] = (H² + EEᵀ)/d, cross terms cancel.
+    v = torch.cat([torch.eye(d, dtype=DT)] * 2)
+    h = torch.cat([H + E.mT, H - E.mT])
+    pre = fit(randomize(DensePreconditioner(d, triangular=triangular, dtype=DT, init_scale=1.0)), v, h, 2500)
+    target = inv_sqrtm(H @ H + E @ E.mT)
+    assert rel_err(pre.to_dense(), target) < 1e-2
+    if not triangular:  # the Woodbury-carried inverse stays the inverse
+        assert torch.allclose(pre.Q @ pre.invQ, torch.eye(d, dtype=DT), atol=1e-8)
+    else:
+        assert torch.equal(pre.Q, torch.triu(pre.Q))
+
+
+def test_dense_stochastic_pairs_approach_optimum():
+    d = 6
+    H = indefinite_h(d, seed=3)
+    g = torch.Generator().manual_seed(0)
+    pre = DensePreconditioner(d, dtype=DT, lr=0.05)
+    sigma = 0.2
+    for _ in range(1500):
+        v = torch.randn(32, d, generator=g, dtype=DT)
+        pre.update(v, v @ H + sigma * torch.randn(32, d, generator=g, dtype=DT))
+    target = inv_sqrtm(H @ H + sigma**2 * torch.eye(d, dtype=DT))
+    assert rel_err(pre.to_dense(), target) < 0.1
+
+
+def test_diag_reaches_elementwise_closed_form():
+    g = torch.Generator().manual_seed(0)
+    shape = (3, 5)
+    v = torch.randn(64, *shape, generator=g, dtype=DT)
+    scale = torch.logspace(-0.5, 0.5, 15, dtype=DT).reshape(shape)
+    h = v * scale + 0.1 * torch.randn(64, *shape, generator=g, dtype=DT)
+    pre = fit(DiagPreconditioner(shape, dtype=DT), v, h, 2000)
+    target = ((v * v).mean(0) / (h * h).mean(0)).sqrt()
+    assert torch.allclose(pre.q.square(), target, rtol=1e-6)
+    assert torch.allclose(pre.precondition(h[:2]), target * h[:2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("d", [6, 7])
+def test_xmat_reaches_optimum_on_x_shaped_curvature(d):
+    g = torch.Generator().manual_seed(d)
+    a = torch.rand(d, generator=g, dtype=DT) + 0.5
+    b = 0.4 * torch.rand(d, generator=g, dtype=DT)
+    X = torch.diag(a) + torch.fliplr(torch.diag(b))
+    X = X + X.mT  # symmetric, X-shaped
+    v = torch.eye(d, dtype=DT)
+    pre = fit(randomize(XMatPreconditioner(d, dtype=DT, init_scale=1.0)), v, v @ X, 1500)
+    assert rel_err(pre.to_dense(), inv_sqrtm(X @ X)) < 1e-4
+    if d % 2:
+        assert pre.b[d // 2] == 0
+
+
+def test_lra_reaches_optimum_on_scaled_identity_plus_low_rank():
+    d, r = 12, 2
+    g = torch.Generator().manual_seed(0)
+    W, _ = torch.linalg.qr(torch.randn(d, r, generator=g, dtype=DT))
+    H = 2.0 * torch.eye(d, dtype=DT) + W @ torch.diag(torch.tensor([15.0, -1.2], dtype=DT)) @ W.mT
+    v = torch.eye(d, dtype=DT)
+    target = inv_sqrtm(H @ H)
+    lra = {
+        rank: fit(LRAPreconditioner(d, rank, dtype=DT), v, v @ H, steps)
+        for rank, steps in ((0, 300), (r, 2500))
+    }
+    err = {rank: rel_err(pre.to_dense(), target) for rank, pre in lra.items()}
+    assert err[r] < 0.02
+    assert err[0] > 0.3  # a diagonal cannot represent the low-rank part: the structure is what helps
+
+
+def test_kron_reaches_kronecker_optimum_on_matrix_parameter():
+    m, n = 4, 5
+    H1 = sym_with_spectrum(torch.tensor([1.0, -2.0, 4.0, 0.5], dtype=DT), 0)
+    H2 = sym_with_spectrum(torch.logspace(0, 1, n, dtype=DT), 1)
+    v = torch.eye(m * n, dtype=DT).reshape(m * n, m, n)
+    h = H1 @ v @ H2  # H = H1 ⊗ H2 acting on the matrix parameter
+    pre = fit(randomize(KronPreconditioner((m, n), dtype=DT, init_scale=1.0)), v, h, 1500)
+    Hk = torch.kron(H1, H2)
+    assert rel_err(pre.to_dense(), inv_sqrtm(Hk @ Hk)) < 1e-3
+    assert [f.ndim for f in pre.factors] == [2, 2]
+
+
+def test_kron_third_order_tensor_with_diagonal_fallback():
+    shape = (2, 3, 12)  # 12 > max_skew * 6: the last dim gets a diagonal factor
+    H1 = sym_with_spectrum(torch.tensor([1.0, 3.0], dtype=DT), 0)
+    H2 = sym_with_spectrum(torch.tensor([1.0, -2.0, 0.5], dtype=DT), 1)
+    D3 = torch.logspace(-0.5, 0.5, 12, dtype=DT)
+    pre = KronPreconditioner(shape, max_skew=1.5, dtype=DT)
+    assert [f.ndim for f in pre.factors] == [2, 2, 1]
+    v = torch.eye(72, dtype=DT).reshape(72, *shape)
+    h = torch.einsum("ia,jb,nabk,k->nijk", H1, H2, v, D3)
+    fit(pre, v, h, 600)
+    Hk = torch.kron(torch.kron(H1, H2), torch.diag(D3))
+    assert rel_err(pre.to_dense(), inv_sqrtm(Hk @ Hk)) < 1e-4
+
+
+def test_kron_max_size_and_scalar_shapes():
+    pre = KronPreconditioner((3, 50), max_size=10)
+    assert [f.ndim for f in pre.factors] == [2, 1]
+    assert [f.ndim for f in KronPreconditioner((512,)).factors] == [1]  # 512 > max_skew · 1
+    assert [f.ndim for f in KronPreconditioner((512,), max_skew=math.inf).factors] == [2]
+    s = KronPreconditioner(())
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(16, generator=g, dtype=torch.float32)
+    for _ in range(300):
+        s.update(v, 4.0 * v)
+    assert math.isclose(float(s.precondition(torch.tensor(1.0))), 0.25, rel_tol=1e-3)
+
+
+FAMILIES = [
+    lambda dt: DensePreconditioner(6, dtype=dt),
+    lambda dt: DensePreconditioner(6, triangular=True, dtype=dt),
+    lambda dt: DiagPreconditioner(6, dtype=dt),
+    lambda dt: LRAPreconditioner(6, 2, dtype=dt),
+    lambda dt: XMatPreconditioner(6, dtype=dt),
+    lambda dt: KronPreconditioner((2, 3), dtype=dt),
+]
+
+
+@pytest.mark.parametrize("make", FAMILIES)
+def test_apply_qt_is_consistent_with_precondition_and_state_roundtrip(make):
+    pre = make(DT)
+    g = torch.Generator().manual_seed(0)
+    shape = pre.shape
+    H = sym_with_spectrum(torch.tensor([2.0, -1.0, 0.5, 3.0, 1.0, -0.7], dtype=DT), 0)
+    for _ in range(20):
+        v = torch.randn(4, 6, generator=g, dtype=DT)
+        pre.update(v.reshape(4, *shape), (v @ H).reshape(4, *shape))
+    P = pre.to_dense()
+    R = pre.apply_qt(torch.eye(6, dtype=DT).reshape(6, *shape)).reshape(6, 6)  # rows of Q
+    assert torch.allclose(R.mT @ R, P, atol=1e-12)  # P = QᵀQ
+    assert torch.allclose(P, P.mT, atol=1e-12) and bool((torch.linalg.eigvalsh(P) > 0).all())
+    x = torch.randn(3, 5, *shape, generator=g, dtype=DT)  # arbitrary leading batch dims
+    assert torch.allclose(pre.precondition(x).reshape(15, 6), x.reshape(15, 6) @ P, atol=1e-12)
+    other = make(DT)
+    other.load_state_dict(pre.state_dict())
+    assert torch.equal(other.precondition(x), pre.precondition(x))
+    assert other.num_updates == 20 and other.initialized
+
+
+def test_zero_curvature_never_produces_nan_and_keeps_identity():
+    for pre in (f(torch.float32) for f in FAMILIES):
+        v = torch.randn(3, *pre.shape)
+        pre.update(v, torch.zeros_like(v))
+        P = pre.to_dense()
+        assert torch.isfinite(P).all()
+        assert not pre.initialized  # no information yet: the scale is set by the first nonzero pair
+        pre.update(v, 1e-30 * torch.ones_like(v))  # tiny but nonzero curvature: huge yet finite scale
+        assert torch.isfinite(pre.to_dense()).all() and pre.initialized
+
+
+def test_init_scale_from_first_pair():
+    pre = DensePreconditioner(4, lr=1e-12)  # fit step negligible: Q is just the initial scale
+    v = torch.ones(2, 4)
+    pre.update(v, 16.0 * v)  # (E‖v‖²/E‖h‖²)^(1/4) = 1/4 → Q = I/4, P = I/16
+    assert torch.allclose(pre.to_dense(), torch.eye(4) / 16, rtol=1e-5)
+    fixed = DensePreconditioner(4, init_scale=3.0)
+    assert torch.allclose(fixed.to_dense(), 9 * torch.eye(4))
+
+
+@pytest.mark.parametrize("family", ["dense", "kron"])
+def test_bfloat16_storage_fits_to_its_rounding_floor(family):
+    H1 = sym_with_spectrum(torch.tensor([2.0, -0.5], dtype=DT), 0)
+    H2 = sym_with_spectrum(torch.tensor([1.0, 3.0, -1.5], dtype=DT), 1)
+    H = torch.kron(H1, H2).float()  # Kronecker-structured so both families can represent the optimum
+    target = inv_sqrtm(torch.kron(H1, H2) @ torch.kron(H1, H2)).float()
+    pre = (
+        DensePreconditioner(6, dtype=torch.bfloat16)
+        if family == "dense"
+        else KronPreconditioner((2, 3), dtype=torch.bfloat16)
+    )
+    assert all(t.dtype == torch.bfloat16 for t in pre.state_dict()["tensors"].values())
+    v = torch.eye(6)
+    pre.update(v.reshape(6, *pre.shape), (v @ H).reshape(6, *pre.shape))
+    start = rel_err(pre.to_dense(), target)
+    for _ in range(300):
+        pre.update(v.reshape(6, *pre.shape), (v @ H).reshape(6, *pre.shape))
+    out = pre.precondition(torch.randn(6, *pre.shape))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    # bfloat16 keeps ~3 significant digits, so steps below that are rounded away: a floor of ~10 %.
+    assert start > 0.4 and rel_err(pre.to_dense(), target) < 0.15
+
+
+def test_psd_norm_lower_bound_brackets_largest_eigenvalue():
+    g = torch.Generator().manual_seed(0)
+    for d in (1, 3, 20):
+        for _ in range(20):
+            A = torch.randn(d, 2 * d, generator=g, dtype=DT)
+            S = A @ A.mT
+            lam = float(torch.linalg.eigvalsh(S)[-1])
+            bound = float(psd_norm_lower_bound(S))
+            assert lam / math.sqrt(d) - 1e-9 <= bound <= lam * (1 + 1e-12)
+    assert float(psd_norm_lower_bound(torch.zeros(3, 3))) == 0.0
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="rank"):
+        LRAPreconditioner(5, -1)
+    with pytest.raises(ValueError, match="rank"):
+        LRAPreconditioner(5, 5)
+    with pytest.raises(ValueError, match="lr"):
+        DensePreconditioner(3, lr=0.0)
+    with pytest.raises(ValueError, match="init_scale"):
+        DiagPreconditioner(3, init_scale=-1.0)
+    with pytest.raises(ValueError, match="dim"):
+        XMatPreconditioner(0)
+    with pytest.raises(ValueError, match="dtype"):
+        DensePreconditioner(3, dtype=torch.int32)
+    pre = KronPreconditioner((2, 3))
+    with pytest.raises(ValueError, match=r"v must have shape \(n, \*\(2, 3\)\)"):
+        pre.update(torch.randn(4, 3, 2), torch.randn(4, 3, 2))
+    with pytest.raises(ValueError, match="same shape"):
+        pre.update(torch.randn(4, 2, 3), torch.randn(5, 2, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        pre.update(torch.randn(2, 3), torch.full((2, 3), float("nan")))
+    with pytest.raises(ValueError, match=r"g must have shape \(\.\.\., \*\(2, 3\)\)"):
+        pre.precondition(torch.randn(3, 2))
+    with pytest.raises(ValueError, match="expected KronPreconditioner"):
+        pre.load_state_dict(DiagPreconditioner((2, 3)).state_dict())
