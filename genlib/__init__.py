@@ -2,7 +2,7 @@
 
 Sub-packages (each importable on its own; none imports "upward"):
 
-- :mod:`genlib.optim`        PSGD optimizers (Kron, LRA, XMat, Diag, Dense) on one Lie-group fitting skeleton
+- :mod:`genlib.optim`        PSGD optimizers (Kron, LRA, XMat, Diag, Dense), one fitting core
 - :mod:`genlib.likelihoods`  decoder likelihoods (Gaussian, Bernoulli, Gamma, Itakura-Saito, von Mises, complex)
 - :mod:`genlib.nn`           encoders / decoders (MLP, conv, 1-D conv over STFT frames, GRU/BiGRU)
 - :mod:`genlib.priors`       standard normal and latent energy-based priors

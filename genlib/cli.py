@@ -1,6 +1,7 @@
 """The ``genlib`` console script: a thin front for the recipes (``genlib NAME --help``).
 
-``genlib sample ...`` is ``python -m recipes.sample_synthetic ...``; every other name maps to ``recipes.NAME``.
+
+``genlib sample ...`` is ``python -m recipes.sample_synthetic ...``; other names map to ``recipes.NAME``.
 """
 
 from __future__ import annotations
@@ -8,7 +9,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALIASES = {"sample": "sample_synthetic", "xor": "delayed_xor", "svhn": "svhn_semisup", "vctk": "vctk_resynthesis"}
+ALIASES = {
+    "sample": "sample_synthetic",
+    "xor": "delayed_xor",
+    "svhn": "svhn_semisup",
+    "vctk": "vctk_resynthesis",
+}
 RECIPES = ("quickstart", "delayed_xor", "svhn_semisup", "sample_synthetic", "vctk_resynthesis")
 
 

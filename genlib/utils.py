@@ -31,7 +31,7 @@ def seed_everything(seed: int) -> torch.Generator:
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds code that uses the legacy global RNG)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
@@ -76,7 +76,8 @@ def check_tensor(
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else ndim
         if x.ndim not in allowed:
-            raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dims, got shape {tuple(x.shape)}")
+            dims = " or ".join(map(str, allowed))
+            raise ValueError(f"{name} must have {dims} dims, got shape {tuple(x.shape)}")
     if floating and not (x.is_floating_point() or x.is_complex()):
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if finite and (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):

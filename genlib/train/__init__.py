@@ -26,3 +26,7 @@ __all__ = [
     "MetricsLogger",
     "read_jsonl",
 ]
+
+from genlib.train.semisup import SemiSupervisedConfig, SemiSupervisedTrainer, latent_accuracy  # noqa: E402
+
+__all__ += ["SemiSupervisedConfig", "SemiSupervisedTrainer", "latent_accuracy"]

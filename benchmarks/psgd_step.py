@@ -1,0 +1,170 @@
+"""genlib.optim PSGD families vs SGD, Adam and psgd_torch (v0.6.1) on MNIST-4k, from one run.
+
+Models: an MLP (784-128-10), a small CNN (conv5-8, pool, conv5-16, pool, linear) and, for the dense
+preconditioner (memory ``dim²``), a tiny MLP on 7×7 average-pooled digits (49-32-10, 1.9k parameters).
+Data: ``../shared/data/digits/mnist_4k.npz``, a fixed list of batches of 128 cycled in the same order for
+every optimizer, every model started from the same initial weights.
+
+Each genlib family is paired with psgd_torch's matching preconditioner (Kron↔Kron, LRA↔LRA, XMat↔XMat,
+Diag↔LRA with rank 0 (= ``diag(d)``), Dense↔Newton) at the same lr, momentum, preconditioner lr, curvature
+(exact Hessian-vector products, psgd_torch's "Newton" type) and update probability.
+
+Timing: one torch thread; ``--warmup`` steps untimed, then the timed steps in blocks of 10, the optimizers
+taking turns block by block (so load changes on a shared machine hit all alike); the reported step time is
+the median over blocks of the block mean (a block mixes refit and plain steps as the update probability
+does). Loss: the mean cross-entropy on all 4000 digits after the run. Ratios: step time /
+SGD's, step time / psgd_torch's, and loss − psgd_torch's loss.
+
+    python -m benchmarks.psgd_step [--steps 200] [--update-probability 0.1] [--models mlp cnn tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import genlib.optim as gopt
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "digits" / "mnist_4k.npz"
+
+
+def load_mnist(path: Path = DATA) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4000 digits as ``(4000, 1, 28, 28)`` floats in [0, 1] and int64 labels."""
+    if not path.is_file():
+        raise FileNotFoundError(f"MNIST-4k not found at {path} (expected ../shared/data/digits/mnist_4k.npz)")
+    d = np.load(path)
+    return torch.from_numpy(d["images"]).float().div(255).unsqueeze(1), torch.from_numpy(d["labels"]).long()
+
+
+def make_model(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    if name == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.Tanh(), nn.Linear(128, 10))
+    if name == "cnn":
+        return nn.Sequential(
+            nn.Conv2d(1, 8, 5), nn.Tanh(), nn.MaxPool2d(2),  # 24 → 12
+            nn.Conv2d(8, 16, 5), nn.Tanh(), nn.MaxPool2d(2),  # 8 → 4
+            nn.Flatten(), nn.Linear(256, 10),
+        )
+    if name == "tiny":
+        return nn.Sequential(nn.AvgPool2d(4), nn.Flatten(), nn.Linear(49, 32), nn.Tanh(), nn.Linear(32, 10))
+    raise ValueError(f"model must be one of mlp, cnn, tiny; got {name!r}")
+
+
+def optimizers(args: argparse.Namespace, model: str) -> dict[str, Callable[[list[nn.Parameter]], object]]:
+    """name → factory. Names ``ours:<family>`` / ``ref:<family>`` for the PSGD pairs."""
+    p, lr, mom, plr = args.update_probability, args.lr, args.momentum, args.preconditioner_lr
+    common = dict(lr=lr, momentum=mom, preconditioner_lr=plr, curvature="hvp", update_probability=p,
+                  check_finite=False)
+    ref = dict(lr_params=lr, momentum=mom, lr_preconditioner=plr, preconditioner_update_probability=p,
+               exact_hessian_vector_product=True)
+    import psgd_torch as pt  # benchmark-only reference, never imported by genlib
+
+    out: dict[str, Callable] = {
+        "sgd": lambda ps: torch.optim.SGD(ps, lr=args.sgd_lr, momentum=0.9),
+        "adam": lambda ps: torch.optim.Adam(ps, lr=args.adam_lr),
+        "ours:kron": lambda ps: gopt.Kron(ps, max_size=math.inf, max_skew=10.0, **common),
+        "ref:kron": lambda ps: pt.Kron(
+            ps, preconditioner_max_size=math.inf, preconditioner_max_skew=10.0, **ref
+        ),
+        "ours:lra": lambda ps: gopt.LRA(ps, rank=10, **common),
+        "ref:lra": lambda ps: pt.LRA(ps, rank_of_approximation=10, **ref),
+        "ours:xmat": lambda ps: gopt.XMat(ps, **common),
+        "ref:xmat": lambda ps: pt.XMat(ps, **ref),
+        "ours:diag": lambda ps: gopt.Diag(ps, **common),
+        "ref:diag": lambda ps: pt.LRA(ps, rank_of_approximation=0, **ref),
+    }
+    if model == "tiny":  # dim² memory: only the tiny model
+        out["ours:dense"] = lambda ps: gopt.Dense(ps, **common)
+        out["ref:dense"] = lambda ps: pt.Newton(ps, **ref)
+    return out
+
+
+def run_all(model_name: str, factories: dict[str, Callable], batches: list, x_all, y_all, args) -> dict:
+    """Train one model copy per optimizer in lock-step, block of 10 steps by block (round robin), so load
+    changes on a shared machine hit every optimizer alike; returns name → {ms, loss}."""
+    runs = {}
+    for name, factory in factories.items():
+        model = make_model(model_name, args.seed)  # same initial weights for all
+        runs[name] = (model, factory(list(model.parameters())), [])
+
+    def steps(name: str, start: int, n: int) -> None:
+        model, opt, _ = runs[name]
+        for i in range(start, start + n):
+            x, y = batches[i % len(batches)]
+            if name in ("sgd", "adam"):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+            else:
+                opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y))
+
+    for name in runs:
+        steps(name, 0, args.warmup)
+    for b in range(args.steps // 10):
+        for name, (_, _, blocks) in runs.items():
+            t = time.perf_counter()
+            steps(name, args.warmup + 10 * b, 10)
+            blocks.append((time.perf_counter() - t) / 10)
+    out = {}
+    for name, (model, _, blocks) in runs.items():
+        with torch.no_grad():
+            loss = float(F.cross_entropy(model(x_all), y_all))
+        out[name] = dict(ms=1e3 * statistics.median(blocks), loss=loss)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["mlp", "cnn", "tiny"], choices=["mlp", "cnn", "tiny"])
+    ap.add_argument("--steps", type=int, default=200, help="timed steps (loss is measured after them)")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--update-probability", type=float, default=0.1)
+    ap.add_argument("--lr", type=float, default=0.02, help="PSGD lr (both libraries)")
+    ap.add_argument("--preconditioner-lr", type=float, default=0.1)
+    ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--sgd-lr", type=float, default=0.05)
+    ap.add_argument("--adam-lr", type=float, default=1e-3)
+    ap.add_argument("--only", nargs="+", help="subset of optimizer names (e.g. sgd ours:kron ref:kron)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.steps < 10 or args.warmup < 0 or not 0 <= args.update_probability <= 1:
+        raise ValueError("need --steps >= 10, --warmup >= 0 and --update-probability in [0, 1]")
+    torch.set_num_threads(1)  # one thread: comparable, and what this shared CPU allows
+    x_all, y_all = load_mnist()
+    g = torch.Generator().manual_seed(args.seed)
+    perm = torch.randperm(len(x_all), generator=g)
+    batches = [(x_all[perm[i : i + args.batch_size]], y_all[perm[i : i + args.batch_size]])
+               for i in range(0, len(x_all) - args.batch_size + 1, args.batch_size)]
+    print(f"torch {torch.__version__}, 1 thread, {args.steps} timed steps after {args.warmup} warm-up, "
+          f"update probability {args.update_probability}, curvature hvp")
+    results: dict = {}
+    for m in args.models:
+        n_params = sum(p.numel() for p in make_model(m).parameters())
+        facs = {k: f for k, f in optimizers(args, m).items() if not args.only or k in args.only or k == "sgd"}
+        res = run_all(m, facs, batches, x_all, y_all, args)
+        results[m] = res
+        sgd = res["sgd"]["ms"]
+        print(f"\n[{m}] {n_params} parameters; SGD {sgd:.2f} ms/step")
+        print(f"{'optimizer':<12}{'ms/step':>9}{'/SGD':>7}{'/ref':>7}{'loss':>9}{'-ref':>8}")
+        for name, r in res.items():
+            refname = "ref:" + name.split(":")[1] if name.startswith("ours:") else None
+            rr = res.get(refname) if refname else None
+            ratio = f"{r['ms'] / rr['ms']:>7.2f}" if rr else f"{'':>7}"
+            dloss = f"{r['loss'] - rr['loss']:>+8.3f}" if rr else f"{'':>8}"
+            print(f"{name:<12}{r['ms']:>9.2f}{r['ms'] / sgd:>7.2f}{ratio}{r['loss']:>9.4f}{dloss}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""Semi-supervised learning with a latent EBM prior (symbol-vector coupling; dissertation Algorithm 2, 1-6).
+
+One iteration of :class:`SemiSupervisedTrainer` (Pang & Wu, 2021)::
+
+    x_u ~ unlabelled batch, (x_l, y_l) ~ labelled batch
+    z+  ~ q(z|x_u)                                   reparameterised posterior samples
+    z-  = short-run Langevin on p(z) from N(0, I)    T_LD steps (genlib.sampling)
+    encoder / decoder:  minimise -ELBO(x_u)          reconstruction + KL(q || N(0, I)) - E_q logsumexp F(z)
+    EBM score F:        minimise prior.ebm_loss(z+, z-)   (the maximum-likelihood gradient of the prior)
+    both:               minimise w * CE(softmax F(z_l), y_l),  z_l ~ q(z|x_l)
+
+``F`` gets no gradient from the ELBO's ``-logsumexp F(z)`` term: its learning signal is the EBM's
+maximum-likelihood gradient plus the labels, as in the paper. The latent classifier is
+``argmax softmax F(mu(x))``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from genlib.models.vae import VAE
+from genlib.priors.ebm import LatentEBMPrior
+from genlib.sampling import LangevinSampler
+from genlib.train.checkpoint import Checkpointer
+from genlib.train.classify import _needs_closure
+from genlib.train.logger import MetricsLogger
+from genlib.utils import check_positive, check_tensor, default_device
+
+__all__ = ["SemiSupervisedConfig", "SemiSupervisedTrainer", "latent_accuracy"]
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def _pos_int(value: Any, name: str, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+    return value
+
+
+@dataclass
+class SemiSupervisedConfig:
+    """Hyper-parameters of :class:`SemiSupervisedTrainer` (defaults: the SVHN setting of Pang & Wu 2021).
+
+    Attributes:
+        n_iters: training iterations (one unlabelled + one labelled batch each).
+        batch_size: unlabelled batch size.
+        labeled_batch_size: labelled batch size (default ``batch_size``; capped at the number of labels).
+        lr: learning rate of the encoder, decoder and likelihood parameters.
+        ebm_lr: learning rate of the EBM score ``F``.
+        langevin_steps: ``T_LD``, short-run Langevin steps for the prior samples ``z-``.
+        langevin_step_size: Langevin step size (``s²/2`` in the paper's notation; 0.08 for ``s = 0.4``).
+        class_weight: weight of the labelled cross-entropy.
+        grad_clip: clip each group's gradient norm to this (``None``: no clipping); keeps the EBM from
+            running away when the encoder chases regions where ``F`` is large.
+        eval_every: evaluate the latent classifier every this many iterations (0: only at the end).
+        checkpoint_every: checkpoint every this many iterations (used when a checkpoint folder is given).
+        seed: seeds the batch sampling / Langevin generator.
+        progress: show a tqdm bar.
+    """
+
+    n_iters: int = 20000
+    batch_size: int = 100
+    labeled_batch_size: int | None = None
+    lr: float = 3e-4
+    ebm_lr: float = 1e-4
+    langevin_steps: int = 60
+    langevin_step_size: float = 0.08
+    class_weight: float = 1.0
+    grad_clip: float | None = None
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _pos_int(self.n_iters, "n_iters", allow_zero=True)
+        _pos_int(self.batch_size, "batch_size")
+        if self.labeled_batch_size is not None:
+            _pos_int(self.labeled_batch_size, "labeled_batch_size")
+        check_positive(self.lr, "lr", allow_zero=True)
+        check_positive(self.ebm_lr, "ebm_lr", allow_zero=True)
+        _pos_int(self.langevin_steps, "langevin_steps", allow_zero=True)
+        check_positive(self.langevin_step_size, "langevin_step_size")
+        check_positive(self.class_weight, "class_weight", allow_zero=True)
+        if self.grad_clip is not None:
+            check_positive(self.grad_clip, "grad_clip")
+        _pos_int(self.eval_every, "eval_every", allow_zero=True)
+        _pos_int(self.checkpoint_every, "checkpoint_every")
+        _pos_int(self.seed, "seed", allow_zero=True)
+
+
+@torch.no_grad()
+def latent_accuracy(vae: VAE, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Accuracy of the latent classifier ``argmax softmax F(mu(x))`` on ``(x, y)`` (eval mode, restored)."""
+    if not isinstance(vae.prior, LatentEBMPrior):
+        raise ValueError(f"vae.prior must be a LatentEBMPrior, got {type(vae.prior).__name__}")
+    check_tensor(x, "x", floating=True)
+    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
+        raise ValueError(f"y must be a tensor of shape ({x.shape[0]},), got {getattr(y, 'shape', y)!r}")
+    was_training = vae.training
+    vae.eval()
+    device = next(vae.parameters()).device
+    correct = 0
+    try:
+        for s in range(0, x.shape[0], batch_size):
+            mu, _ = vae.encode(x[s : s + batch_size].to(device))
+            pred = vae.prior.logits(mu).argmax(-1).cpu()
+            correct += int((pred == y[s : s + batch_size].cpu()).sum())
+    finally:
+        vae.train(was_training)
+    return correct / max(x.shape[0], 1)
+
+
+class SemiSupervisedTrainer:
+    """Train a :class:`~genlib.models.VAE` whose prior is a :class:`~genlib.priors.LatentEBMPrior` from a few
+    labels and many unlabelled examples (see the module docstring for one iteration).
+
+    Args:
+        vae: the model; ``vae.prior`` must be a ``LatentEBMPrior`` (its ``n_classes`` = number of labels).
+        config: a :class:`SemiSupervisedConfig`.
+        optimizer: factory ``optimizer(params, lr=...)`` used for both parameter groups (encoder/decoder
+            with ``config.lr``, the EBM with ``config.ebm_lr``), e.g. ``torch.optim.Adam`` (default) or a
+            ``genlib.optim`` class in a curvature mode that works from gradients (``step()`` after
+            ``backward()``).
+        sampler: the Langevin sampler of ``z-``; default ``LangevinSampler(config.langevin_steps,
+            config.langevin_step_size)``.
+        device: default :func:`genlib.utils.default_device`.
+        checkpoint_dir: folder for atomic checkpoints every ``config.checkpoint_every`` iterations; when it
+            holds one, :meth:`fit` resumes from it (models, optimizers, generator, RNGs, history), so an
+            interrupted run repeated with the same arguments ends as if uninterrupted.
+        logger: a :class:`~genlib.train.MetricsLogger` receiving each evaluation record.
+
+    ``history`` (returned by :meth:`fit`) has per-iteration lists ``iter``, ``loss`` (-ELBO),
+    ``reconstruction``, ``kl``, ``ebm_loss``, ``class_loss``, and per-evaluation lists ``eval_iter``,
+    ``eval_accuracy``.
+    """
+
+    def __init__(
+        self,
+        vae: VAE,
+        config: SemiSupervisedConfig | None = None,
+        *,
+        optimizer: OptimizerFactory | None = None,
+        sampler: Any | None = None,
+        device: torch.device | str | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        logger: MetricsLogger | None = None,
+    ):
+        if not isinstance(vae, VAE):
+            raise ValueError(f"vae must be a genlib.models.VAE, got {type(vae).__name__}")
+        if not isinstance(vae.prior, LatentEBMPrior):
+            raise ValueError(
+                f"vae.prior must be a genlib.priors.LatentEBMPrior, got {type(vae.prior).__name__}"
+            )
+        config = SemiSupervisedConfig() if config is None else config
+        if not isinstance(config, SemiSupervisedConfig):
+            raise ValueError(f"config must be a SemiSupervisedConfig, got {type(config).__name__}")
+        self.config = config
+        self.device = torch.device(device) if device is not None else default_device()
+        self.vae = vae.to(self.device)
+        self.prior: LatentEBMPrior = vae.prior
+        self.sampler = (
+            LangevinSampler(n_steps=config.langevin_steps, step_size=config.langevin_step_size)
+            if sampler is None
+            else sampler
+        )
+        if not callable(getattr(self.sampler, "run", None)):
+            raise ValueError(f"sampler must have a run(log_prob_fn, z0, generator) method, got {sampler!r}")
+        factory = torch.optim.Adam if optimizer is None else optimizer
+        ebm_ids = {id(p) for p in self.prior.parameters()}
+        model_params = [p for p in vae.parameters() if id(p) not in ebm_ids]
+        self.opt_model = factory(model_params, lr=config.lr)
+        self.opt_ebm = factory(list(self.prior.parameters()), lr=config.ebm_lr)
+        for opt in (self.opt_model, self.opt_ebm):
+            if _needs_closure(opt):
+                raise ValueError(
+                    f"optimizer {type(opt).__name__} differentiates a closure itself; use a gradient-based "
+                    "curvature mode (step() after backward()) with SemiSupervisedTrainer"
+                )
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.checkpointer = (
+            Checkpointer(checkpoint_dir, every=config.checkpoint_every, keep=2)
+            if checkpoint_dir is not None
+            else None
+        )
+        self.logger = logger
+        self.history: dict[str, list[float]] = {
+            k: []
+            for k in ("iter", "loss", "reconstruction", "kl", "ebm_loss", "class_loss", "eval_iter",
+                      "eval_accuracy")
+        }
+
+    # ------------------------------------------------------------------ one iteration
+    def step(self, x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor) -> dict[str, float]:
+        """One update of every parameter from unlabelled ``x_u`` and labelled ``(x_l, y_l)`` batches."""
+        vae, prior, cfg = self.vae, self.prior, self.config
+        x_u, x_l, y_l = x_u.to(self.device), x_l.to(self.device), y_l.to(self.device)
+        vae.train()
+        self.opt_model.zero_grad(set_to_none=True)
+        self.opt_ebm.zero_grad(set_to_none=True)
+
+        # Encoder/decoder: -ELBO with the EBM prior's KL. F's gradient from this term is discarded below.
+        mu, logvar = vae.encode(x_u)
+        z_pos = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        rec = vae._log_px_z(x_u, z_pos)
+        kl = prior.kl(mu, logvar, z_pos)
+        loss = -(rec - vae.beta * kl).mean()
+        loss.backward()
+        for p in prior.parameters():
+            p.grad = None
+
+        # EBM: positive samples from q (detached), negative from short-run Langevin from N(0, I).
+        z_neg = prior.sample(x_u.shape[0], sampler=self.sampler, generator=self.generator)
+        ebm_loss = prior.ebm_loss(z_pos.detach(), z_neg)
+        # Labels: cross-entropy of p(y|z) at posterior samples of labelled x; trains encoder and F.
+        mu_l, logvar_l = vae.encode(x_l)
+        z_l = mu_l + torch.exp(0.5 * logvar_l) * torch.randn_like(mu_l)
+        class_loss = prior.classification_loss(z_l, y_l)
+        (ebm_loss + cfg.class_weight * class_loss).backward()
+
+        for name, value in (("loss", loss), ("ebm_loss", ebm_loss), ("class_loss", class_loss)):
+            if not torch.isfinite(value):
+                raise RuntimeError(f"{name} became {value.item()}: lower lr / ebm_lr or langevin_step_size")
+        if cfg.grad_clip is not None:
+            for opt in (self.opt_model, self.opt_ebm):
+                torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], cfg.grad_clip)
+        self.opt_model.step()
+        self.opt_ebm.step()
+        return {
+            "loss": loss.item(),
+            "reconstruction": rec.mean().item(),
+            "kl": kl.mean().item(),
+            "ebm_loss": ebm_loss.item(),
+            "class_loss": class_loss.item(),
+        }
+
+    # ------------------------------------------------------------------ loop
+    def _state(self) -> dict[str, Any]:
+        return {"vae": self.vae, "opt_model": self.opt_model, "opt_ebm": self.opt_ebm,
+                "generator": self.generator}
+
+    def _check_data(
+        self, x_unlabeled: torch.Tensor, x_labeled: torch.Tensor, y_labeled: torch.Tensor
+    ) -> None:
+        check_tensor(x_unlabeled, "x_unlabeled", floating=True)
+        check_tensor(x_labeled, "x_labeled", floating=True)
+        if x_unlabeled.shape[0] == 0 or x_labeled.shape[0] == 0:
+            raise ValueError("x_unlabeled and x_labeled must each hold at least one example")
+        if x_labeled.shape[1:] != x_unlabeled.shape[1:]:
+            raise ValueError(
+                f"x_labeled examples must have the shape of x_unlabeled ones {tuple(x_unlabeled.shape[1:])}, "
+                f"got {tuple(x_labeled.shape[1:])}"
+            )
+        if (not isinstance(y_labeled, torch.Tensor) or y_labeled.shape != (x_labeled.shape[0],)
+                or y_labeled.is_floating_point()):
+            raise ValueError(
+                f"y_labeled must be an int tensor of shape ({x_labeled.shape[0]},), "
+                f"got {getattr(y_labeled, 'dtype', type(y_labeled).__name__)} "
+                f"{tuple(getattr(y_labeled, 'shape', ()))}"
+            )
+        k = self.prior.n_classes
+        if int(y_labeled.min()) < 0 or int(y_labeled.max()) >= k:
+            raise ValueError(f"y_labeled must lie in [0, {k - 1}] (prior.n_classes = {k})")
+
+    def fit(
+        self,
+        x_unlabeled: torch.Tensor,
+        x_labeled: torch.Tensor,
+        y_labeled: torch.Tensor,
+        eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, list[float]]:
+        """Run ``config.n_iters`` iterations (resuming from ``checkpoint_dir`` if possible); returns history.
+
+        Data tensors stay where they are (e.g. CPU); batches are moved to the device. ``eval_data = (x, y)``
+        is a held-out labelled split for the latent classifier's accuracy.
+        """
+        cfg = self.config
+        self._check_data(x_unlabeled, x_labeled, y_labeled)
+        if eval_data is not None:
+            if not (isinstance(eval_data, (tuple, list)) and len(eval_data) == 2):
+                raise ValueError("eval_data must be a pair (x, y) of tensors")
+            check_tensor(eval_data[0], "eval_data[0]", floating=True)
+        start = 0
+        if self.checkpointer is not None:
+            resumed = self.checkpointer.resume(**self._state())
+            if resumed is not None:
+                start = resumed.step
+                self.history = {k: list(v) for k, v in resumed.extra["history"].items()}
+        n_u, n_l = x_unlabeled.shape[0], x_labeled.shape[0]
+        b_u = min(cfg.batch_size, n_u)
+        b_l = min(cfg.labeled_batch_size or cfg.batch_size, n_l)
+        bar = tqdm(range(start, cfg.n_iters), disable=not cfg.progress, desc="semi-sup", initial=start,
+                   total=cfg.n_iters)
+        t0 = time.perf_counter()
+        for it in bar:
+            iu = torch.randint(n_u, (b_u,), generator=self.generator)
+            il = torch.randint(n_l, (b_l,), generator=self.generator)
+            rec = self.step(x_unlabeled[iu], x_labeled[il], y_labeled[il])
+            self.history["iter"].append(it + 1)
+            for k, v in rec.items():
+                self.history[k].append(v)
+            last = it + 1 == cfg.n_iters
+            if eval_data is not None and (last or (cfg.eval_every and (it + 1) % cfg.eval_every == 0)):
+                acc = latent_accuracy(self.vae, eval_data[0], eval_data[1])
+                self.history["eval_iter"].append(it + 1)
+                self.history["eval_accuracy"].append(acc)
+                bar.set_postfix(loss=f"{rec['loss']:.1f}", acc=f"{acc:.3f}")
+                if self.logger is not None:
+                    self.logger.log(iter=it + 1, eval_accuracy=acc, seconds=time.perf_counter() - t0, **rec)
+            if self.checkpointer is not None:
+                extra = {"history": self.history, "config": asdict(cfg)}
+                self.checkpointer.maybe_save(it + 1, force=last, extra=extra, **self._state())
+        return self.history
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Latent-classifier accuracy ``argmax softmax F(mu(x))`` on ``(x, y)``."""
+        return latent_accuracy(self.vae, x, y)
