@@ -28,7 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     if name not in RECIPES:
         print(f"genlib: unknown command {argv[0]!r}; expected one of: {names}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"recipes.{name}")
+    try:
+        module = importlib.import_module(f"recipes.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"recipes.{name}":
+            raise
+        print(f"genlib: the {name!r} recipe is not part of this version yet", file=sys.stderr)
+        return 2
     result = module.main(argv[1:])
     return int(result or 0)
 
