@@ -100,7 +100,7 @@ class StandardNormal(Prior):
                 raise ValueError(f"length must be a positive int or None, got {length!r}")
             shape += (length,)
         a = self._anchor
-        if generator is not None and generator.device != a.device:
+        if generator is not None and generator.device.type != a.device.type:
             return torch.randn(shape, generator=generator, dtype=a.dtype).to(a.device)
         return torch.randn(shape, generator=generator, device=a.device, dtype=a.dtype)
 
