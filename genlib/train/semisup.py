@@ -70,11 +70,11 @@ class SemiSupervisedConfig:
     batch_size: int = 100
     labeled_batch_size: int | None = None
     lr: float = 3e-4
-    ebm_lr: float = 1e-4
+    ebm_lr: float = 3e-5  # higher rates let F run away from what short-run Langevin can follow
     langevin_steps: int = 60
     langevin_step_size: float = 0.08
     class_weight: float = 1.0
-    grad_clip: float | None = None
+    grad_clip: float | None = 10.0
     eval_every: int = 1000
     checkpoint_every: int = 1000
     seed: int = 0
