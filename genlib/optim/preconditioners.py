@@ -319,20 +319,28 @@ class DensePreconditioner(Preconditioner):
             return
         iQ = self.invQ.to(dt)
         b = v @ iQ
-        # ∇ = (aᵀa − bᵀb)/n = Wᵀ Z / n with Z = [a; b], W = [a; −b]: rank ≤ 2n, never formed when 2n < d.
-        Z = torch.cat([a, b], 0)
-        W = torch.cat([a, -b], 0)
-        gram = Z @ Z.mT / n  # same nonzero spectrum as (aᵀa + bᵀb)/n
-        c = (lr / (psd_norm_lower_bound(gram) + _tiny(dt))) / n
-        Q_new = Q - c * (W.mT @ (Z @ Q))
+        # ∇ = (aᵀa − bᵀb)/n = Wᵀ Z / n with Z = [a; b], W = [a; −b]. Work in whichever of the 2n × 2n and
+        # d × d spaces is smaller: many pairs (a sampler's chains) must not build a huge Gram matrix.
+        low_rank = 2 * n < d
+        if low_rank:
+            Z = torch.cat([a, b], 0)
+            W = torch.cat([a, -b], 0)
+            gram = Z @ Z.mT / n  # same nonzero spectrum as (aᵀa + bᵀb)/n
+            c = (lr / (psd_norm_lower_bound(gram) + _tiny(dt))) / n
+            Q_new = Q - c * (W.mT @ (Z @ Q))
+        else:
+            aa, bb = a.mT @ a, b.mT @ b
+            c = (lr / (psd_norm_lower_bound((aa + bb) / n) + _tiny(dt))) / n
+            WtZ = aa - bb
+            Q_new = Q - c * (WtZ @ Q)
         if (self.num_updates + 1) % self._REFRESH == 0:
             iQ_new = torch.linalg.inv(Q_new)
-        elif 2 * n < d:
+        elif low_rank:
             # Q⁻¹(I − c WᵀZ)⁻¹ = Q⁻¹ + c (Q⁻¹Wᵀ)(I − c Z Wᵀ)⁻¹ Z   (Woodbury, a 2n × 2n solve).
             K = torch.eye(2 * n, dtype=dt, device=v.device) - c * (Z @ W.mT)
             iQ_new = iQ + c * ((iQ @ W.mT) @ torch.linalg.solve(K, Z))
         else:
-            step = torch.eye(d, dtype=dt, device=v.device) - c * (W.mT @ Z)
+            step = torch.eye(d, dtype=dt, device=v.device) - c * WtZ
             iQ_new = torch.linalg.solve(step, iQ, left=False)
         self.Q.copy_(Q_new)
         self.invQ.copy_(iQ_new)

@@ -296,3 +296,19 @@ def test_bad_arguments_raise_clear_errors():
         pre.precondition(torch.randn(3, 2))
     with pytest.raises(ValueError, match="expected KronPreconditioner"):
         pre.load_state_dict(DiagPreconditioner((2, 3)).state_dict())
+
+
+def test_dense_with_many_pairs_per_update_reaches_the_inverse_absolute_hessian():
+    # 2n >= d takes the d × d fitting path (a Langevin sampler passes one pair per chain).
+    gen = torch.Generator().manual_seed(3)
+    d = 12
+    A = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    H = A @ A.mT / d + 0.1 * torch.eye(d, dtype=torch.float64)
+    evals, U = torch.linalg.eigh(H)
+    target = U @ torch.diag(evals.abs().reciprocal()) @ U.mT
+    P = DensePreconditioner(d, dtype=torch.float64)
+    for _ in range(800):
+        v = torch.randn(500, d, generator=gen, dtype=torch.float64)
+        P.update(v, v @ H)
+    err = torch.linalg.norm(P.to_dense() - target) / torch.linalg.norm(target)
+    assert err < 1e-2
