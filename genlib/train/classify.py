@@ -25,7 +25,13 @@ from genlib.train.checkpoint import Checkpointer
 from genlib.train.logger import MetricsLogger
 from genlib.utils import check_positive, default_device, seed_everything
 
-__all__ = ["weighted_cross_entropy", "train_classifier", "evaluate_accuracy", "predict_logits"]
+__all__ = [
+    "weighted_cross_entropy",
+    "train_classifier",
+    "evaluate_accuracy",
+    "predict_logits",
+    "needs_closure",
+]
 
 Data = Dataset | tuple[torch.Tensor, ...]
 _SYNC_EVERY = 25  # batches between reads of the loss (progress bar, NaN check)
@@ -182,7 +188,7 @@ def evaluate_accuracy(
 # ---------------------------------------------------------------------------------------------- training
 
 
-def _needs_closure(opt: torch.optim.Optimizer) -> bool:
+def needs_closure(opt: torch.optim.Optimizer) -> bool:
     """PSGD in "hvp" / "finite_diff" curvature modes differentiates a closure itself (no backward() by us)."""
     flag = getattr(opt, "needs_closure", None)
     if flag is not None:
@@ -278,7 +284,7 @@ def train_classifier(
     shuffle = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ())))
     model.to(device)
     opt = (optimizer or torch.optim.Adam)(model.parameters(), lr=lr)
-    closure_mode = _needs_closure(opt)
+    closure_mode = needs_closure(opt)
     epoch_batches = _iterate(train_data, batch_size, shuffle, weights)
 
     history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "seconds": []}

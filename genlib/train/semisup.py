@@ -29,7 +29,7 @@ from genlib.models.vae import VAE
 from genlib.priors.ebm import LatentEBMPrior
 from genlib.sampling import LangevinSampler
 from genlib.train.checkpoint import Checkpointer
-from genlib.train.classify import _needs_closure
+from genlib.train.classify import needs_closure
 from genlib.train.logger import MetricsLogger
 from genlib.utils import check_positive, check_tensor, default_device
 
@@ -180,7 +180,7 @@ class SemiSupervisedTrainer:
         self.opt_model = factory(model_params, lr=config.lr)
         self.opt_ebm = factory(list(self.prior.parameters()), lr=config.ebm_lr)
         for opt in (self.opt_model, self.opt_ebm):
-            if _needs_closure(opt):
+            if needs_closure(opt):
                 raise ValueError(
                     f"optimizer {type(opt).__name__} differentiates a closure itself; use a gradient-based "
                     "curvature mode (step() after backward()) with SemiSupervisedTrainer"
