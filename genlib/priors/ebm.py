@@ -175,17 +175,26 @@ class LatentEBMPrior(Prior):
         kl_normal = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(1)
         return kl_normal - self.logits(z).logsumexp(-1)
 
-    def ebm_loss(self, z_posterior: torch.Tensor, z_prior_samples: torch.Tensor) -> torch.Tensor:
+    def ebm_loss(
+        self, z_posterior: torch.Tensor, z_prior_samples: torch.Tensor, score_penalty: float = 0.0
+    ) -> torch.Tensor:
         """Scalar loss whose gradient in ``F``'s parameters is minus the maximum-likelihood gradient.
 
         ``loss = -mean logsumexp F(z+) + mean logsumexp F(z-)`` with ``z+ ~ q(z|x)`` (posterior samples) and
         ``z- ~ p(z)`` (e.g. :meth:`sample`), both detached, so ``-grad loss = E_q[grad logsumexp F(z+)] -
         E_p[grad logsumexp F(z-)]``, the gradient of the data log-likelihood w.r.t. ``F`` (the ``log Z`` term
         contributes ``-E_p[...]``). Only ``F`` receives gradients.
+
+        ``score_penalty = a > 0`` adds ``a * mean(logsumexp F(z±)²)`` (Du & Mordatch 2019): it keeps ``F``
+        from growing without bound where short-run Langevin chains never reach, at the cost of a small bias.
         """
+        check_positive(score_penalty, "score_penalty", allow_zero=True)
         pos = self.logits(self._z(z_posterior, "z_posterior").detach()).logsumexp(-1)
         neg = self.logits(self._z(z_prior_samples, "z_prior_samples").detach()).logsumexp(-1)
-        return neg.mean() - pos.mean()
+        loss = neg.mean() - pos.mean()
+        if score_penalty:
+            loss = loss + score_penalty * (pos.square().mean() + neg.square().mean())
+        return loss
 
     def classification_loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of ``p(y|z) = softmax F(z)`` against labels ``y`` ``(B,)`` (labelled data).

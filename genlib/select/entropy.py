@@ -28,6 +28,8 @@ __all__ = ["EntropyFilter", "PseudoLabeler", "confidence_scores"]
 def confidence_scores(logits: Tensor, score: Score = "h2") -> Tensor:
     """Per-example ``"h2"`` entropy (nats, lower = confident) or ``"h1"`` logsumexp (higher = confident)."""
     logits = as_tensor(logits, "logits", ndim=2)
+    if score in ("h2", "h1") and logits.shape[0] == 0:
+        return logits.new_empty(0)  # Categorical cannot be built over zero rows
     if score == "h2":
         return Categorical(logits=logits).entropy()
     if score == "h1":

@@ -27,6 +27,16 @@ __all__ = [
     "read_jsonl",
 ]
 
+from genlib.train.augment import (  # noqa: E402
+    AugmentConfig,
+    Generated,
+    Selection,
+    generate_labelled,
+    latent_logits,
+    pseudo_label,
+    select_synthetic,
+)
 from genlib.train.semisup import SemiSupervisedConfig, SemiSupervisedTrainer, latent_accuracy  # noqa: E402
 
-__all__ += ["SemiSupervisedConfig", "SemiSupervisedTrainer", "latent_accuracy"]
+__all__ += ["SemiSupervisedConfig", "SemiSupervisedTrainer", "latent_accuracy", "AugmentConfig", "Generated",
+            "Selection", "generate_labelled", "latent_logits", "pseudo_label", "select_synthetic"]

@@ -12,6 +12,12 @@ One iteration of :class:`SemiSupervisedTrainer` (Pang & Wu, 2021)::
 ``F`` gets no gradient from the ELBO's ``-logsumexp F(z)`` term: its learning signal is the EBM's
 maximum-likelihood gradient plus the labels, as in the paper. The latent classifier is
 ``argmax softmax F(mu(x))``.
+
+With ``config.augment`` (an :class:`~genlib.train.augment.AugmentConfig`; Algorithm 2, steps 7-8), after
+``start_iter`` iterations and every ``reselect_every`` after that the trainer draws ``L`` samples per class
+from its own prior, entropy-filters them, keeps a coreset (:func:`~genlib.train.augment.select_synthetic`)
+and from then on adds ``class_weight * loss_weight *`` their weighted cross-entropy through ``p(y|z)``,
+``z ~ q(z|x~)``, to every iteration.
 """
 
 from __future__ import annotations
@@ -28,8 +34,16 @@ from tqdm.auto import tqdm
 from genlib.models.vae import VAE
 from genlib.priors.ebm import LatentEBMPrior
 from genlib.sampling import LangevinSampler
+from genlib.train.augment import (
+    AugmentConfig,
+    Selection,
+    augment_config_from,
+    generate_labelled,
+    pseudo_label,
+    select_synthetic,
+)
 from genlib.train.checkpoint import Checkpointer
-from genlib.train.classify import needs_closure
+from genlib.train.classify import needs_closure, weighted_cross_entropy
 from genlib.train.logger import MetricsLogger
 from genlib.utils import check_positive, check_tensor, default_device
 
@@ -58,12 +72,17 @@ class SemiSupervisedConfig:
         langevin_steps: ``T_LD``, short-run Langevin steps for the prior samples ``z-``.
         langevin_step_size: Langevin step size (``s²/2`` in the paper's notation; 0.08 for ``s = 0.4``).
         class_weight: weight of the labelled cross-entropy.
+        score_penalty: ``a * mean(logsumexp F(z±)²)`` added to the EBM loss
+            (:meth:`~genlib.priors.LatentEBMPrior.ebm_loss`); lets ``F`` train at higher rates without
+            running away where the short-run chains do not go.
         grad_clip: clip each group's gradient norm to this (``None``: no clipping); keeps the EBM from
             running away when the encoder chases regions where ``F`` is large.
         eval_every: evaluate the latent classifier every this many iterations (0: only at the end).
         checkpoint_every: checkpoint every this many iterations (used when a checkpoint folder is given).
         seed: seeds the batch sampling / Langevin generator.
         progress: show a tqdm bar.
+        augment: synthetic augmentation (Algorithm 2, steps 7-8), an
+            :class:`~genlib.train.augment.AugmentConfig` (or a dict of its fields); ``None``: off.
     """
 
     n_iters: int = 20000
@@ -74,13 +93,16 @@ class SemiSupervisedConfig:
     langevin_steps: int = 60
     langevin_step_size: float = 0.08
     class_weight: float = 1.0
+    score_penalty: float = 0.0
     grad_clip: float | None = 10.0
     eval_every: int = 1000
     checkpoint_every: int = 1000
     seed: int = 0
     progress: bool = True
+    augment: AugmentConfig | None = None
 
     def __post_init__(self) -> None:
+        self.augment = augment_config_from(self.augment)
         _pos_int(self.n_iters, "n_iters", allow_zero=True)
         _pos_int(self.batch_size, "batch_size")
         if self.labeled_batch_size is not None:
@@ -90,6 +112,7 @@ class SemiSupervisedConfig:
         _pos_int(self.langevin_steps, "langevin_steps", allow_zero=True)
         check_positive(self.langevin_step_size, "langevin_step_size")
         check_positive(self.class_weight, "class_weight", allow_zero=True)
+        check_positive(self.score_penalty, "score_penalty", allow_zero=True)
         if self.grad_clip is not None:
             check_positive(self.grad_clip, "grad_clip")
         _pos_int(self.eval_every, "eval_every", allow_zero=True)
@@ -192,10 +215,12 @@ class SemiSupervisedTrainer:
             else None
         )
         self.logger = logger
+        self.iteration = 0  # iterations done; fit() continues from here
+        self.selection: Selection | None = None  # the current synthetic (+ pseudo-labelled) training set
         self.history: dict[str, list[float]] = {
             k: []
-            for k in ("iter", "loss", "reconstruction", "kl", "ebm_loss", "class_loss", "eval_iter",
-                      "eval_accuracy")
+            for k in ("iter", "loss", "reconstruction", "kl", "ebm_loss", "class_loss", "aug_loss",
+                      "eval_iter", "eval_accuracy", "select_iter", "n_selected")
         }
 
     # ------------------------------------------------------------------ one iteration
@@ -219,12 +244,16 @@ class SemiSupervisedTrainer:
 
         # EBM: positive samples from q (detached), negative from short-run Langevin from N(0, I).
         z_neg = prior.sample(x_u.shape[0], sampler=self.sampler, generator=self.generator)
-        ebm_loss = prior.ebm_loss(z_pos.detach(), z_neg)
+        ebm_loss = prior.ebm_loss(z_pos.detach(), z_neg, score_penalty=cfg.score_penalty)
         # Labels: cross-entropy of p(y|z) at posterior samples of labelled x; trains encoder and F.
         mu_l, logvar_l = vae.encode(x_l)
         z_l = mu_l + torch.exp(0.5 * logvar_l) * torch.randn_like(mu_l)
         class_loss = prior.classification_loss(z_l, y_l)
-        (ebm_loss + cfg.class_weight * class_loss).backward()
+        total = ebm_loss + cfg.class_weight * class_loss
+        aug_loss = self._augmentation_loss()
+        if aug_loss is not None:
+            total = total + cfg.class_weight * cfg.augment.loss_weight * aug_loss
+        total.backward()
 
         for name, value in (("loss", loss), ("ebm_loss", ebm_loss), ("class_loss", class_loss)):
             if not torch.isfinite(value):
@@ -240,12 +269,59 @@ class SemiSupervisedTrainer:
             "kl": kl.mean().item(),
             "ebm_loss": ebm_loss.item(),
             "class_loss": class_loss.item(),
+            "aug_loss": float("nan") if aug_loss is None else aug_loss.item(),
         }
+
+    # ------------------------------------------------------------------ steps 7-8: augmentation
+    def _augmentation_loss(self) -> torch.Tensor | None:
+        """Weighted cross-entropy of ``p(y|z)``, ``z ~ q(z|x)``, on a batch of the current selection."""
+        sel = self.selection
+        if sel is None or sel.y.numel() == 0:
+            return None
+        idx = torch.randint(sel.y.numel(), (self.config.augment.batch_size,), generator=self.generator)
+        x, y, w = (t[idx].to(self.device) for t in (sel.x, sel.y, sel.weights))
+        mu, logvar = self.vae.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return weighted_cross_entropy(self.prior.logits(z), y, w, mean_weight=float(sel.weights.mean()))
+
+    def reselect(self, x_unlabeled: torch.Tensor | None = None) -> Selection:
+        """Draw, filter and select a new synthetic training set with the current model (and pseudo-label
+        ``x_unlabeled`` when ``augment.pseudo_label_threshold`` is set); stores it in ``selection``."""
+        aug = self.config.augment
+        if aug is None:
+            raise RuntimeError("reselect() needs config.augment (an AugmentConfig)")
+        generated = generate_labelled(self.vae, aug.samples_per_class, sampler=self.sampler,
+                                      generator=self.generator)
+        sel = select_synthetic(generated, aug, seed=self.config.seed + self.iteration)
+        if aug.pseudo_label_threshold is not None and x_unlabeled is not None:
+            idx, labels, entropy = pseudo_label(self.vae, x_unlabeled, aug.pseudo_label_threshold)
+            sel = Selection(
+                x=torch.cat([sel.x, x_unlabeled[idx].to(sel.x)]),
+                y=torch.cat([sel.y, labels]),
+                weights=torch.cat([sel.weights, torch.ones(idx.numel())]),
+                indices=sel.indices,
+                entropy=torch.cat([sel.entropy, entropy]),
+                counts={**sel.counts, "pseudo_labeled": idx.numel()},
+            )
+        self.selection = sel
+        self.history["select_iter"].append(self.iteration)
+        self.history["n_selected"].append(sel.y.numel())
+        return sel
+
+    def _due_for_selection(self) -> bool:
+        aug = self.config.augment
+        if aug is None or self.iteration < aug.start_iter:
+            return False
+        return (self.iteration - aug.start_iter) % aug.reselect_every == 0 or self.selection is None
 
     # ------------------------------------------------------------------ loop
     def _state(self) -> dict[str, Any]:
         return {"vae": self.vae, "opt_model": self.opt_model, "opt_ebm": self.opt_ebm,
                 "generator": self.generator}
+
+    def _extra(self) -> dict[str, Any]:
+        sel = None if self.selection is None else asdict(self.selection)
+        return {"history": self.history, "config": asdict(self.config), "selection": sel}
 
     def _check_data(
         self, x_unlabeled: torch.Tensor, x_labeled: torch.Tensor, y_labeled: torch.Tensor
@@ -277,8 +353,10 @@ class SemiSupervisedTrainer:
         y_labeled: torch.Tensor,
         eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, list[float]]:
-        """Run ``config.n_iters`` iterations (resuming from ``checkpoint_dir`` if possible); returns history.
+        """Train until ``config.n_iters`` iterations are done; returns the history.
 
+        Continues from :attr:`iteration` (so a second ``fit`` after raising ``config.n_iters`` trains on,
+        e.g. with augmentation switched on) or, when ``checkpoint_dir`` holds a checkpoint, from it.
         Data tensors stay where they are (e.g. CPU); batches are moved to the device. ``eval_data = (x, y)``
         is a held-out labelled split for the latent classifier's accuracy.
         """
@@ -288,12 +366,14 @@ class SemiSupervisedTrainer:
             if not (isinstance(eval_data, (tuple, list)) and len(eval_data) == 2):
                 raise ValueError("eval_data must be a pair (x, y) of tensors")
             check_tensor(eval_data[0], "eval_data[0]", floating=True)
-        start = 0
         if self.checkpointer is not None:
             resumed = self.checkpointer.resume(**self._state())
-            if resumed is not None:
-                start = resumed.step
+            if resumed is not None and resumed.step > self.iteration:
+                self.iteration = resumed.step
                 self.history = {k: list(v) for k, v in resumed.extra["history"].items()}
+                sel = resumed.extra.get("selection")
+                self.selection = None if sel is None else Selection(**sel)
+        start = self.iteration
         n_u, n_l = x_unlabeled.shape[0], x_labeled.shape[0]
         b_u = min(cfg.batch_size, n_u)
         b_l = min(cfg.labeled_batch_size or cfg.batch_size, n_l)
@@ -301,9 +381,12 @@ class SemiSupervisedTrainer:
                    total=cfg.n_iters)
         t0 = time.perf_counter()
         for it in bar:
+            if self._due_for_selection():
+                self.reselect(x_unlabeled)
             iu = torch.randint(n_u, (b_u,), generator=self.generator)
             il = torch.randint(n_l, (b_l,), generator=self.generator)
             rec = self.step(x_unlabeled[iu], x_labeled[il], y_labeled[il])
+            self.iteration = it + 1
             self.history["iter"].append(it + 1)
             for k, v in rec.items():
                 self.history[k].append(v)
@@ -316,8 +399,7 @@ class SemiSupervisedTrainer:
                 if self.logger is not None:
                     self.logger.log(iter=it + 1, eval_accuracy=acc, seconds=time.perf_counter() - t0, **rec)
             if self.checkpointer is not None:
-                extra = {"history": self.history, "config": asdict(cfg)}
-                self.checkpointer.maybe_save(it + 1, force=last, extra=extra, **self._state())
+                self.checkpointer.maybe_save(it + 1, force=last, extra=self._extra(), **self._state())
         return self.history
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -1,0 +1,274 @@
+"""Synthetic augmentation from a latent-EBM VAE (dissertation Algorithm 2, steps 7-8).
+
+A trained :class:`~genlib.models.VAE` with a :class:`~genlib.priors.LatentEBMPrior` can draw unlimited
+labelled data, but naive augmentation hurts: many draws are ambiguous or off-class. The pipeline::
+
+    y (L per class) -> z ~ p(z|y)   short-run Langevin (plain or PSGD-preconditioned)   generate_labelled
+                    -> x~ = mean of p(x|z)
+                    -> z^ = mu(x~), logits = F(z^)   the latent classifier on the re-encoded sample
+    logits, y       -> EntropyFilter (h2 / h1; keep a fraction or a threshold; argmax must agree with y)
+                    -> coreset: Craig / AdaCore / Random on softmax - onehot(y),    select_synthetic
+                       per class, 10 % of the filtered draws
+                    -> (x~, y, weights): weights = coreset cluster sizes
+
+:func:`pseudo_label` does the same filtering for unlabelled *real* data (labels = argmax). The semi-
+supervised trainer re-runs this every ``reselect_every`` iterations from ``start_iter`` on and adds the
+weighted cross-entropy of the selection to its loss; ``recipes/sample_synthetic.py`` writes a selection to a
+:mod:`genlib.data.synthetic` file for any downstream classifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from genlib.models.vae import VAE
+from genlib.priors.ebm import LatentEBMPrior
+from genlib.select import AdaCore, Craig, EntropyFilter, PseudoLabeler, RandomSelector
+from genlib.select.entropy import confidence_scores
+from genlib.utils import check_positive
+
+__all__ = [
+    "AugmentConfig",
+    "Generated",
+    "Selection",
+    "generate_labelled",
+    "latent_logits",
+    "select_synthetic",
+    "pseudo_label",
+    "augment_config_from",
+]
+
+Coreset = Literal["craig", "adacore", "random"]
+
+
+def _pos_int(value: Any, name: str, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be an int {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return value
+
+
+def _fraction(value: Any, name: str) -> float:
+    v = check_positive(value, name)
+    if v > 1:
+        raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
+    return v
+
+
+@dataclass
+class AugmentConfig:
+    """What to draw, how to filter and select it, and how the trainer uses it.
+
+    Attributes:
+        samples_per_class: ``L``, class-conditional draws per class at each (re)selection.
+        entropy: confidence score of :class:`~genlib.select.EntropyFilter` (``"h2"`` entropy, ``"h1"``
+            logsumexp), or ``None`` for no filter (the "naive" augmentation of Table 5.1).
+        entropy_keep: keep this fraction of the draws, the most confident (or give ``entropy_threshold``).
+        entropy_threshold: keep draws with ``h2 <= threshold`` (``h1 >= threshold``) instead.
+        require_agreement: also drop draws whose latent classifier disagrees with the class they were
+            drawn for (a filter step only: ignored when ``entropy`` is ``None``).
+        coreset: ``"craig"``, ``"adacore"``, ``"random"``, or ``None`` to keep every filtered draw.
+        coreset_fraction: share of the filtered draws the coreset keeps (per class).
+        pseudo_label_threshold: when set, unlabelled real data whose latent-classifier entropy (h2, nats)
+            is at most this join the selection with their argmax label (weight 1): "PL" in Table 5.1.
+        loss_weight: coefficient of the selection's weighted cross-entropy, relative to the labelled one.
+        start_iter: ``T_a``, the trainer's first selection happens after this many iterations.
+        reselect_every: ``R``, the trainer draws and selects anew every ``R`` iterations after that.
+        batch_size: synthetic examples per training iteration.
+    """
+
+    samples_per_class: int = 100
+    entropy: Literal["h2", "h1"] | None = "h2"
+    entropy_keep: float | None = 0.5
+    entropy_threshold: float | None = None
+    require_agreement: bool = True
+    coreset: Coreset | None = "craig"
+    coreset_fraction: float = 0.1
+    pseudo_label_threshold: float | None = None
+    loss_weight: float = 0.1
+    start_iter: int = 0
+    reselect_every: int = 1000
+    batch_size: int = 100
+
+    def __post_init__(self) -> None:
+        _pos_int(self.samples_per_class, "samples_per_class")
+        if self.entropy not in ("h2", "h1", None):
+            raise ValueError(f"entropy must be 'h2', 'h1' or None, got {self.entropy!r}")
+        if self.entropy is not None and (self.entropy_keep is None) == (self.entropy_threshold is None):
+            raise ValueError("give exactly one of entropy_keep (in (0, 1]) or entropy_threshold")
+        if self.entropy_keep is not None:
+            _fraction(self.entropy_keep, "entropy_keep")
+        if self.coreset not in ("craig", "adacore", "random", None):
+            raise ValueError(f"coreset must be 'craig', 'adacore', 'random' or None, got {self.coreset!r}")
+        _fraction(self.coreset_fraction, "coreset_fraction")
+        if self.pseudo_label_threshold is not None:
+            check_positive(self.pseudo_label_threshold, "pseudo_label_threshold")
+        check_positive(self.loss_weight, "loss_weight", allow_zero=True)
+        _pos_int(self.start_iter, "start_iter", allow_zero=True)
+        _pos_int(self.reselect_every, "reselect_every")
+        _pos_int(self.batch_size, "batch_size")
+
+    def describe(self) -> str:
+        """A short name of the variant, e.g. ``"H&CRAIG&PL"`` (``"naive"`` without filter or coreset)."""
+        parts = []
+        if self.entropy is not None:
+            parts.append("H" if self.entropy == "h2" else "H1")
+        if self.coreset is not None:
+            parts.append({"craig": "CRAIG", "adacore": "AdaCore", "random": "Random"}[self.coreset])
+        if self.pseudo_label_threshold is not None:
+            parts.append("PL")
+        return "&".join(parts) or "naive"
+
+
+@dataclass
+class Generated:
+    """Class-conditional draws: images ``x`` (the decoder's mean), intended classes ``y``, latents ``z``
+    and the latent classifier's ``logits`` on the re-encoded images (``F(mu(x))``)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    z: torch.Tensor
+    logits: torch.Tensor
+
+
+@dataclass
+class Selection:
+    """The kept examples ``x``, labels ``y``, loss ``weights``, and where they came from.
+
+    ``indices`` index the :class:`Generated` draws (pseudo-labelled real examples are appended after them
+    and not indexed); ``entropy`` is each kept example's h2 entropy in nats; ``counts`` how many examples
+    survived each stage (``generated``, ``filtered``, ``selected``, ``pseudo_labeled``).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    weights: torch.Tensor
+    indices: torch.Tensor
+    entropy: torch.Tensor
+    counts: dict[str, int]
+
+
+def _ebm_vae(vae: Any) -> VAE:
+    if not isinstance(vae, VAE) or not isinstance(vae.prior, LatentEBMPrior):
+        got = type(vae.prior).__name__ if isinstance(vae, VAE) else type(vae).__name__
+        raise ValueError(f"vae must be a genlib VAE with a LatentEBMPrior, got {got}")
+    return vae
+
+
+@torch.no_grad()
+def latent_logits(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The latent classifier's logits ``F(mu(x))`` ``(N, K)`` on the CPU (eval mode, restored)."""
+    vae = _ebm_vae(vae)
+    device = next(vae.parameters()).device
+    was_training = vae.training
+    vae.eval()
+    try:
+        out = [vae.prior.logits(vae.encode(x[s : s + batch_size].to(device))[0]).cpu()
+               for s in range(0, x.shape[0], batch_size)]
+    finally:
+        vae.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, vae.prior.n_classes)
+
+
+def generate_labelled(
+    vae: VAE,
+    samples_per_class: int,
+    *,
+    sampler: Any | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 1000,
+) -> Generated:
+    """Draw ``samples_per_class`` examples of every class: ``z ~ p(z|y)``, ``x~`` = mean of ``p(x|z)``.
+
+    Args:
+        vae: a VAE whose prior is a :class:`~genlib.priors.LatentEBMPrior`.
+        samples_per_class: ``L``.
+        sampler: the Langevin sampler (default the prior's own, e.g. a
+            :class:`~genlib.sampling.PreconditionedLangevin` assigned to ``vae.prior.sampler``).
+        generator: random source of the chains (reproducible draws).
+        batch_size: chains run together.
+
+    Returns a :class:`Generated` on the CPU, classes in increasing order, ``L`` rows each.
+    """
+    vae = _ebm_vae(vae)
+    _pos_int(samples_per_class, "samples_per_class")
+    _pos_int(batch_size, "batch_size")
+    prior = vae.prior
+    device = next(vae.parameters()).device
+    y = torch.arange(prior.n_classes).repeat_interleave(samples_per_class)
+    was_training = vae.training
+    vae.eval()
+    xs, zs = [], []
+    try:
+        for s in range(0, y.numel(), batch_size):
+            yb = y[s : s + batch_size].to(device)
+            z = prior.sample(yb.numel(), y=yb, sampler=sampler, generator=generator)
+            with torch.no_grad():
+                xs.append(vae.decode(z).mean.cpu())
+            zs.append(z.cpu())
+    finally:
+        vae.train(was_training)
+    x = torch.cat(xs)
+    return Generated(x=x, y=y, z=torch.cat(zs), logits=latent_logits(vae, x, batch_size))
+
+
+def _coreset(name: Coreset, fraction: float, seed: int) -> Craig | AdaCore | RandomSelector:
+    if name == "craig":
+        return Craig(fraction)
+    if name == "adacore":
+        # fresh draws every selection: no running averages across them; exact Hessian diagonal of the CE
+        return AdaCore(fraction, hessian="exact")
+    return RandomSelector(fraction, seed=seed)
+
+
+def select_synthetic(generated: Generated, config: AugmentConfig, *, seed: int = 0) -> Selection:
+    """Entropy-filter and coreset-select generated draws as ``config`` says (see the module docstring).
+
+    Coreset weights are cluster sizes (they sum to each class's number of filtered draws); without a
+    coreset every kept draw has weight 1.
+    """
+    if not isinstance(config, AugmentConfig):
+        raise ValueError(f"config must be an AugmentConfig, got {type(config).__name__}")
+    logits, y = generated.logits, generated.y
+    n = y.numel()
+    counts = {"generated": n}
+    keep = torch.arange(n)
+    if config.entropy is not None:
+        filt = EntropyFilter(config.entropy, threshold=config.entropy_threshold,
+                             keep_fraction=config.entropy_keep, require_agreement=config.require_agreement)
+        keep, _ = filt.fit_select(logits, y)
+    counts["filtered"] = keep.numel()
+    weights = torch.ones(keep.numel())
+    if config.coreset is not None and keep.numel() > 0:
+        selector = _coreset(config.coreset, config.coreset_fraction, seed)
+        rows, weights = selector.fit_select(logits[keep], y[keep])
+        keep = keep[rows.cpu()]
+        weights = weights.cpu().float()
+    counts["selected"] = keep.numel()
+    counts["pseudo_labeled"] = 0
+    return Selection(
+        x=generated.x[keep], y=y[keep], weights=weights, indices=keep,
+        entropy=confidence_scores(logits[keep], "h2"), counts=counts,
+    )
+
+
+def pseudo_label(
+    vae: VAE, x_unlabeled: torch.Tensor, threshold: float, batch_size: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unlabelled real examples whose latent-classifier entropy is ``<= threshold`` nats:
+    ``(indices, labels, entropy)`` (labels = argmax of ``F(mu(x))``)."""
+    check_positive(threshold, "threshold")
+    logits = latent_logits(vae, x_unlabeled, batch_size)
+    idx, labels, _ = PseudoLabeler(threshold=threshold).fit_select(logits)
+    return idx, labels, confidence_scores(logits[idx], "h2")
+
+
+def augment_config_from(value: AugmentConfig | dict[str, Any] | None) -> AugmentConfig | None:
+    """Accept an :class:`AugmentConfig`, its ``asdict`` form (configs read back from checkpoints), or None."""
+    if value is None or isinstance(value, AugmentConfig):
+        return value
+    if isinstance(value, dict):
+        return AugmentConfig(**value)
+    raise ValueError(f"augment must be an AugmentConfig, a dict of its fields or None, got {value!r}")
