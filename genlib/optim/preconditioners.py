@@ -76,6 +76,16 @@ def psd_norm_lower_bound(S: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(S @ x)
 
 
+def _add_outer_(m: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``m += xᵀ y`` in place for ``x`` of shape ``(k, p)`` and ``y`` of shape ``(k, q)``. On CPU, a few
+    rank-1 updates beat one thin GEMM (``addmm_`` with k = 2 is ~4× slower than two ``addr_``)."""
+    if m.device.type == "cpu" and x.shape[0] <= 16:
+        for xi, yi in zip(x, y):
+            m.addr_(xi, yi)
+        return m
+    return m.addmm_(x.mT, y)
+
+
 def _apply_along(x: torch.Tensor, m: torch.Tensor, dim: int) -> torch.Tensor:
     """``y[..., i, ...] = Σ_k x[..., k, ...] m[k, i]`` along ``dim`` (x's slices are row vectors times m)."""
     nd = x.ndim
@@ -307,43 +317,55 @@ class DensePreconditioner(Preconditioner):
             self.invQ.div_(c.to(self.invQ.dtype))
 
     def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor) -> None:
+        # Q and Q⁻¹ are updated in place (``.to`` is a no-op when storage and compute dtypes agree): every
+        # d × d temporary is a pass over memory, and with few pairs the fit is memory-bound.
         dt = v.dtype
+        tiny = _tiny(dt)
         Q = self.Q.to(dt)
         n, d = v.shape
         a = h @ Q.mT  # rows (Q h)ᵀ
         if self.triangular:
             b = torch.linalg.solve_triangular(Q, v, upper=True, left=False)  # rows vᵀQ⁻¹ = (Q⁻ᵀv)ᵀ
             aa, bb = a.mT @ a, b.mT @ b
-            mu = lr / (psd_norm_lower_bound((aa + bb) / n) + _tiny(dt))
-            self.Q.copy_(Q - mu * (torch.triu((aa - bb) / n) @ Q))
+            mu = lr / (psd_norm_lower_bound((aa + bb) / n) + tiny)
+            Q.sub_(torch.triu((aa - bb) * (mu / n)) @ Q)
+            if Q is not self.Q:
+                self.Q.copy_(Q)
             return
         iQ = self.invQ.to(dt)
         b = v @ iQ
         # ∇ = (aᵀa − bᵀb)/n = Wᵀ Z / n with Z = [a; b], W = [a; −b]. Work in whichever of the 2n × 2n and
         # d × d spaces is smaller: many pairs (a sampler's chains) must not build a huge Gram matrix.
-        low_rank = 2 * n < d
-        if low_rank:
+        refresh = (self.num_updates + 1) % self._REFRESH == 0
+        if 2 * n < d:
             Z = torch.cat([a, b], 0)
-            W = torch.cat([a, -b], 0)
             gram = Z @ Z.mT / n  # same nonzero spectrum as (aᵀa + bᵀb)/n
-            c = (lr / (psd_norm_lower_bound(gram) + _tiny(dt))) / n
-            Q_new = Q - c * (W.mT @ (Z @ Q))
+            c = (lr / (psd_norm_lower_bound(gram) + tiny)) / n
+            # Z Q = [aQ; v] and Q⁻¹Wᵀ = [hᵀ, −Q⁻¹bᵀ] because b = vQ⁻¹ and a = hQᵀ: one pass over each of Q
+            # and Q⁻¹ instead of two (round-off drift of Q⁻¹ is reset every _REFRESH fits).
+            ZQ = torch.cat([a @ Q, v], 0)
+            if not refresh:
+                # Q⁻¹(I − c WᵀZ)⁻¹ = Q⁻¹ + c (Q⁻¹Wᵀ)(I − c Z Wᵀ)⁻¹ Z   (Woodbury, a 2n × 2n solve).
+                cW = c * torch.cat([a, -b], 0)
+                K = torch.eye(2 * n, dtype=dt, device=v.device) - Z @ cW.mT
+                iQWt = torch.cat([c * h, -c * (b @ iQ.mT)], 0)  # rows of c·Q⁻¹Wᵀ
+                _add_outer_(iQ, iQWt, torch.linalg.solve(K, Z))
+            # Q ← (I − c WᵀZ) Q as 2n rank-1 updates in place: no d × d temporary.
+            _add_outer_(Q, torch.cat([-c * a, c * b], 0), ZQ)
         else:
             aa, bb = a.mT @ a, b.mT @ b
-            c = (lr / (psd_norm_lower_bound((aa + bb) / n) + _tiny(dt))) / n
-            WtZ = aa - bb
-            Q_new = Q - c * (WtZ @ Q)
-        if (self.num_updates + 1) % self._REFRESH == 0:
-            iQ_new = torch.linalg.inv(Q_new)
-        elif low_rank:
-            # Q⁻¹(I − c WᵀZ)⁻¹ = Q⁻¹ + c (Q⁻¹Wᵀ)(I − c Z Wᵀ)⁻¹ Z   (Woodbury, a 2n × 2n solve).
-            K = torch.eye(2 * n, dtype=dt, device=v.device) - c * (Z @ W.mT)
-            iQ_new = iQ + c * ((iQ @ W.mT) @ torch.linalg.solve(K, Z))
-        else:
-            step = torch.eye(d, dtype=dt, device=v.device) - c * WtZ
-            iQ_new = torch.linalg.solve(step, iQ, left=False)
-        self.Q.copy_(Q_new)
-        self.invQ.copy_(iQ_new)
+            c = (lr / (psd_norm_lower_bound((aa + bb) / n) + tiny)) / n
+            WtZ = (aa - bb) * c
+            if not refresh:
+                step = torch.eye(d, dtype=dt, device=v.device) - WtZ
+                iQ.copy_(torch.linalg.solve(step, iQ, left=False))
+            Q.sub_(WtZ @ Q)
+        if refresh:
+            iQ.copy_(torch.linalg.inv(Q))  # drop the round-off drift of the Woodbury updates
+        if Q is not self.Q:
+            self.Q.copy_(Q)
+        if iQ is not self.invQ:
+            self.invQ.copy_(iQ)
 
     def _precondition(self, g: torch.Tensor) -> torch.Tensor:
         Q = self.Q.to(g.dtype)

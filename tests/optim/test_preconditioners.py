@@ -105,6 +105,25 @@ def test_dense_stochastic_pairs_approach_optimum():
     assert rel_err(pre.to_dense(), target) < 0.1
 
 
+
+@pytest.mark.parametrize("storage", [DT, torch.float32])
+def test_dense_single_pair_updates_approach_optimum_and_keep_the_inverse(storage):
+    # One pair per update (what the optimizers pass) takes the in-place rank-2 / Woodbury path, which uses
+    # bQ = v and Q⁻¹a = h instead of recomputing them: a wrong identity breaks both the fit and Q·Q⁻¹ = I.
+    d = 6
+    H = indefinite_h(d, seed=4)
+    g = torch.Generator().manual_seed(1)
+    pre = randomize(DensePreconditioner(d, dtype=storage, lr=0.04, init_scale=1.0), seed=2)
+    sigma = 0.2
+    target = inv_sqrtm(H @ H + sigma**2 * torch.eye(d, dtype=DT))
+    assert rel_err(pre.to_dense().to(DT), target) > 0.5
+    for _ in range(2000):  # last Q⁻¹ refresh at 1792: the final 208 updates are Woodbury-only
+        v = torch.randn(1, d, generator=g, dtype=DT)
+        pre.update(v, v @ H + sigma * torch.randn(1, d, generator=g, dtype=DT))
+    assert rel_err(pre.to_dense().to(DT), target) < 0.1
+    tol = 1e-9 if storage == DT else 1e-4
+    assert torch.allclose(pre.Q @ pre.invQ, torch.eye(d, dtype=storage), atol=tol)
+
 def test_diag_reaches_elementwise_closed_form():
     g = torch.Generator().manual_seed(0)
     shape = (3, 5)
