@@ -544,14 +544,20 @@ class PSGD(torch.optim.Optimizer):
                     buf.mul_(beta).add_(g, alpha=1.0 - beta)
                 bufs.append(buf)
             ms = bufs
+        # Gradients have their parameters' shapes (checked when the group was built), so the hot path calls
+        # the preconditioners without re-validating every step.
         if self.flatten:
-            full = dict(zip(live, ms))
             allp = group["params"]
-            x = torch.cat([full.get(i, torch.zeros_like(p)).reshape(-1) for i, p in enumerate(allp)])
-            chunks = pcs[0].precondition(x).split([p.numel() for p in allp])
+            if len(live) == len(allp):
+                x = torch.cat([m.reshape(-1) for m in ms])
+            else:
+                full = dict(zip(live, ms))
+                x = torch.cat([(full[i] if i in full else torch.zeros_like(p)).reshape(-1)
+                               for i, p in enumerate(allp)])
+            chunks = pcs[0]._precondition_unchecked(x).split([p.numel() for p in allp])
             pre = [chunks[i].view_as(allp[i]) for i in live]
         else:
-            pre = [pcs[i].precondition(m) for i, m in zip(live, ms)]
+            pre = [pcs[i]._precondition_unchecked(m) for i, m in zip(live, ms)]
         clip = group["grad_clip_max_norm"]
         if clip is not None:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(pre)))

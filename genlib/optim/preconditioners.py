@@ -145,6 +145,7 @@ class Preconditioner(ABC):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.initialized = init_scale is not None
         self.num_updates = 0
+        self._cd_cache: dict[torch.dtype, torch.dtype] = {}  # input dtype → compute dtype
 
     # ---- family-specific pieces -------------------------------------------------------------------------
     @abstractmethod
@@ -170,6 +171,10 @@ class Preconditioner(ABC):
 
     def _invalidate(self) -> None:  # noqa: B027 - optional hook, most families cache nothing
         """Drop caches derived from Q (after an update or a load)."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_cd_cache", {})  # objects pickled before the cache existed
 
     # ---- public API -------------------------------------------------------------------------------------
     def _check_batch(self, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -230,7 +235,17 @@ class Preconditioner(ABC):
     def precondition(self, g: torch.Tensor) -> torch.Tensor:
         """Return ``P·g`` for ``g`` of shape ``(..., *shape)`` (same dtype and device as ``g``)."""
         self._check_trailing(g, "g")
-        cd = _compute_dtype(self.dtype, g.dtype)
+        return self._precondition_unchecked(g)
+
+    def _precondition_unchecked(self, g: torch.Tensor) -> torch.Tensor:
+        """:meth:`precondition` without validation, for callers that checked ``g``'s shape once up front
+        (the optimizers, whose gradients have the parameters' shapes). Casts only when ``g``'s dtype is not
+        the compute dtype. Call under ``torch.no_grad()``."""
+        cd = self._cd_cache.get(g.dtype)
+        if cd is None:
+            cd = self._cd_cache[g.dtype] = _compute_dtype(self.dtype, g.dtype)
+        if cd == g.dtype:
+            return self._precondition(g)
         return self._precondition(g.to(cd)).to(g.dtype)
 
     @torch.no_grad()
@@ -397,8 +412,14 @@ class DiagPreconditioner(Preconditioner):
         mu = lr / ((a2 + b2).max() + _tiny(v.dtype))
         self.q.copy_(q - mu * (a2 - b2) * q)
 
+    def _invalidate(self) -> None:
+        self._q2 = None
+
     def _precondition(self, g: torch.Tensor) -> torch.Tensor:
-        return self.q.to(g.dtype).square() * g
+        q2 = getattr(self, "_q2", None)
+        if q2 is None:  # P = q², cached until Q changes
+            q2 = self._q2 = self.q.to(_compute_dtype(self.dtype)).square()
+        return q2.to(g.dtype) * g
 
     def _apply_qt(self, x: torch.Tensor) -> torch.Tensor:
         return self.q.to(x.dtype) * x
@@ -555,8 +576,8 @@ class XMatPreconditioner(Preconditioner):
             a, b = self.a.to(_compute_dtype(self.dtype)), self.b.to(_compute_dtype(self.dtype))
             ab = a * b
             self._coef = (a * a + (b * b).flip(0), ab + ab.flip(0))
-        c1, c2 = (c.to(g.dtype) for c in self._coef)
-        return c1 * g + c2 * g.flip(-1)
+        c1, c2 = self._coef
+        return torch.addcmul(c1.to(g.dtype) * g, c2.to(g.dtype), g.flip(-1))
 
     def _apply_qt(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.a.to(x.dtype), self.b.to(x.dtype)

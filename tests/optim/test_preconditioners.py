@@ -331,3 +331,22 @@ def test_dense_with_many_pairs_per_update_reaches_the_inverse_absolute_hessian()
         P.update(v, v @ H)
     err = torch.linalg.norm(P.to_dense() - target) / torch.linalg.norm(target)
     assert err < 1e-2
+
+
+@pytest.mark.parametrize("make", FAMILIES)
+def test_cached_products_follow_every_update(make):
+    # Diag caches q², XMat its P coefficients, Kron its factor products: preconditioning between fits
+    # must never serve the P of an older Q (compared with a cache-free copy rebuilt from the state).
+    pre = make(DT)
+    g = torch.Generator().manual_seed(5)
+    H = sym_with_spectrum(torch.tensor([2.0, -1.0, 0.5, 3.0, 1.0, -0.7], dtype=DT), 1)
+    x = torch.randn(3, *pre.shape, generator=g, dtype=DT)
+    before = pre.precondition(x)
+    for _ in range(3):
+        v = torch.randn(4, 6, generator=g, dtype=DT)
+        pre.update(v.reshape(4, *pre.shape), (v @ H).reshape(4, *pre.shape))
+        fresh = make(DT)
+        fresh.load_state_dict(pre.state_dict())
+        assert torch.equal(pre.precondition(x), fresh.precondition(x))
+        assert torch.equal(pre._precondition_unchecked(x), fresh.precondition(x))
+    assert not torch.allclose(pre.precondition(x), before)
