@@ -15,9 +15,10 @@ Greedy maximisation reaches ``F(S) >= (1 - 1/e) F(S*)`` (Nemhauser et al. 1978).
   upper bounds; each step re-evaluates the candidates with the largest bounds, a batch at a time, until
   the best one is fresh (ties: lowest index among the fresh maxima). Two additions cut the work:
   the first gains come from the distances to the mean (exact for squared distances, a bound otherwise),
-  and once a pick changes the coverage of few points (the ``m`` points it now covers best), every
-  gain is updated exactly from those points alone, ``O(m n)``, so exact gains stay exact instead of
-  going stale. Exact ties (two points that only cover each other) may then fall either way.
+  and once a pick changes the coverage of few points (the ``m`` points it now covers best), the highest
+  exact gains (an eighth of the candidates) are updated exactly from those points alone, ``O(m)`` each,
+  so they stay exact instead of going stale; the others keep their old gain as a bound. Exact ties (two
+  points that only cover each other) may then fall either way.
 - ``"naive"``: plain greedy, every remaining gain re-evaluated at every step (the reference the lazy
   variant must reproduce; ``O(n^2 k)``).
 - ``"stochastic"``: stochastic greedy (Mirzasoleiman et al. 2015). Each step draws
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 _INCREMENTAL_FRACTION = 0.25  # see facility_location: when to update gains exactly rather than re-evaluate
+_TRACKED_FRACTION = 0.125  # see facility_location: how many exact gains the exact updates keep exact
+_DECREASE_BLOCK = 1 << 18  # entries per block in _Coverage.decrease: fits in a CPU core's L2 cache
 _FIRST_BATCH = 16  # candidates re-evaluated first in a lazy step; doubles while the top bound stays stale
 
 
@@ -192,27 +195,35 @@ class _Coverage:
         self.nearest = torch.full((pts.n,), math.inf, dtype=dtype, device=device)
         self.assign = torch.zeros(pts.n, dtype=torch.long, device=device)
         self._zero = torch.zeros((), dtype=dtype, device=device)
+        if not self.euclidean:  # the points' right factors with -cover folded into the constant column
+            self.shifted = pts.right.clone()
+            self.shifted[:, -1] -= self.cap
 
     def gains(self, rows: Tensor) -> Tensor:
-        """Marginal gains ``sum_i max(0, cover_i - d(i, k))`` of the candidates ``rows``.
+        """Marginal gains ``sum_i max(0, cover_i - d(i, k))`` of the candidates ``rows``, in float64.
 
-        One ``(b, n)`` block per chunk, in place: ``min(d, cover) - cover`` summed is minus the gain.
-        (Pruning points by the triangle inequality, as :meth:`decrease` does, was tried here too: it skips
-        few points unless the data is low-dimensional, and the gathers cost more than they save.)
+        One ``(b, n)`` block per chunk, in place. Squared distances: the matmul against ``shifted`` (the
+        points with ``-cover`` folded into their constant column) gives ``d - cover`` directly, so a gain
+        is minus the sum of its negative part: two passes over the block. Euclidean: ``min(d, cover) -
+        cover`` summed. (Pruning points by the triangle inequality skips almost nothing beyond two or
+        three dimensions, and the gathers cost more than they save.)
         """
         out = []
         for r in rows.split(self.chunk):
-            d = self.pts.raw_squared(r)
             if self.euclidean:
+                d = self.pts.raw_squared(r)
                 torch.clamp(d, min=self._zero, max=self.cap, out=d).sqrt_()
+                d.sub_(self.cover)
             else:
-                torch.minimum(d, self.cap, out=d)
-            out.append(d.sub_(self.cover).sum(1).neg_())
-        return torch.cat(out)
+                d = self.pts.left[r] @ self.shifted.T
+                d[torch.arange(r.numel(), device=d.device), r] = -self.cap[r]  # exact d(k, k) = 0
+                d.clamp_(max=0)
+            out.append(d.sum(1).neg_())
+        return torch.cat(out).double()
 
     def add(self, j: int, position: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Select ``j``. Returns the points whose coverage improved (``d_ij < cover_i``), their old and new
-        ``cap`` values, and the distances from ``j`` to every point."""
+        ``cap`` values, and the squared distances from ``j`` to every point."""
         d2 = self.pts.squared_distances(torch.tensor([j], device=self.cap.device))[0]
         d = d2.sqrt() if self.euclidean else d2
         closer = d < self.nearest
@@ -222,44 +233,65 @@ class _Coverage:
         old, new = self.cap[rows], d2[rows]
         self.cap = self.cap.index_put((rows,), new)
         self.cover = self.cap.sqrt() if self.euclidean else self.cap
-        return rows, old, new, d
+        if not self.euclidean:
+            self.shifted[rows, -1] = self.pts.right[rows, -1] - new
+        return rows, old, new, d2
 
-    def decrease(self, rows: Tensor, old: Tensor, new: Tensor, dist: Tensor) -> Tensor:
-        """Exact drop of every candidate's gain caused by the coverage change of the points ``rows``.
+    def decrease(self, rows: Tensor, old: Tensor, new: Tensor, dist: Tensor, cand: Tensor) -> Tensor:
+        """Exact drop of the gains of the candidates ``cand`` caused by the coverage change of ``rows``.
 
         Point ``i``'s term ``max(0, c_i - d_ik)`` becomes ``max(0, c'_i - d_ik)`` with ``c'_i < c_i``; the
         difference is ``c_i - clamp(d_ik, c'_i, c_i)``, zero unless ``d_ik < c_i``. With ``e`` Euclidean
-        distances and ``j`` the new pick, ``e_ik >= e_jk - e_ij`` (``dist`` holds ``e_j``), so a block of
-        rows only touches the candidates closer to ``j`` than ``max_i (c_i + e_ij)``: the rows go in
-        order of that reach, each ``(chunk, m)`` block over just those ``m`` columns, summed in float64.
+        distances and ``j`` the new pick, ``e_ik >= e_jk - e_ij`` (``dist`` holds ``e_j``), so candidate
+        ``k`` only needs the rows with ``c_i + e_ij > e_jk``: candidates go in order of ``e_jk``, rows in
+        order of that reach, and each block of candidates meets a prefix of the rows. One ``(b, m)`` block
+        at a time, with ``-c_i`` folded into the matmul (``d_ik - c_i``, clipped to ``[c'_i - c_i, 0]``),
+        rows summed in float64. Caps are squared covers for the Euclidean metric, so ``c`` is ``sqrt(cap)``.
         """
-        out = torch.zeros(self.pts.n, dtype=torch.float64, device=self.cap.device)
-        reach = old.sqrt() + dist[rows]  # sqrt(cap) is the old cover as a Euclidean distance
-        order = torch.argsort(reach)
+        out = torch.zeros(cand.numel(), dtype=torch.float64, device=cand.device)
+        # margin for round-off in the matmul distances; a wider reach only costs work
+        reach = (old.sqrt() + dist[rows]) * (1 + 1e-4) + 1e-6
+        order = torch.argsort(reach, descending=True)
         rows, old, new, reach = rows[order], old[order], new[order], reach[order]
-        for r, lo, hi, far in zip(*(t.split(self.chunk) for t in (rows, new, old, reach))):
-            # margin for round-off in the matmul distances; a wider radius only costs work
-            cols = torch.nonzero(dist < float(far[-1]) * (1 + 1e-4) + 1e-6).squeeze(1)
-            d = self.pts.raw_squared(r, cols)
-            # in place; much faster than clamp with broadcast tensor bounds on CPU
-            torch.maximum(d, lo[:, None], out=d)
-            torch.minimum(d, hi[:, None], out=d)
-            if self.euclidean:  # caps are squared covers: sqrt(clamp(d^2, c'^2, c^2)) = clamp(d, c', c)
-                d.sqrt_()
-                hi = hi.sqrt()
-            out.index_add_(0, cols, d.sub_(hi[:, None]).sum(0).double())
+        pts = self.pts
+        shifted = torch.cat([pts.right[rows, :-1], (pts.right[rows, -1] - old)[:, None]], 1)
+        low = new - old  # clip d - c at c' - c (squared caps for the Euclidean metric)
+        root = old.sqrt() if self.euclidean else None
+        slot = torch.full((pts.n,), -1, dtype=torch.long, device=rows.device)
+        slot[rows] = torch.arange(rows.numel(), device=rows.device)  # self-distance positions
+        by_dist = torch.argsort(dist[cand])
+        near = dist[cand][by_dist]
+        # how many rows (a prefix) can reach each candidate, and blocks of ~2^18 entries (cache-sized)
+        need = torch.searchsorted(-reach, -near.contiguous(), right=False)
+        todo = int(torch.count_nonzero(need))
+        start = 0
+        while start < todo:
+            m = int(need[start])
+            b = max(1, min(todo - start, _DECREASE_BLOCK // max(m, 1)))
+            pos = by_dist[start : start + b]
+            k = cand[pos]
+            d = pts.left[k] @ shifted[:m].T  # d_ik - c_i
+            p = slot[k]
+            hit = torch.nonzero((p >= 0) & (p < m)).squeeze(1)
+            d[hit, p[hit]] = -old[p[hit]]  # exact d(k, k) = 0
+            d.clamp_(max=0)
+            torch.maximum(d, low[:m], out=d)
+            if self.euclidean:  # sqrt(clamp(d^2, c'^2, c^2)) - c
+                d.add_(old[:m]).sqrt_().sub_(root[:m])
+            out[pos] = d.sum(1).double()
+            start += b
         return out.neg_()
 
-    def affected(self, rows: Tensor, old: Tensor, d: Tensor) -> Tensor:
+    def affected(self, rows: Tensor, old: Tensor, d2: Tensor) -> Tensor:
         """Mask of candidates whose gain may have changed (when it is not updated exactly).
 
         Candidate ``k`` drew gain from a changed point ``i`` only if ``d_ik < c_i``; by the triangle
         inequality ``d_ik >= d_jk - d_ij``, so every candidate with ``d_jk >= max_i (c_i + d_ij)`` keeps its
-        exact gain. Squared distances break the triangle inequality; their square roots do not.
+        exact gain. Squared distances break the triangle inequality; their square roots (of ``d2``) do not.
         """
         if rows.numel() == 0:
-            return torch.zeros(self.pts.n, dtype=torch.bool, device=d.device)
-        dist = d if self.euclidean else d.sqrt()
+            return torch.zeros(self.pts.n, dtype=torch.bool, device=d2.device)
+        dist = d2.sqrt()
         reach = float((old.sqrt() + dist[rows]).max())  # old is cover^2 (euclidean) or squared cover
         # margin for round-off in the matmul distances; a wider radius only costs re-evaluations
         return dist < reach * (1 + 1e-4) + 1e-6
@@ -337,6 +369,7 @@ def facility_location(
     # Update gains exactly (cost: changed points x n) when fewer points changed than a step would
     # otherwise re-evaluate; the first picks change most points, and re-evaluation is then as cheap.
     incremental_max = int(_INCREMENTAL_FRACTION * min(n, sample_size))
+    tracked = max(chunk_size, int(_TRACKED_FRACTION * min(n, sample_size)))
     picked: list[int] = []
     gains: list[float] = []
     for step in tqdm(range(budget), desc="facility location", disable=not progress):
@@ -367,11 +400,17 @@ def facility_location(
         gains.append(float(bounds[j]))
         bounds[j] = -math.inf
         rows, old, new, d = cov.add(j, step)
+        affected = cov.affected(rows, old, d)
         if greedy != "naive" and 0 < rows.numel() <= incremental_max:
-            # exact gains stay exact, stale bounds get tighter
-            bounds -= cov.decrease(rows, old, new, d if cov.euclidean else d.sqrt())
-        else:  # a large change costs about as much as re-evaluating: mark the gains it may touch stale
-            fresh &= ~cov.affected(rows, old, d)
+            # The highest exact gains stay exact (cost: changed points x tracked); tracking all of them
+            # costs more than the re-evaluations it saves, since most never come near the top again.
+            keep = fresh & affected & (bounds > -math.inf)
+            if int(keep.sum()) > tracked:
+                keep &= bounds >= bounds.masked_fill(~keep, -math.inf).topk(tracked).values[-1]
+            cols = torch.nonzero(keep).squeeze(1)
+            bounds[cols] -= cov.decrease(rows, old, new, d.sqrt(), cols)
+            affected &= ~keep
+        fresh &= ~affected  # a large change costs about as much as re-evaluating: mark stale
 
     indices = torch.tensor(picked, dtype=torch.long, device=device)
     weights = torch.bincount(cov.assign, minlength=budget).to(x.dtype)
