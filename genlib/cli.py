@@ -15,7 +15,9 @@ ALIASES = {
     "svhn": "svhn_semisup",
     "vctk": "vctk_resynthesis",
 }
-RECIPES = ("quickstart", "delayed_xor", "svhn_semisup", "sample_synthetic", "vctk_resynthesis")
+RECIPES = (
+    "quickstart", "vae_optimizers", "delayed_xor", "svhn_semisup", "sample_synthetic", "vctk_resynthesis"
+)
 
 
 def main(argv: list[str] | None = None) -> int:

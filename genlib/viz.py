@@ -20,7 +20,13 @@ from matplotlib.figure import Figure
 
 from genlib.utils import check_positive
 
-__all__ = ["save_image_grid", "save_spectrograms", "save_loss_curves", "save_precision_map"]
+__all__ = [
+    "save_image_grid",
+    "save_entropy_grid",
+    "save_spectrograms",
+    "save_loss_curves",
+    "save_precision_map",
+]
 
 
 def _numpy(a: Any, name: str) -> np.ndarray:
@@ -94,6 +100,38 @@ def save_image_grid(
     if title:
         fig.suptitle(title, fontsize=9, y=1.0 - 0.05 * title_in / (height + title_in), va="top")
     return _save(fig, path, dpi)
+
+
+def entropy_grid_order(labels: torch.Tensor, entropy: torch.Tensor, per_class: int = 10) -> torch.Tensor:
+    """Row indices for :func:`save_entropy_grid`: per class (increasing), ``per_class`` rows evenly spread
+    over the class's entropy ranking, most confident (lowest entropy) first."""
+    if labels.shape != entropy.shape or labels.ndim != 1:
+        raise ValueError(f"labels and entropy must be (N,) tensors, got {tuple(labels.shape)} and "
+                         f"{tuple(entropy.shape)}")
+    out = []
+    for k in labels.unique().tolist():
+        idx = torch.nonzero(labels == k).squeeze(1)
+        ranked = idx[torch.argsort(entropy[idx], stable=True)]
+        out.append(ranked[torch.linspace(0, len(ranked) - 1, min(per_class, len(ranked))).round().long()])
+    return torch.cat(out)
+
+
+def save_entropy_grid(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    entropy: torch.Tensor,
+    path: str | os.PathLike,
+    per_class: int = 10,
+    dpi: int = 100,
+) -> Path:
+    """Generated samples sorted by a classifier's entropy: one row per class, ``per_class`` samples evenly
+    spread from the most to the least confident, each labelled ``class: entropy``."""
+    order = entropy_grid_order(labels.cpu(), entropy.cpu(), per_class)
+    names = [f"{int(labels[i])}: {float(entropy[i]):.2f}" for i in order]
+    return save_image_grid(
+        images[order], path, nrow=min(per_class, len(order)), labels=names, cell_inches=1.0, dpi=dpi,
+        title="per class (rows): most to least confident; label = class: entropy (nats)",
+    )
 
 
 def save_spectrograms(

@@ -1,12 +1,19 @@
-"""Quickstart: train one VAE with PSGD and with Adam, side by side, on data that needs no download.
+"""Quickstart: the whole generative-augmentation pipeline, on data that needs no download.
 
-A Bernoulli MLP VAE on scikit-learn's bundled 8×8 digits (or MNIST-4k with ``--data-dir``), trained for the
-same number of steps by Adam and by two PSGD families (Kron and LRA, gradient-whitening curvature, so a plain
-``loss.backward(); opt.step()`` loop). Prints held-out ELBO and importance-weighted log p(x) per optimizer and
-saves a sample grid and loss curves next to ``results.json``.
+1. Semi-supervised VAE with a latent EBM prior (symbol-vector coupling) from a few labels + unlabelled data.
+2. Class-conditional sampling: short-run Langevin on p(z|y), decoded.
+3. Entropy filter on the latent classifier p(y|z), then a CRAIG coreset (10 % of what passed).
+4. A downstream classifier trained on the real labels alone, on real + every draw ("naive"), and on real +
+   the filtered coreset, each tested on held-out real images.
 
-    python -m recipes.quickstart            # ~1 minute on a CPU
-    python -m recipes.quickstart --help
+Default data: scikit-learn's bundled 8x8 digits (1797 images; 50 labels, 400 held out). ``--data-dir`` points
+it at a folder with ``mnist_4k.npz`` (or ``digits/mnist_4k.npz``, e.g. ``../shared/data``) or SVHN's
+``train_32x32.mat`` / ``test_32x32.mat``. Writes to ``--out``: ``results.json``, ``synthetic.pt`` (the
+selected dataset, loadable with ``genlib.data.SyntheticDataset``), ``samples.png``,
+``samples_by_entropy.png``, ``selected.png``, ``loss_curves.png`` and ``checkpoints/`` (re-running resumes).
+
+    python -m recipes.quickstart            # a few CPU minutes
+    python -m recipes.quickstart --quick    # smoke run, about a minute
 """
 
 from __future__ import annotations
@@ -18,129 +25,178 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from genlib.data import load_digits_sklearn, load_mnist_npz
-from genlib.likelihoods import Bernoulli
+from genlib.data.images import load_svhn_semi_supervised, semi_supervised_split
+from genlib.data.synthetic import WeightedTensorDataset, combine_real_and_synthetic, save_synthetic_dataset
+from genlib.likelihoods import Bernoulli, Gaussian
 from genlib.models import VAE
 from genlib.nn import MLPDecoder, MLPEncoder
-from genlib.optim import LRA, ExponentialDecaySchedule, Kron
+from genlib.priors import LatentEBMPrior
+from genlib.train import (
+    AugmentConfig,
+    MLPClassifier,
+    SemiSupervisedConfig,
+    SemiSupervisedTrainer,
+    evaluate_accuracy,
+    generate_labelled,
+    select_synthetic,
+    train_classifier,
+)
 from genlib.utils import default_device, seed_everything
-from genlib.viz import save_image_grid, save_loss_curves
+from genlib.viz import save_entropy_grid, save_image_grid, save_loss_curves
 
 
 @dataclass
 class Config:
-    data_dir: str | None = None  # a folder with digits/mnist_4k.npz; None = scikit-learn's bundled digits
-    latent_dim: int = 8
+    data_dir: str | None = None  # None: scikit-learn's digits
+    n_labeled: int = 50
+    n_test: int = 400
+    latent_dim: int = 16
     hidden: tuple[int, ...] = (256, 256)
-    steps: int = 400
-    batch_size: int = 128
-    n_test: int = 297
+    ebm_hidden: tuple[int, ...] = (128, 128)
+    train: SemiSupervisedConfig = field(
+        default_factory=lambda: SemiSupervisedConfig(
+            n_iters=1500, batch_size=100, lr=1e-3, ebm_lr=1e-3, score_penalty=0.1, langevin_steps=20,
+            class_weight=5.0, eval_every=250, checkpoint_every=500,
+        )
+    )
+    samples_per_class: int = 200  # L
+    entropy_keep: float = 0.5
+    coreset_fraction: float = 0.1
+    synthetic_weight: float = 0.5  # loss coefficient of the synthetic part for the downstream classifier
+    classifier_epochs: int = 150
     seed: int = 0
-    optimizers: tuple[str, ...] = ("adam", "psgd-lra")  # "psgd-kron" also available
     out: str = "runs/quickstart"
     device: str = field(default_factory=lambda: str(default_device()))
 
-
-# PSGD refits its preconditioner every step at first, then on ~10% of steps (the papers' schedule): the
-# non-refit steps cost little more than SGD.
-def _refit() -> ExponentialDecaySchedule:
-    return ExponentialDecaySchedule(start=1.0, end=0.1, decay_steps=100)
-
-
-OPTIMIZERS = {
-    "adam": lambda params: torch.optim.Adam(params, lr=1e-3),
-    "psgd-kron": lambda params: Kron(params, lr=1e-3, momentum=0.9, update_probability=_refit()),
-    "psgd-lra": lambda params: LRA(params, lr=1e-3, momentum=0.9, rank=10, update_probability=_refit()),
-}
+    def quick(self) -> Config:
+        self.train.n_iters, self.train.eval_every = 500, 250
+        self.samples_per_class, self.classifier_epochs = 100, 100
+        return self
 
 
-def load_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, test) float images in [0, 1], split reproducibly by ``cfg.seed``."""
-    if cfg.data_dir is None:
-        images, _ = load_digits_sklearn()
+def load_data(cfg: Config) -> tuple[torch.Tensor, ...]:
+    """``(x_labeled, y_labeled, x_unlabeled, x_test, y_test)``, images in [0, 1]."""
+    if cfg.data_dir is not None:
+        root = Path(cfg.data_dir)
+        if (root / "train_32x32.mat").is_file():
+            d = load_svhn_semi_supervised(root, n_labeled=cfg.n_labeled, seed=cfg.seed)
+            return d.x_labeled, d.y_labeled, d.x_unlabeled, d.x_test[: cfg.n_test], d.y_test[: cfg.n_test]
+        candidates = (root / "mnist_4k.npz", root / "digits" / "mnist_4k.npz")
+        npz = next((p for p in candidates if p.is_file()), None)
+        if npz is None:
+            raise FileNotFoundError(f"--data-dir {root} holds neither mnist_4k.npz (or digits/mnist_4k.npz) "
+                                    "nor SVHN's train_32x32.mat")
+        x, y = load_mnist_npz(npz)
     else:
-        images, _ = load_mnist_npz(Path(cfg.data_dir) / "digits" / "mnist_4k.npz")
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))
-    images = images[perm]
-    return images[cfg.n_test :], images[: cfg.n_test]
+        x, y = load_digits_sklearn()
+    split = semi_supervised_split(y, n_labeled=cfg.n_labeled, n_test=cfg.n_test, seed=cfg.seed,
+                                  num_classes=10)
+    return x[split.labeled], y[split.labeled], x[split.unlabeled], x[split.test], y[split.test]
 
 
 def build_vae(cfg: Config, image_shape: tuple[int, ...]) -> VAE:
-    likelihood = Bernoulli()
-    encoder = MLPEncoder(image_shape, cfg.latent_dim, hidden=cfg.hidden)
-    decoder = MLPDecoder(cfg.latent_dim, image_shape, n_params=likelihood.n_params, hidden=cfg.hidden[::-1])
-    return VAE(encoder, decoder, likelihood)
+    # grey digits: Bernoulli likelihood on intensities; colour (SVHN): a Gaussian with fixed sigma
+    likelihood = Bernoulli() if image_shape[0] == 1 else Gaussian(0.3)
+    prior = LatentEBMPrior(cfg.latent_dim, 10, hidden=cfg.ebm_hidden, n_steps=cfg.train.langevin_steps,
+                           step_size=cfg.train.langevin_step_size)
+    enc = MLPEncoder(image_shape, cfg.latent_dim, hidden=cfg.hidden)
+    dec = MLPDecoder(cfg.latent_dim, image_shape, n_params=likelihood.n_params, hidden=cfg.hidden[::-1])
+    return VAE(enc, dec, likelihood, prior)
 
 
-def train(cfg: Config, name: str, train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[VAE, dict]:
-    seed_everything(cfg.seed)  # same initial weights and batches for every optimizer
-    device = torch.device(cfg.device)
-    vae = build_vae(cfg, tuple(train_x.shape[1:])).to(device)
-    opt = OPTIMIZERS[name](vae.parameters())
-    train_x, test_x = train_x.to(device), test_x.to(device)
-    history: dict[str, list[float]] = {"step": [], "train_loss": []}
-    start = time.perf_counter()
-    for step in tqdm(range(1, cfg.steps + 1), desc=name, leave=False):
-        idx = torch.randint(len(train_x), (cfg.batch_size,), device=device)
-        loss = vae.elbo(train_x[idx]).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 20 == 0:
-            history["step"].append(step)
-            history["train_loss"].append(loss.item())
-    seconds = time.perf_counter() - start
-    vae.eval()
-    with torch.no_grad():
-        test_elbo = vae.elbo(test_x).elbo.mean().item()
-    test_logpx = vae.log_likelihood(test_x, n_importance=200).mean().item()
-    return vae, {"history": history, "test_elbo": test_elbo, "test_log_px": test_logpx, "seconds": seconds}
+def downstream_accuracy(cfg: Config, train_data, x_test: torch.Tensor, y_test: torch.Tensor) -> float:
+    """A fresh MLP classifier trained on ``train_data`` (same seed and budget for every variant)."""
+    model = MLPClassifier(tuple(x_test.shape[1:]), 10, hidden=cfg.hidden, dropout=0.2)
+    model, _ = train_classifier(model, train_data, epochs=cfg.classifier_epochs, batch_size=64,
+                                device=cfg.device, seed=cfg.seed, progress=False)
+    return evaluate_accuracy(model, (x_test, y_test), device=cfg.device)
 
 
 def main(argv: list[str] | None = None) -> int:
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
-    parser.add_argument(
-        "--data-dir", default=None, help="folder holding digits/mnist_4k.npz (default: sklearn digits)"
-    )
-    parser.add_argument("--steps", type=int, default=Config.steps)
-    parser.add_argument("--seed", type=int, default=Config.seed)
-    parser.add_argument("--out", default=Config.out)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--quick", action="store_true", help="smoke config: 100 steps")
-    args = parser.parse_args(argv)
-    if args.steps <= 0:
-        parser.error(f"--steps must be a positive integer, got {args.steps}")
-    steps = 100 if args.quick else args.steps
-    cfg = Config(data_dir=args.data_dir, steps=steps, seed=args.seed, out=args.out)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=None,
+                   help="folder with mnist_4k.npz or SVHN .mat files (default: sklearn digits)")
+    p.add_argument("--n-labeled", type=int, default=Config.n_labeled, help="balanced: a multiple of 10")
+    p.add_argument("--seed", type=int, default=Config.seed)
+    p.add_argument("--out", default=Config.out)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quick", action="store_true", help="smoke config: 500 iterations, L = 100")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.n_labeled <= 0 or args.n_labeled % 10:
+        p.error(f"--n-labeled must be a positive multiple of 10 (balanced classes), got {args.n_labeled}")
+    cfg = Config(data_dir=args.data_dir, n_labeled=args.n_labeled, seed=args.seed, out=args.out)
+    if args.quick:
+        cfg.quick()
     if args.device:
         cfg.device = args.device
+    cfg.train.seed, cfg.train.progress = cfg.seed, not args.no_progress
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    t0 = time.perf_counter()
 
-    train_x, test_x = load_data(cfg)
-    shape = tuple(train_x.shape[1:])
-    print(
-        f"data: {len(train_x)} train / {len(test_x)} test images of shape {shape}; "
-        f"device {cfg.device}; {cfg.steps} steps of batch {cfg.batch_size}"
-    )
-    results, curves = {}, {}
-    for name in cfg.optimizers:
-        vae, res = train(cfg, name, train_x, test_x)
-        results[name] = {k: v for k, v in res.items() if k != "history"}
-        curves[f"{name} train loss"] = res["history"]["train_loss"]
-        curves.setdefault("step", res["history"]["step"])
-        samples = vae.sample(64).cpu()
-        save_image_grid(samples, out / f"samples_{name}.png", nrow=8, title=f"VAE samples ({name})")
+    # 1. semi-supervised latent-EBM VAE
+    x_l, y_l, x_u, x_t, y_t = load_data(cfg)
+    print(f"data: {len(x_l)} labelled, {len(x_u)} unlabelled, {len(x_t)} test images of shape "
+          f"{tuple(x_l.shape[1:])}; device {cfg.device}")
+    vae = build_vae(cfg, tuple(x_l.shape[1:]))
+    trainer = SemiSupervisedTrainer(vae, cfg.train, device=cfg.device, checkpoint_dir=out / "checkpoints")
+    history = trainer.fit(x_u, x_l, y_l, eval_data=(x_t, y_t))
+    latent_acc = trainer.accuracy(x_t, y_t)
+    vae.save(out / "vae.pt")
+    print(f"1. latent classifier test accuracy {latent_acc:.4f}")
 
-    print(f"\n{'optimizer':<12}{'test ELBO':>12}{'test log p(x)':>16}{'seconds':>10}")
-    for name, r in results.items():
-        print(f"{name:<12}{r['test_elbo']:>12.2f}{r['test_log_px']:>16.2f}{r['seconds']:>10.1f}")
-    save_loss_curves(curves, out / "loss_curves.png")
-    (out / "results.json").write_text(json.dumps({"config": asdict(cfg), "results": results}, indent=2))
-    print(f"\nsaved {out / 'results.json'}, loss_curves.png and samples_*.png")
+    # 2. class-conditional draws, 3. entropy filter + CRAIG coreset
+    generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+    generated = generate_labelled(vae, cfg.samples_per_class, generator=generator)
+    naive = select_synthetic(generated, AugmentConfig(cfg.samples_per_class, entropy=None, coreset=None))
+    augment = AugmentConfig(cfg.samples_per_class, entropy_keep=cfg.entropy_keep,
+                            coreset="craig", coreset_fraction=cfg.coreset_fraction)
+    chosen = select_synthetic(generated, augment, seed=cfg.seed)
+    print(f"2-3. drew {chosen.counts['generated']}, entropy filter kept {chosen.counts['filtered']}, "
+          f"CRAIG kept {chosen.counts['selected']} (weights sum {float(chosen.weights.sum()):.0f})")
+    save_synthetic_dataset(out / "synthetic.pt", chosen.x, chosen.y, chosen.weights,
+                           meta={"source_checkpoint": str(out / "vae.pt"), "counts": chosen.counts})
+
+    # 4. downstream classifier: real labels only vs real + synthetic
+    real = (x_l, y_l)
+    variants = {
+        "real labels only": real,
+        "+ naive synthetic (all draws)": combine_real_and_synthetic(
+            real, WeightedTensorDataset(naive.x, naive.y, naive.weights), cfg.synthetic_weight),
+        f"+ {augment.describe()} synthetic": combine_real_and_synthetic(
+            real, WeightedTensorDataset(chosen.x, chosen.y, chosen.weights), cfg.synthetic_weight),
+    }
+    accuracy = {name: downstream_accuracy(cfg, data, x_t, y_t) for name, data in variants.items()}
+    seconds = time.perf_counter() - t0
+
+    shape = tuple(x_l.shape[1:])
+    per_class = torch.arange(10).repeat_interleave(8)
+    grid_rows = torch.cat([torch.nonzero(generated.y == k).squeeze(1)[:8] for k in range(10)])
+    save_image_grid(generated.x[grid_rows].reshape(-1, *shape), out / "samples.png", nrow=8,
+                    labels=per_class.tolist(), title="class-conditional samples, z ~ p(z|y) by Langevin")
+    save_entropy_grid(generated.x.reshape(-1, *shape), generated.y, naive.entropy,
+                      out / "samples_by_entropy.png")
+    save_image_grid(chosen.x[:100], out / "selected.png", nrow=10, labels=chosen.y[:100].tolist(),
+                    title="selected synthetic samples (entropy filter + CRAIG)")
+    save_loss_curves({k: history[k] for k in ("iter", "loss", "ebm_loss", "class_loss")},
+                     out / "loss_curves.png")
+    results = {
+        "latent_classifier_accuracy": latent_acc,
+        "downstream_accuracy": accuracy,
+        "selection_counts": chosen.counts,
+        "seconds": seconds,
+        "config": asdict(cfg),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+
+    print(f"\n4. downstream MLP classifier, test accuracy ({len(x_t)} held-out real images):")
+    for name, acc in accuracy.items():
+        print(f"   {name:<34}{acc:.4f}")
+    print(f"\n{seconds:.0f} s; results.json, synthetic.pt and figures in {out}")
     return 0
 
 

@@ -33,7 +33,7 @@ from genlib.sampling import LangevinSampler, PreconditionedLangevin
 from genlib.select.entropy import confidence_scores
 from genlib.train.augment import AugmentConfig, generate_labelled, select_synthetic
 from genlib.utils import default_device, seed_everything
-from genlib.viz import save_image_grid
+from genlib.viz import save_entropy_grid, save_image_grid
 
 
 @dataclass
@@ -77,19 +77,6 @@ def quick_checkpoint(out: Path, seed: int) -> str:
     run = out / "quick_model"
     svhn_semisup.main(["--quick", "--iters", "300", "--seed", str(seed), "--out", str(run), "--no-progress"])
     return str(run / "vae.pt")
-
-
-def entropy_grid(x: torch.Tensor, y: torch.Tensor, entropy: torch.Tensor, path: Path, per_class: int = 10):
-    """Per class, ``per_class`` draws evenly spread over the entropy ranking, most confident first."""
-    rows, labels = [], []
-    for k in y.unique().tolist():
-        idx = torch.nonzero(y == k).squeeze(1)
-        order = idx[torch.argsort(entropy[idx], stable=True)]
-        pick = order[torch.linspace(0, len(order) - 1, min(per_class, len(order))).round().long()]
-        rows.append(x[pick])
-        labels += [f"{k}: {float(entropy[i]):.2f}" for i in pick]
-    save_image_grid(torch.cat(rows), path, nrow=min(per_class, len(labels)), labels=labels, cell_inches=1.0,
-                    title="draws per class (rows), from most to least confident; label: entropy in nats")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "generated_index": selection.indices,
     }
     path = save_synthetic_dataset(out / "synthetic.pt", selection.x, selection.y, selection.weights, meta)
-    entropy_grid(generated.x, generated.y, entropy, out / "samples_by_entropy.png")
+    save_entropy_grid(generated.x, generated.y, entropy, out / "samples_by_entropy.png")
     # by class, the most confident first
     shown = torch.argsort(selection.y * 1e3 + selection.entropy, stable=True)[:100]
     save_image_grid(selection.x[shown], out / "selected.png", nrow=10, labels=selection.y[shown].tolist(),

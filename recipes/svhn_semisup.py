@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from genlib.data.images import (
+    SemiSupervisedData,
     default_data_root,
     load_mnist_npz,
     load_svhn_semi_supervised,
@@ -58,6 +59,7 @@ from genlib.train import (
     SemiSupervisedTrainer,
     SmallConvNet,
     evaluate_accuracy,
+    predict_logits,
     train_classifier,
 )
 from genlib.utils import default_device, seed_everything
@@ -109,17 +111,17 @@ class Config:
         )
 
 
-def load_data(cfg: Config, data_dir: str | None, seed: int) -> tuple[torch.Tensor, ...]:
-    """``(x_labeled, y_labeled, x_unlabeled, x_test, y_test)``, images in [0, 1]."""
+def load_data(cfg: Config, data_dir: str | None, seed: int) -> SemiSupervisedData:
+    """Labelled / unlabelled / test images in [0, 1] (``y_unlabeled`` only for diagnostics)."""
     if cfg.dataset == "svhn":
         if data_dir is None:
             raise ValueError("--data-dir must name the folder holding train_32x32.mat / test_32x32.mat")
-        d = load_svhn_semi_supervised(data_dir, n_labeled=cfg.n_labeled, seed=seed)
-        return d.x_labeled, d.y_labeled, d.x_unlabeled, d.x_test, d.y_test
+        return load_svhn_semi_supervised(data_dir, n_labeled=cfg.n_labeled, seed=seed)
     path = Path(data_dir) / "mnist_4k.npz" if data_dir is not None else None
     x, y = load_mnist_npz(path)
     split = semi_supervised_split(y, n_labeled=cfg.n_labeled, n_test=cfg.n_test, seed=seed, num_classes=10)
-    return x[split.labeled], y[split.labeled], x[split.unlabeled], x[split.test], y[split.test]
+    return SemiSupervisedData(x[split.labeled], y[split.labeled], x[split.unlabeled], y[split.unlabeled],
+                              x[split.test], y[split.test])
 
 
 def build(cfg: Config, image_shape: tuple[int, ...]) -> tuple[VAE, torch.nn.Module]:
@@ -156,10 +158,19 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
     if not 0 < t_a < cfg.train.n_iters:
         raise ValueError(f"augment.start_iter (T_a = {t_a}) must lie in (0, n_iters = {cfg.train.n_iters})")
     acc: dict[str, dict[int, list[float]]] = {}
+    label_acc: dict[str, dict[int, list[float]]] = {}  # share of a selection's labels the oracle agrees with
     for seed in cfg.ablation_seeds:
         seed_everything(seed)
-        x_l, y_l, x_u, x_t, y_t = load_data(cfg, args.data_dir, seed)
-        vae, _ = build(cfg, tuple(x_l.shape[1:]))
+        data = load_data(cfg, args.data_dir, seed)
+        x_l, y_l, x_u, x_t, y_t = data.x_labeled, data.y_labeled, data.x_unlabeled, data.x_test, data.y_test
+        vae, oracle = build(cfg, tuple(x_l.shape[1:]))
+        # Diagnostic only: a classifier trained on the unlabelled split's true labels judges how often
+        # a selection's labels are right (the semi-supervised model never sees these labels).
+        known = data.y_unlabeled >= 0
+        oracle, _ = train_classifier(oracle, (x_u[known], data.y_unlabeled[known]), epochs=30,
+                                     device=device, seed=seed, progress=False)
+        print(f"seed {seed}: oracle classifier (diagnostic) test accuracy "
+              f"{evaluate_accuracy(oracle, (x_t, y_t), device=device):.4f}")
         base_cfg = replace(cfg.train, n_iters=t_a, seed=seed, eval_every=0, augment=None)
         trainer = SemiSupervisedTrainer(vae, base_cfg, device=device,
                                         checkpoint_dir=out / "checkpoints" / f"seed{seed}_base")
@@ -176,8 +187,13 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
                 branch.fit(x_u, x_l, y_l)
                 a = branch.accuracy(x_t, y_t)
                 acc.setdefault(name, {}).setdefault(L, []).append(a)
-                counts = "" if branch.selection is None else f" {branch.selection.counts}"
-                print(f"  L={L:<5} {name:<11} {a:.4f}{counts}")
+                sel, note = branch.selection, ""
+                if sel is not None:
+                    pred = predict_logits(oracle, sel.x, device=device).argmax(1)
+                    right = float((sel.weights * (pred == sel.y)).sum() / sel.weights.sum())
+                    label_acc.setdefault(name, {}).setdefault(L, []).append(right)
+                    note = f"  labels right (oracle, weighted) {right:.3f}  {sel.counts}"
+                print(f"  L={L:<5} {name:<11} {a:.4f}{note}")
 
     def fmt(xs: list[float]) -> str:
         sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
@@ -189,9 +205,14 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
     table = "\n".join(lines)
     print(f"\nlatent classifier test accuracy (%), mean ± std over seeds {list(cfg.ablation_seeds)}, "
           f"T_a = {t_a}, {cfg.train.n_iters} iterations:\n{table}")
-    (out / "ablation.md").write_text(table + "\n")
-    result = {"accuracy": {k: {str(L): v for L, v in d.items()} for k, d in acc.items()},
-              "config": asdict(cfg)}
+    labels_table = "\n".join(
+        [header, lines[1]]
+        + [f"| {name} | " + " | ".join(fmt(label_acc[name][L]) for L in cfg.ablation_ls) + " |"
+           for name in label_acc])
+    print(f"\nlast selection's labels judged right by the oracle (%, weighted):\n{labels_table}")
+    (out / "ablation.md").write_text(f"{table}\n\nlabels right (oracle, %):\n\n{labels_table}\n")
+    as_json = lambda d: {k: {str(L): v for L, v in x.items()} for k, x in d.items()}  # noqa: E731
+    result = {"accuracy": as_json(acc), "selection_label_accuracy": as_json(label_acc), "config": asdict(cfg)}
     (out / "ablation.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -210,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablation", action="store_true", help="the Table 5.1 analogue (see above)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="ablation seeds")
     p.add_argument("--ls", type=int, nargs="+", default=None, help="ablation samples per class L")
+    p.add_argument("--t-a", type=int, default=None, help="iteration T_a of the first augmentation")
     args = p.parse_args(argv)
 
     cfg = Config.quick() if args.quick else Config()
@@ -225,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         if min(args.ls) < 1:
             p.error(f"--ls must be positive integers, got {args.ls}")
         cfg.ablation_ls = tuple(args.ls)
+    if args.t_a is not None:
+        if not 0 <= args.t_a < cfg.train.n_iters:
+            p.error(f"--t-a must lie in [0, {cfg.train.n_iters}) (the number of iterations), got {args.t_a}")
+        cfg.augment.start_iter = args.t_a
     if args.augment:
         cfg.train.augment = cfg.augment
     SemiSupervisedConfig(**asdict(cfg.train))  # re-validate the overrides
@@ -236,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         run_ablation(cfg, args, device, out)
         return 0
 
-    x_l, y_l, x_u, x_t, y_t = load_data(cfg, args.data_dir, args.seed)
+    data = load_data(cfg, args.data_dir, args.seed)
+    x_l, y_l, x_u, x_t, y_t = data.x_labeled, data.y_labeled, data.x_unlabeled, data.x_test, data.y_test
     print(f"data: {len(x_l)} labelled, {len(x_u)} unlabelled, {len(x_t)} test, images {tuple(x_l.shape[1:])}"
           f" (data root {args.data_dir or default_data_root()})")
     vae, baseline = build(cfg, tuple(x_l.shape[1:]))

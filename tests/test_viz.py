@@ -88,3 +88,20 @@ def test_loss_curves_from_history_and_records(tmp_path):
         save_loss_curves(history, tmp_path / "c.png", keys=["nope"])
     with pytest.raises(ValueError, match="mapping name -> values or a list of records"):
         save_loss_curves(3, tmp_path / "c.png")
+
+
+def test_entropy_grid_orders_each_class_from_confident_to_uncertain(tmp_path):
+    from genlib.viz import entropy_grid_order, save_entropy_grid
+
+    labels = torch.tensor([1, 0, 1, 0, 1, 0])
+    entropy = torch.tensor([0.9, 0.5, 0.1, 0.2, 0.5, 0.8])
+    # class 0 rows {1, 3, 5} by entropy: 3 (0.2), 1 (0.5), 5 (0.8); class 1: 2 (0.1), 4 (0.5), 0 (0.9)
+    assert entropy_grid_order(labels, entropy, per_class=3).tolist() == [3, 1, 5, 2, 4, 0]
+    assert entropy_grid_order(labels, entropy, per_class=2).tolist() == [3, 5, 2, 0]  # ends of the ranking
+    images = entropy.view(-1, 1, 1, 1).expand(6, 1, 8, 8)  # brightness = entropy
+    img = _read(save_entropy_grid(images, labels, entropy, tmp_path / "e.png", per_class=3)).mean(axis=2)
+    h, w = img.shape
+    row = img[int(h * 0.45)]  # through the first row of images (class 0)
+    assert row[w // 6] < row[w // 2] < row[5 * w // 6]  # brightness rises left to right with entropy
+    with pytest.raises(ValueError, match="labels and entropy"):
+        entropy_grid_order(labels, entropy[:3])

@@ -37,3 +37,25 @@ def test_quick_run_writes_outputs_and_beats_chance(tmp_path):
     assert main(["--quick", "--iters", "120", "--out", str(out), "--no-progress"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["latent_classifier_accuracy"] == res["latent_classifier_accuracy"]
+
+
+@pytest.mark.skipif(not _have_mnist(), reason="needs digits/mnist_4k.npz under the shared data folder")
+def test_ablation_runs_every_variant_from_one_shared_model(tmp_path):
+    out = tmp_path / "abl"
+    args = ["--quick", "--ablation", "--iters", "40", "--t-a", "30", "--seeds", "0", "--ls", "10", "20",
+            "--out", str(out)]
+    assert main(args) == 0
+    res = json.loads((out / "ablation.json").read_text())["accuracy"]
+    names = ["baseline", "naive", "H", "H&CRAIG", "H&AdaCore", "H&Random", "H&CRAIG&PL"]
+    assert list(res) == names
+    for name in names:
+        assert set(res[name]) == {"10", "20"}
+        assert all(0.0 <= a <= 1.0 for a in res[name]["10"] + res[name]["20"]) and len(res[name]["10"]) == 1
+    assert res["baseline"]["10"] == res["baseline"]["20"]  # one baseline branch, whatever L
+    table = (out / "ablation.md").read_text()
+    assert all(f"| {name} |" in table for name in names)
+
+
+def test_bad_t_a_is_rejected():
+    with pytest.raises(SystemExit):
+        main(["--quick", "--iters", "40", "--t-a", "40"])

@@ -1,4 +1,4 @@
-"""Synthetic augmentation (Algorithm 2 steps 7-8): draws, filter + coreset, pseudo-labels, trainer integration."""
+"""Synthetic augmentation (Algorithm 2 steps 7-8): draws, filter + coreset, pseudo-labels, the trainer."""
 
 import math
 
@@ -49,7 +49,8 @@ def test_entropy_filter_keeps_the_most_confident_agreeing_draws():
     assert sel.indices.tolist() == sorted(ranked)
     assert torch.equal(sel.x, gen.x[sel.indices]) and torch.equal(sel.y, gen.y[sel.indices])
     assert torch.all(sel.weights == 1)
-    assert sel.counts == {"generated": 120, "filtered": len(ranked), "selected": len(ranked), "pseudo_labeled": 0}
+    n = len(ranked)
+    assert sel.counts == {"generated": 120, "filtered": n, "selected": n, "pseudo_labeled": 0}
     assert torch.allclose(sel.entropy, h[sel.indices])
 
 
@@ -59,7 +60,8 @@ def test_naive_keeps_everything_and_craig_weights_sum_to_class_sizes():
     assert naive.indices.tolist() == list(range(120)) and naive.counts["selected"] == 120
 
     for coreset in ("craig", "adacore", "random"):
-        sel = select_synthetic(gen, AugmentConfig(40, entropy_keep=0.5, coreset=coreset, coreset_fraction=0.1))
+        cfg = AugmentConfig(40, entropy_keep=0.5, coreset=coreset, coreset_fraction=0.1)
+        sel = select_synthetic(gen, cfg)
         filtered = select_synthetic(gen, AugmentConfig(40, entropy_keep=0.5, coreset=None))
         assert set(sel.indices.tolist()) <= set(filtered.indices.tolist()), coreset
         for k in range(3):
