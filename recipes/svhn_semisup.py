@@ -47,6 +47,7 @@ from genlib.data.images import (
     load_svhn_semi_supervised,
     semi_supervised_split,
 )
+from genlib.data.synthetic import WeightedTensorDataset, combine_real_and_synthetic
 from genlib.likelihoods import Bernoulli, Gaussian
 from genlib.models import VAE
 from genlib.nn import DCGANDecoder, MLPDecoder, MLPEncoder, WideResNetEncoder
@@ -93,6 +94,8 @@ class Config:
     ablation_ls: tuple[int, ...] = (500, 1000, 2000)
     ablation_seeds: tuple[int, ...] = (0, 1, 2)
     pseudo_label_threshold: float = 0.1  # nats of entropy, for the "PL" variant
+    downstream_weight: float = 0.5  # the selection's loss coefficient for the ablation's downstream model
+    downstream_epochs: int = 100
 
     @classmethod
     def quick(cls) -> Config:
@@ -108,6 +111,7 @@ class Config:
             augment=AugmentConfig(samples_per_class=100, start_iter=500, reselect_every=125),
             ablation_ls=(100, 300),
             ablation_seeds=(0, 1),
+            downstream_epochs=50,
         )
 
 
@@ -124,6 +128,13 @@ def load_data(cfg: Config, data_dir: str | None, seed: int) -> SemiSupervisedDat
                               x[split.test], y[split.test])
 
 
+def make_classifier(cfg: Config, image_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The supervised-only baseline's architecture (also the ablation's downstream classifier)."""
+    if cfg.dataset == "svhn":
+        return SmallConvNet(in_channels=image_shape[0], num_classes=10)
+    return MLPClassifier(image_shape, 10, hidden=cfg.enc_hidden)
+
+
 def build(cfg: Config, image_shape: tuple[int, ...]) -> tuple[VAE, torch.nn.Module]:
     """The VAE with the latent EBM prior, and the supervised-only baseline classifier."""
     prior = LatentEBMPrior(cfg.latent_dim, 10, hidden=cfg.ebm_hidden, activation="gelu",
@@ -132,10 +143,10 @@ def build(cfg: Config, image_shape: tuple[int, ...]) -> tuple[VAE, torch.nn.Modu
         c, h, _ = image_shape
         enc = WideResNetEncoder(c, cfg.latent_dim, depth=28, widen_factor=2, image_size=h)
         dec = DCGANDecoder(cfg.latent_dim, c, image_size=h)
-        return VAE(enc, dec, Gaussian(cfg.sigma), prior), SmallConvNet(in_channels=c, num_classes=10)
+        return VAE(enc, dec, Gaussian(cfg.sigma), prior), make_classifier(cfg, image_shape)
     enc = MLPEncoder(image_shape, cfg.latent_dim, hidden=cfg.enc_hidden)
     dec = MLPDecoder(cfg.latent_dim, image_shape, hidden=cfg.enc_hidden)
-    return VAE(enc, dec, Bernoulli(), prior), MLPClassifier(image_shape, 10, hidden=cfg.enc_hidden)
+    return VAE(enc, dec, Bernoulli(), prior), make_classifier(cfg, image_shape)
 
 
 def ablation_variants(cfg: Config, samples_per_class: int) -> dict[str, AugmentConfig | None]:
@@ -152,67 +163,98 @@ def ablation_variants(cfg: Config, samples_per_class: int) -> dict[str, AugmentC
     }
 
 
+def downstream_accuracy(cfg: Config, train_data, x_test: torch.Tensor, y_test: torch.Tensor,
+                        device: torch.device, seed: int) -> float:
+    """A fresh supervised classifier (the baseline's architecture) trained on ``train_data``, tested."""
+    model = make_classifier(cfg, tuple(x_test.shape[1:]))
+    model, _ = train_classifier(model, train_data, epochs=cfg.downstream_epochs, batch_size=100,
+                                device=device, seed=seed, progress=False)
+    return evaluate_accuracy(model, (x_test, y_test), device=device)
+
+
 def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, out: Path) -> dict:
-    """Per seed: train to T_a once, then continue to ``n_iters`` under every variant and L."""
+    """Per seed: train to T_a once, then continue to ``n_iters`` under every variant and L.
+
+    Three numbers per branch: the latent classifier's test accuracy; a downstream classifier's test accuracy
+    when trained on the real labels plus the branch's last selection (weights x ``downstream_weight``; the
+    baseline's is real labels only); and, as a diagnostic, the share of the selection's labels that an
+    oracle (a classifier trained on the unlabelled split's true labels, never used for training) agrees with.
+    """
     t_a = cfg.augment.start_iter
     if not 0 < t_a < cfg.train.n_iters:
         raise ValueError(f"augment.start_iter (T_a = {t_a}) must lie in (0, n_iters = {cfg.train.n_iters})")
-    acc: dict[str, dict[int, list[float]]] = {}
-    label_acc: dict[str, dict[int, list[float]]] = {}  # share of a selection's labels the oracle agrees with
+    Table = dict[str, dict[int, list[float]]]  # variant -> L -> one value per seed
+    tables: dict[str, Table] = {"latent": {}, "downstream": {}, "labels_right": {}}
+
+    def record(table: str, name: str, L: int, value: float) -> None:
+        tables[table].setdefault(name, {}).setdefault(L, []).append(value)
+
     for seed in cfg.ablation_seeds:
         seed_everything(seed)
         data = load_data(cfg, args.data_dir, seed)
         x_l, y_l, x_u, x_t, y_t = data.x_labeled, data.y_labeled, data.x_unlabeled, data.x_test, data.y_test
-        vae, oracle = build(cfg, tuple(x_l.shape[1:]))
-        # Diagnostic only: a classifier trained on the unlabelled split's true labels judges how often
-        # a selection's labels are right (the semi-supervised model never sees these labels).
         known = data.y_unlabeled >= 0
-        oracle, _ = train_classifier(oracle, (x_u[known], data.y_unlabeled[known]), epochs=30,
-                                     device=device, seed=seed, progress=False)
+        oracle, _ = train_classifier(make_classifier(cfg, tuple(x_l.shape[1:])),
+                                     (x_u[known], data.y_unlabeled[known]), epochs=30, device=device,
+                                     seed=seed, progress=False)
         print(f"seed {seed}: oracle classifier (diagnostic) test accuracy "
               f"{evaluate_accuracy(oracle, (x_t, y_t), device=device):.4f}")
+        vae, _ = build(cfg, tuple(x_l.shape[1:]))
         base_cfg = replace(cfg.train, n_iters=t_a, seed=seed, eval_every=0, augment=None)
         trainer = SemiSupervisedTrainer(vae, base_cfg, device=device,
                                         checkpoint_dir=out / "checkpoints" / f"seed{seed}_base")
         trainer.fit(x_u, x_l, y_l)
         print(f"seed {seed}: T_a = {t_a} iterations, latent classifier {trainer.accuracy(x_t, y_t):.4f}")
+        real_only = downstream_accuracy(cfg, (x_l, y_l), x_t, y_t, device, seed)
         for L in cfg.ablation_ls:
             for name, aug in ablation_variants(cfg, L).items():
-                if aug is None and L != cfg.ablation_ls[0]:
-                    acc[name][L] = acc[name][cfg.ablation_ls[0]]  # the baseline does not depend on L
+                if aug is None and L != cfg.ablation_ls[0]:  # the baseline does not depend on L
+                    for table in ("latent", "downstream"):
+                        record(table, name, L, tables[table][name][cfg.ablation_ls[0]][-1])
                     continue
                 branch = copy.deepcopy(trainer)
                 branch.checkpointer = None
                 branch.config = replace(trainer.config, n_iters=cfg.train.n_iters, augment=aug)
                 branch.fit(x_u, x_l, y_l)
-                a = branch.accuracy(x_t, y_t)
-                acc.setdefault(name, {}).setdefault(L, []).append(a)
+                record("latent", name, L, branch.accuracy(x_t, y_t))
                 sel, note = branch.selection, ""
-                if sel is not None:
+                if sel is None:
+                    record("downstream", name, L, real_only)
+                else:
+                    mixed = combine_real_and_synthetic(
+                        (x_l, y_l), WeightedTensorDataset(sel.x, sel.y, sel.weights), cfg.downstream_weight)
+                    record("downstream", name, L, downstream_accuracy(cfg, mixed, x_t, y_t, device, seed))
                     pred = predict_logits(oracle, sel.x, device=device).argmax(1)
-                    right = float((sel.weights * (pred == sel.y)).sum() / sel.weights.sum())
-                    label_acc.setdefault(name, {}).setdefault(L, []).append(right)
-                    note = f"  labels right (oracle, weighted) {right:.3f}  {sel.counts}"
-                print(f"  L={L:<5} {name:<11} {a:.4f}{note}")
+                    record("labels_right", name, L,
+                           float((sel.weights * (pred == sel.y)).sum() / sel.weights.sum()))
+                    note = f"  labels right {tables['labels_right'][name][L][-1]:.3f}  {sel.counts}"
+                print(f"  L={L:<5} {name:<11} latent {tables['latent'][name][L][-1]:.4f}  "
+                      f"downstream {tables['downstream'][name][L][-1]:.4f}{note}")
 
-    def fmt(xs: list[float]) -> str:
-        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-        return f"{100 * statistics.mean(xs):.1f} ± {100 * sd:.1f}"
+    def markdown(table: Table) -> str:
+        def cell(xs: list[float]) -> str:
+            sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+            return f"{100 * statistics.mean(xs):.1f} ± {100 * sd:.1f}"
 
-    header = "| variant | " + " | ".join(f"L = {L}" for L in cfg.ablation_ls) + " |"
-    lines = [header, "|" + "---|" * (len(cfg.ablation_ls) + 1)]
-    lines += [f"| {name} | " + " | ".join(fmt(acc[name][L]) for L in cfg.ablation_ls) + " |" for name in acc]
-    table = "\n".join(lines)
-    print(f"\nlatent classifier test accuracy (%), mean ± std over seeds {list(cfg.ablation_seeds)}, "
-          f"T_a = {t_a}, {cfg.train.n_iters} iterations:\n{table}")
-    labels_table = "\n".join(
-        [header, lines[1]]
-        + [f"| {name} | " + " | ".join(fmt(label_acc[name][L]) for L in cfg.ablation_ls) + " |"
-           for name in label_acc])
-    print(f"\nlast selection's labels judged right by the oracle (%, weighted):\n{labels_table}")
-    (out / "ablation.md").write_text(f"{table}\n\nlabels right (oracle, %):\n\n{labels_table}\n")
-    as_json = lambda d: {k: {str(L): v for L, v in x.items()} for k, x in d.items()}  # noqa: E731
-    result = {"accuracy": as_json(acc), "selection_label_accuracy": as_json(label_acc), "config": asdict(cfg)}
+        lines = ["| variant | " + " | ".join(f"L = {L}" for L in cfg.ablation_ls) + " |",
+                 "|" + "---|" * (len(cfg.ablation_ls) + 1)]
+        lines += [f"| {name} | " + " | ".join(cell(row[L]) for L in cfg.ablation_ls) + " |"
+                  for name, row in table.items()]
+        return "\n".join(lines)
+
+    titles = {
+        "latent": "latent classifier test accuracy (%)",
+        "downstream": "downstream classifier test accuracy (%), real labels + selection x "
+                      f"{cfg.downstream_weight}",
+        "labels_right": "selection's labels the oracle agrees with (%, weighted; diagnostic)",
+    }
+    report = "\n\n".join(f"{titles[k]}, mean ± std over seeds {list(cfg.ablation_seeds)}, T_a = {t_a}, "
+                          f"{cfg.train.n_iters} iterations:\n\n{markdown(tables[k])}" for k in tables)
+    print("\n" + report)
+    (out / "ablation.md").write_text(report + "\n")
+    result = {k: {name: {str(L): v for L, v in row.items()} for name, row in t.items()}
+              for k, t in tables.items()}
+    result["config"] = asdict(cfg)
     (out / "ablation.json").write_text(json.dumps(result, indent=2))
     return result
 

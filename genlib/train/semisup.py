@@ -276,7 +276,7 @@ class SemiSupervisedTrainer:
     def _augmentation_loss(self) -> torch.Tensor | None:
         """Weighted cross-entropy of ``p(y|z)``, ``z ~ q(z|x)``, on a batch of the current selection."""
         sel = self.selection
-        if sel is None or sel.y.numel() == 0:
+        if self.config.augment is None or sel is None or sel.y.numel() == 0:
             return None
         idx = torch.randint(sel.y.numel(), (self.config.augment.batch_size,), generator=self.generator)
         x, y, w = (t[idx].to(self.device) for t in (sel.x, sel.y, sel.weights))

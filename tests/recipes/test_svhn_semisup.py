@@ -45,15 +45,18 @@ def test_ablation_runs_every_variant_from_one_shared_model(tmp_path):
     args = ["--quick", "--ablation", "--iters", "40", "--t-a", "30", "--seeds", "0", "--ls", "10", "20",
             "--out", str(out)]
     assert main(args) == 0
-    res = json.loads((out / "ablation.json").read_text())["accuracy"]
+    res = json.loads((out / "ablation.json").read_text())
     names = ["baseline", "naive", "H", "H&CRAIG", "H&AdaCore", "H&Random", "H&CRAIG&PL"]
-    assert list(res) == names
-    for name in names:
-        assert set(res[name]) == {"10", "20"}
-        assert all(0.0 <= a <= 1.0 for a in res[name]["10"] + res[name]["20"]) and len(res[name]["10"]) == 1
-    assert res["baseline"]["10"] == res["baseline"]["20"]  # one baseline branch, whatever L
-    table = (out / "ablation.md").read_text()
-    assert all(f"| {name} |" in table for name in names)
+    for table in ("latent", "downstream"):
+        assert list(res[table]) == names, table
+        for name in names:
+            row = res[table][name]
+            assert set(row) == {"10", "20"} and len(row["10"]) == 1
+            assert all(0.0 <= a <= 1.0 for a in row["10"] + row["20"])
+        assert res[table]["baseline"]["10"] == res[table]["baseline"]["20"]  # one baseline, whatever L
+    assert list(res["labels_right"]) == names[1:]  # the baseline selects nothing
+    md = (out / "ablation.md").read_text()
+    assert md.count("| H&CRAIG |") == 3 and "oracle" in md
 
 
 def test_bad_t_a_is_rejected():
