@@ -72,6 +72,7 @@ from .preconditioners import (
     LRAPreconditioner,
     Preconditioner,
     XMatPreconditioner,
+    _safe_norm,
 )
 
 __all__ = ["PSGD", "Kron", "Diag", "LRA", "XMat", "Dense", "CURVATURES"]
@@ -113,6 +114,24 @@ def _by_device(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     return list(groups.values())
 
 
+def _init_group_scale(pairs: list[tuple[Preconditioner, torch.Tensor, torch.Tensor]]) -> None:
+    """Set every uninitialised ``Q_i = s·I`` with one ``s = (‖v‖/‖h‖)^(1/2)`` over the concatenation of the
+    group's pairs, the scale a flattened family takes from the same pairs. An all-zero ``h`` carries no
+    scale: the preconditioners are left to initialise themselves at a later refit."""
+    dev = pairs[0][1].device
+
+    def norm(xs: list[torch.Tensor]) -> torch.Tensor:
+        return _safe_norm(torch.stack([_safe_norm(x).to(device=dev, dtype=torch.float32) for x in xs]))
+
+    nv, nh = norm([v for _, v, _ in pairs]), norm([h for _, _, h in pairs])
+    if not bool((nv > 0) & (nh > 0)):
+        return
+    s = nv.sqrt() / nh.sqrt()  # square roots first: the norms may sit anywhere in the float range
+    for pc, _, _ in pairs:
+        pc._rescale(s.to(pc.device))
+        pc.initialized = True
+
+
 class PSGD(torch.optim.Optimizer):
     """Base PSGD optimizer; use a family (:class:`Kron`, :class:`Diag`, :class:`LRA`, :class:`XMat`,
     :class:`Dense`). Module docstring: curvature modes, momentum, reproducibility and DDP.
@@ -141,6 +160,8 @@ class PSGD(torch.optim.Optimizer):
 
     #: True: one preconditioner over a group's flattened concatenation; False: one per tensor.
     flatten: ClassVar[bool] = False
+    #: Per-tensor families: True sets every tensor's initial scale from the whole group's first pairs.
+    group_init: bool = False
 
     def __init__(
         self,
@@ -171,6 +192,7 @@ class PSGD(torch.optim.Optimizer):
         self.seed = seed
         self.sync_closure_grads = bool(sync_closure_grads)
         self.check_finite = bool(check_finite)
+        self.group_init = type(self).group_init  # Diag / Kron take it as a keyword
         self._preconds: list[list[Preconditioner]] = []
         self._step_count_psgd = 0
         self._coin_gen = torch.Generator().manual_seed(seed)
@@ -516,6 +538,7 @@ class PSGD(torch.optim.Optimizer):
                 v, h = flat(vs), flat(hs)
             pcs[0]._update(v.unsqueeze(0), h.unsqueeze(0))
             return
+        pairs = []
         for i, pc in enumerate(pcs):
             if gs[i] is None:
                 continue
@@ -524,6 +547,12 @@ class PSGD(torch.optim.Optimizer):
                 v = self._randn_like(h)
             else:
                 v, h = vs[i], hs[i]
+            pairs.append((pc, v, h))
+        if self.group_init:
+            fresh = [(pc, v, h) for pc, v, h in pairs if not pc.initialized]
+            if fresh:
+                _init_group_scale(fresh)
+        for pc, v, h in pairs:
             pc._update(v.unsqueeze(0), h.unsqueeze(0))
 
     def _apply(self, group: dict[str, Any], gi: int, gs: list[torch.Tensor | None]) -> None:
@@ -574,6 +603,7 @@ class PSGD(torch.optim.Optimizer):
         "seed",
         "sync_closure_grads",
         "check_finite",
+        "group_init",
         "_preconds",
         "_step_count_psgd",
         "_coin_gen",
@@ -635,12 +665,22 @@ class Kron(PSGD):
         max_size: largest tensor dim that gets a triangular factor (bigger ones get a diagonal factor).
         max_skew: a dim larger than ``max_skew`` × (product of the other dims) gets a diagonal factor; with
             the default 10, vectors longer than 10 (biases) are preconditioned diagonally. ``inf``: never.
+        group_init: with ``init_scale=None``, start every tensor's ``Q`` at one scale from the whole group's
+            first pairs (as :class:`Diag` does) instead of each tensor's own (default, as Li's reference).
     """
 
     def __init__(
-        self, params, lr: float | None = None, *, max_size: float = 2048, max_skew: float = 10.0, **kwargs
+        self,
+        params,
+        lr: float | None = None,
+        *,
+        max_size: float = 2048,
+        max_skew: float = 10.0,
+        group_init: bool = False,
+        **kwargs,
     ):
         super().__init__(params, lr, max_size=max_size, max_skew=max_skew, **kwargs)
+        self.group_init = bool(group_init)
 
     def _validate_family(self, g, where):
         _check_number(g["max_size"], f"{where}max_size", 0.0, math.inf)
@@ -659,7 +699,20 @@ class Kron(PSGD):
 
 
 class Diag(PSGD):
-    """PSGD with a diagonal (Jacobi) preconditioner per tensor (:class:`DiagPreconditioner`)."""
+    """PSGD with a diagonal (Jacobi) preconditioner per tensor (:class:`DiagPreconditioner`).
+
+    Each tensor's diagonal is fitted on its own (its own step normalisation), but with ``init_scale=None``
+    all tensors of a group start from one scale ``(‖v‖/‖h‖)^(1/2)`` over the group's first pairs, as the
+    flattened diagonal (``LRA(rank=0)``, psgd_torch's rank-0 LRA) does. Per-tensor starting scales fit each
+    tensor's curvature at step 0, which shrinks fast early in training (e.g. a softmax layer's as its
+    predictions sharpen); with sparse refits (``update_probability`` 0.1) the fit then lags for many steps
+    and the run ends at a clearly higher loss (benchmarks/README.md, "PSGD"). ``group_init=False`` restores
+    per-tensor starting scales.
+    """
+
+    def __init__(self, params, lr: float | None = None, *, group_init: bool = True, **kwargs):
+        super().__init__(params, lr, **kwargs)
+        self.group_init = bool(group_init)
 
     def _make_preconditioner(self, shape, group, dtype, device, gi):
         return DiagPreconditioner(

@@ -380,3 +380,31 @@ def test_only_the_first_step_is_a_forced_refit():
     pw, pu = opt.preconditioners[0]
     assert pw.num_updates == 1 and pw.initialized
     assert pu.num_updates == 0 and not pu.initialized  # never had a gradient: no refit forced for it
+
+
+@pytest.mark.parametrize("curvature", ["hvp", "whiten"])
+def test_diag_starts_every_tensor_of_a_group_at_one_scale(curvature):
+    # loss = ½(‖a‖² + 100‖b‖²): per-tensor starting scales would be 1 and 0.1 (Q = (‖v‖/‖h‖)^½·I per
+    # tensor); Diag's default takes one scale over the group's concatenated pairs, as LRA(rank=0) does.
+    torch.manual_seed(0)
+    a, b = nn.Parameter(torch.randn(40, dtype=DT)), nn.Parameter(torch.randn(4, dtype=DT))
+    loss = lambda: 0.5 * (a.square().sum() + 100 * b.square().sum())  # noqa: E731
+    opts = {
+        gi: Diag([a, b], lr=0.0, preconditioner_lr=1e-12, curvature=curvature, group_init=gi, seed=1)
+        for gi in (True, False)
+    }
+    for opt in opts.values():
+        if curvature == "hvp":
+            opt.step(loss)
+        else:
+            opt.zero_grad()
+            loss().backward()
+            opt.step()
+    qa, qb = (pc.q for pc in opts[True].preconditioners[0])
+    assert torch.allclose(qa, qa[0].expand_as(qa)) and torch.allclose(qb, qa[0].expand_as(qb))
+    ta, tb = (float(pc.q[0]) for pc in opts[False].preconditioners[0])
+    assert tb < 0.5 * ta  # per tensor: b's larger curvature (or gradient) gives it a smaller scale
+    assert tb < float(qa[0]) < ta
+    if curvature == "hvp":  # h = Hv exactly: the per-tensor scales are 1 and 0.1 up to the fit step
+        assert math.isclose(ta, 1.0, rel_tol=1e-6) and math.isclose(tb, 0.1, rel_tol=1e-6)
+    assert LRA([a, b]).group_init is False and Diag([a, b]).group_init and not Kron([a, b]).group_init
