@@ -33,6 +33,7 @@ NumPy/numba over a dense ``n x n`` similarity matrix).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -375,27 +376,42 @@ def facility_location(
     for step in tqdm(range(budget), desc="facility location", disable=not progress):
         if greedy == "naive":
             remaining = torch.nonzero(bounds > -math.inf).squeeze(1)
-            bounds[remaining] = cov.gains(remaining).double()
+            bounds[remaining] = cov.gains(remaining)
             fresh[remaining] = True
         cand = None
         if sample_size < n - step:
             remaining = torch.nonzero(bounds > -math.inf).squeeze(1)
             perm = torch.randperm(remaining.numel(), generator=generator)[:sample_size]
             cand = remaining[perm.to(device)]
-        batch = _FIRST_BATCH
+        # Stale bounds do not move within a step, so their order is taken once (a top slice, widened
+        # if used up) and walked in batches until the best exact gain beats the next bound: O(batch)
+        # per batch instead of O(n) argmax / topk passes.
+        pool = torch.arange(n, device=device) if cand is None else cand
+        exact = bounds[pool].masked_fill(~fresh[pool], -math.inf)
+        best = float(exact.max()) if exact.numel() else -math.inf
+        batch, width, queue, at = _FIRST_BATCH, 4 * chunk_size, None, 0
         while True:
-            view = bounds if cand is None else bounds[cand]
-            best = int(view.argmax())
-            j = best if cand is None else int(cand[best])
-            if fresh[j]:
-                break  # its exact gain beats every other candidate's upper bound
-            stale = view.masked_fill(fresh if cand is None else fresh[cand], -math.inf)
-            top_bounds, top = stale.topk(min(batch, stale.numel()))
-            top = top[top_bounds > -math.inf]  # drop picked / fresh ones when few stale remain
-            top = top if cand is None else cand[top]
-            bounds[top] = cov.gains(top).double()
+            if queue is None or at == queue.numel():
+                stale = bounds[pool].masked_fill(fresh[pool], -math.inf)
+                top_bounds, top = stale.topk(min(width, stale.numel()))
+                queue = pool[top[top_bounds > -math.inf]]  # drop picked / fresh ones
+                negated = bounds[queue].neg().tolist()  # ascending, for bisect
+                at, width = 0, 2 * width
+                if queue.numel() == 0:
+                    break
+            # ">=": a stale bound equal to the best exact gain may hide a tie with a lower index
+            end = min(bisect.bisect_right(negated, -best, at), at + batch)
+            if end == at:
+                break
+            top = queue[at:end]
+            at = end
+            g = cov.gains(top)
+            bounds[top] = g
             fresh[top] = True
+            best = max(best, float(g.max()))
             batch = min(2 * batch, chunk_size)
+        view = bounds if cand is None else bounds[cand]
+        j = int(view.argmax()) if cand is None else int(cand[view.argmax()])
         picked.append(j)
         gains.append(float(bounds[j]))
         bounds[j] = -math.inf

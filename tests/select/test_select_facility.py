@@ -107,6 +107,25 @@ def test_exact_gain_updates_in_low_dimension(metric):
     assert res.objective == pytest.approx(obj + 800 * (res.C - dmax), rel=1e-10)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+def test_lazy_bookkeeping_matches_brute_force_in_10d(metric, monkeypatch):
+    # Tiny blocks and chunks: exact updates of only a few tracked gains (the rest go stale), the decrease
+    # split over many candidate blocks and row prefixes, and a stale queue that runs out and is widened.
+    import genlib.select.facility as fl
+
+    monkeypatch.setattr(fl, "_TRACKED_FRACTION", 0.02)
+    monkeypatch.setattr(fl, "_DECREASE_BLOCK", 40)
+    monkeypatch.setattr(fl, "_INCREMENTAL_FRACTION", 0.9)
+    x = torch.randn(400, 10, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    picks, gains, obj = _brute_greedy(x, 40, metric)
+    res = facility_location(x, 40, metric=metric, chunk_size=3)
+    _assert_greedy(x, res.indices.tolist(), metric)
+    assert res.indices.tolist() == picks  # no ties among these
+    torch.testing.assert_close(res.gains[1:], torch.tensor(gains[1:], dtype=torch.float64))
+    dmax = float(_dist(x, metric).max())
+    assert res.objective == pytest.approx(obj + 400 * (res.C - dmax), rel=1e-10)
+
+
 def test_objective_function_matches_explicit_matrix():
     x = torch.randn(80, 3, dtype=torch.float64)
     for metric in ("euclidean", "sqeuclidean"):
