@@ -51,6 +51,7 @@ from genlib.data.synthetic import WeightedTensorDataset, combine_real_and_synthe
 from genlib.likelihoods import Bernoulli, Gaussian
 from genlib.models import VAE
 from genlib.nn import DCGANDecoder, MLPDecoder, MLPEncoder, WideResNetEncoder
+from genlib.optim import Kron
 from genlib.priors import LatentEBMPrior
 from genlib.train import (
     AugmentConfig,
@@ -113,6 +114,14 @@ class Config:
             ablation_seeds=(0, 1),
             downstream_epochs=50,
         )
+
+
+# Optimizer of both parameter groups (encoder/decoder at train.lr, EBM at train.ebm_lr). PSGD runs in its
+# gradient-whitening mode, the one that works with the trainer's backward() + step() loop.
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "psgd-kron": lambda params, lr: Kron(params, lr=lr, momentum=0.9),
+}
 
 
 def load_data(cfg: Config, data_dir: str | None, seed: int) -> SemiSupervisedData:
@@ -201,7 +210,7 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
               f"{evaluate_accuracy(oracle, (x_t, y_t), device=device):.4f}")
         vae, _ = build(cfg, tuple(x_l.shape[1:]))
         base_cfg = replace(cfg.train, n_iters=t_a, seed=seed, eval_every=0, augment=None)
-        trainer = SemiSupervisedTrainer(vae, base_cfg, device=device,
+        trainer = SemiSupervisedTrainer(vae, base_cfg, optimizer=OPTIMIZERS[args.optimizer], device=device,
                                         checkpoint_dir=out / "checkpoints" / f"seed{seed}_base")
         trainer.fit(x_u, x_l, y_l)
         print(f"seed {seed}: T_a = {t_a} iterations, latent classifier {trainer.accuracy(x_t, y_t):.4f}")
@@ -268,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--iters", type=int, default=None, help="override the number of training iterations")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam")
     p.add_argument("--augment", action="store_true",
                    help="Algorithm 2 steps 7-8: train on entropy-filtered CRAIG coresets of own samples")
     p.add_argument("--ablation", action="store_true", help="the Table 5.1 analogue (see above)")
@@ -312,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     logger = MetricsLogger(out, resume=True)
-    trainer = SemiSupervisedTrainer(vae, cfg.train, device=device, checkpoint_dir=out / "checkpoints",
+    trainer = SemiSupervisedTrainer(vae, cfg.train, optimizer=OPTIMIZERS[args.optimizer], device=device,
+                                    checkpoint_dir=out / "checkpoints",
                                     logger=logger)
     history = trainer.fit(x_u, x_l, y_l, eval_data=(x_t, y_t))
     acc_latent = trainer.accuracy(x_t, y_t)

@@ -108,3 +108,19 @@ def test_bad_inputs():
         trainer.fit(x, x[:4], torch.zeros(4))  # float labels
     with pytest.raises(ValueError, match="x_labeled"):
         trainer.fit(x, torch.randn(4, 7), torch.zeros(4, dtype=torch.long))
+
+
+def test_trains_with_a_psgd_optimizer_and_rejects_closure_modes():
+    import functools
+
+    from genlib.optim import LRA, Kron
+
+    x_u, _ = _blobs(100, seed=1)
+    x_l, y_l = _blobs(2, seed=2)
+    x_t, y_t = _blobs(50, seed=3)
+    vae = _vae()
+    psgd = functools.partial(Kron, momentum=0.9)  # gradient-whitening curvature: step() after backward
+    SemiSupervisedTrainer(vae, _cfg(), optimizer=psgd, device="cpu").fit(x_u, x_l, y_l)
+    assert latent_accuracy(vae, x_t, y_t) > 0.85  # chance 0.25
+    with pytest.raises(ValueError, match="closure"):
+        SemiSupervisedTrainer(_vae(), _cfg(), optimizer=functools.partial(LRA, curvature="hvp"), device="cpu")
