@@ -7,7 +7,11 @@ every optimizer, every model started from the same initial weights.
 
 Each genlib family is paired with psgd_torch's matching preconditioner (Kron↔Kron, LRA↔LRA, XMat↔XMat,
 Diag↔LRA with rank 0 (= ``diag(d)``), Dense↔Newton) at the same lr, momentum, preconditioner lr, curvature
-(exact Hessian-vector products, psgd_torch's "Newton" type) and update probability.
+(exact Hessian-vector products, psgd_torch's "Newton" type) and update probability. The refit coin flips are
+drawn once (from ``--seed``) and shared: every PSGD optimizer refits on exactly the same steps (genlib through
+an ``update_probability`` schedule of 0/1, psgd_torch by setting ``preconditioner_update_probability`` to 0/1
+before each step), so a step-time ratio is not skewed by one side drawing more refits (each costs an extra
+double backward) in a short run.
 
 Timing: one torch thread; ``--warmup`` steps untimed, then the timed steps in blocks of 10, the optimizers
 taking turns block by block (so load changes on a shared machine hit all alike); the reported step time is
@@ -60,12 +64,26 @@ def make_model(name: str, seed: int = 0) -> nn.Module:
     raise ValueError(f"model must be one of mlp, cnn, tiny; got {name!r}")
 
 
-def optimizers(args: argparse.Namespace, model: str) -> dict[str, Callable[[list[nn.Parameter]], object]]:
+class SharedCoins:
+    """The refit decision of every step, drawn once: ``coins[step]`` is 1.0 (refit) or 0.0. Used as genlib's
+    ``update_probability`` schedule (called with genlib's step count) and to set psgd_torch's probability."""
+
+    def __init__(self, n: int, p: float, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed + 12345)
+        self.coins = (torch.rand(n, generator=g) < p).double().tolist()
+
+    def __call__(self, step: int) -> float:
+        return self.coins[step]
+
+
+def optimizers(
+    args: argparse.Namespace, model: str, coins: SharedCoins
+) -> dict[str, Callable[[list[nn.Parameter]], object]]:
     """name → factory. Names ``ours:<family>`` / ``ref:<family>`` for the PSGD pairs."""
-    p, lr, mom, plr = args.update_probability, args.lr, args.momentum, args.preconditioner_lr
-    common = dict(lr=lr, momentum=mom, preconditioner_lr=plr, curvature="hvp", update_probability=p,
+    lr, mom, plr = args.lr, args.momentum, args.preconditioner_lr
+    common = dict(lr=lr, momentum=mom, preconditioner_lr=plr, curvature="hvp", update_probability=coins,
                   check_finite=False)
-    ref = dict(lr_params=lr, momentum=mom, lr_preconditioner=plr, preconditioner_update_probability=p,
+    ref = dict(lr_params=lr, momentum=mom, lr_preconditioner=plr, preconditioner_update_probability=0.0,
                exact_hessian_vector_product=True)
     import psgd_torch as pt  # benchmark-only reference, never imported by genlib
 
@@ -89,7 +107,9 @@ def optimizers(args: argparse.Namespace, model: str) -> dict[str, Callable[[list
     return out
 
 
-def run_all(model_name: str, factories: dict[str, Callable], batches: list, x_all, y_all, args) -> dict:
+def run_all(
+    model_name: str, factories: dict[str, Callable], batches: list, x_all, y_all, args, coins: SharedCoins
+) -> dict:
     """Train one model copy per optimizer in lock-step, block of 10 steps by block (round robin), so load
     changes on a shared machine hit every optimizer alike; returns name → {ms, loss}."""
     runs = {}
@@ -105,8 +125,10 @@ def run_all(model_name: str, factories: dict[str, Callable], batches: list, x_al
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(x), y).backward()
                 opt.step()
-            else:
-                opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y))
+                continue
+            if name.startswith("ref:"):
+                opt.preconditioner_update_probability = coins(i)  # the same refit steps as genlib's
+            opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y))
 
     for name in runs:
         steps(name, 0, args.warmup)
@@ -149,10 +171,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"torch {torch.__version__}, 1 thread, {args.steps} timed steps after {args.warmup} warm-up, "
           f"update probability {args.update_probability}, curvature hvp")
     results: dict = {}
+    coins = SharedCoins(args.warmup + args.steps, args.update_probability, args.seed)
+    n_refits = int(sum(coins.coins[args.warmup :]))
+    print(f"shared refit schedule: {n_refits} refits in the {args.steps} timed steps")
     for m in args.models:
         n_params = sum(p.numel() for p in make_model(m).parameters())
-        facs = {k: f for k, f in optimizers(args, m).items() if not args.only or k in args.only or k == "sgd"}
-        res = run_all(m, facs, batches, x_all, y_all, args)
+        wanted = lambda k: not args.only or k in args.only or k == "sgd"  # noqa: E731
+        facs = {k: f for k, f in optimizers(args, m, coins).items() if wanted(k)}
+        res = run_all(m, facs, batches, x_all, y_all, args, coins)
         results[m] = res
         sgd = res["sgd"]["ms"]
         print(f"\n[{m}] {n_params} parameters; SGD {sgd:.2f} ms/step")
