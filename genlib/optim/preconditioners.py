@@ -309,7 +309,8 @@ class DensePreconditioner(Preconditioner):
     Woodbury update so a refit costs O(n·d²) for ``n`` pairs (``Q⁻¹`` is recomputed from ``Q`` every
     256 fits to stop round-off drift); it fits noticeably faster than the triangular group. With few pairs
     (``2n < d``, the optimizers' case) both are updated in place by ``2n`` rank-1 updates each, using
-    ``(Q⁻ᵀv)ᵀQ = vᵀ`` and ``Q⁻¹(Qh) = h``, so a single-pair refit reads ``Q`` and ``Q⁻¹`` three times each and
+    ``(Q⁻ᵀv)ᵀQ = vᵀ`` and ``Q⁻¹(Qh) = h``: a single-pair refit is two matrix-vector products and two rank-1
+    updates on each of ``Q`` and ``Q⁻¹``, and
     allocates nothing of size d².
     ``triangular=True``: upper-triangular ``Q`` (the Cholesky-factor group, Li 2015) using triangular
     solves; fit O(n·d² + d³).
