@@ -310,8 +310,7 @@ class DensePreconditioner(Preconditioner):
     256 fits to stop round-off drift); it fits noticeably faster than the triangular group. With few pairs
     (``2n < d``, the optimizers' case) both are updated in place by ``2n`` rank-1 updates each, using
     ``(Q⁻ᵀv)ᵀQ = vᵀ`` and ``Q⁻¹(Qh) = h``: a single-pair refit is two matrix-vector products and two rank-1
-    updates on each of ``Q`` and ``Q⁻¹``, and
-    allocates nothing of size d².
+    updates on each of ``Q`` and ``Q⁻¹``, with no temporary of size d².
     ``triangular=True``: upper-triangular ``Q`` (the Cholesky-factor group, Li 2015) using triangular
     solves; fit O(n·d² + d³).
     """
