@@ -13,7 +13,8 @@ below 0.1 (a running mean, so one lucky batch does not count); it fails when ``m
 Modes: default (lengths 32 and 55, 3 seeds, 20k-iteration cap); ``--quick`` (~1 min CPU smoke: length 16, one
 seed); ``--full`` (10 seeds at 32/55/64/112 with the paper's 100k cap: GPU / overnight); ``--rank-study``
 (PSGD-LRA with rank 0/1/2/5/10). Seeds run in parallel processes, one torch thread each (``--workers``).
-Writes ``results.json`` and ``loss_curves.png`` under ``--out``.
+Writes ``results.json`` and ``loss_curves.png`` under ``--out``; ``--summarize DIR...`` merges saved studies
+(e.g. one invocation per optimizer or length) into one table plus one line per run.
 
     python -m recipes.delayed_xor --quick
 """
@@ -284,6 +285,34 @@ def save(records: list[dict], rows: list[dict], cfg: XorConfig) -> Path:
     return out
 
 
+def format_runs(records: list[dict]) -> str:
+    """One line per run: optimizer, length, seed, solved, iterations, final running loss, seconds."""
+    lines = [f"{'optimizer':<18}{'length':>8}{'seed':>6}{'solved':>8}{'iters':>8}{'loss':>8}{'s':>8}"]
+    for r in sorted(records, key=lambda r: (r["length"], r["optimizer"], r["rank"] or 0, r["seed"])):
+        name = r["optimizer"] if r["rank"] is None else f"{r['optimizer']}(r={r['rank']})"
+        lines.append(
+            f"{name:<18}{r['length']:>8}{r['seed']:>6}{str(r['solved']):>8}{r['iterations']:>8}"
+            f"{r['final_running_loss']:>8.3f}{r['seconds']:>8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def summarize_files(paths: list[str]) -> tuple[list[dict], list[dict], int]:
+    """Merge the runs of several ``results.json`` files (or folders holding one), e.g. a study split into
+    one invocation per optimizer; returns ``(records, summary rows, largest iteration cap)``."""
+    records: list[dict] = []
+    cap = 0
+    for p in paths:
+        f = Path(p)
+        f = f / "results.json" if f.is_dir() else f
+        data = json.loads(f.read_text())
+        records.extend(data["runs"])
+        cap = max(cap, int(data["config"]["max_iters"]))
+    if not records:
+        raise ValueError(f"no runs found in {paths}")
+    return records, summarize(records), cap
+
+
 def bench_rnn(length: int = 32, batch: int = 128, hidden: int = 30, reps: int = 20) -> dict[str, float]:
     """Milliseconds per forward+backward and per forward+HVP (double backward) of the hand loop vs
     ``nn.RNN`` on the current device, one thread."""
@@ -321,6 +350,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     mode.add_argument("--full", action="store_true", help="paper scale: 10 seeds, L=32/55/64/112, 100k cap")
     mode.add_argument("--rank-study", action="store_true", help="PSGD-LRA only, ranks 0/1/2/5/10")
     mode.add_argument("--bench-rnn", action="store_true", help="time the RNN loop vs nn.RNN and exit")
+    mode.add_argument("--summarize", nargs="+", metavar="RESULTS",
+                      help="merge saved results.json files (or their folders), print the tables and exit")
     ap.add_argument("--lengths", type=int, nargs="+", help="override the sequence lengths")
     ap.add_argument("--seeds", type=int, help="number of seeds (0..n-1)")
     ap.add_argument("--max-iters", type=int, help="iteration cap per run")
@@ -329,6 +360,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', ...")
     ap.add_argument("--out", default="runs/delayed_xor", help="folder for results.json + loss_curves.png")
     a = ap.parse_args(argv)
+    if a.summarize:
+        records, rows, cap = summarize_files(a.summarize)
+        print(format_table(rows, cap))
+        print(format_runs(records))
+        return rows
     if a.bench_rnn:
         for k, v in bench_rnn().items():
             print(f"{k:<14}{v:8.2f} ms")

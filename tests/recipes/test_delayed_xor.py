@@ -82,3 +82,10 @@ def test_cli_writes_json_and_figure(tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["runs"][0]["iterations"] == 30 and not data["runs"][0]["solved"]
     assert (tmp_path / "loss_curves.png").stat().st_size > 0
+    # --summarize merges saved studies (one folder per optimizer, say) back into one table.
+    other = tmp_path / "sgd"
+    main(["--lengths", "30", "--seeds", "1", "--max-iters", "20", "--optimizers", "sgd",
+          "--workers", "1", "--out", str(other)])
+    merged = main(["--summarize", str(tmp_path), str(other / "results.json")])
+    got = [(r["optimizer"], r["runs"], r["success_rate"]) for r in merged]
+    assert got == [("adam", 1, 0.0), ("sgd", 1, 0.0)]
