@@ -61,10 +61,12 @@ from genlib.train import (
     SemiSupervisedTrainer,
     SmallConvNet,
     evaluate_accuracy,
+    get_rng_state,
     predict_logits,
+    set_rng_state,
     train_classifier,
 )
-from genlib.utils import default_device, seed_everything
+from genlib.utils import atomic_write_text, default_device, seed_everything
 from genlib.viz import save_image_grid, save_loss_curves
 
 
@@ -192,13 +194,15 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
     t_a = cfg.augment.start_iter
     if not 0 < t_a < cfg.train.n_iters:
         raise ValueError(f"augment.start_iter (T_a = {t_a}) must lie in (0, n_iters = {cfg.train.n_iters})")
-    Table = dict[str, dict[int, list[float]]]  # variant -> L -> one value per seed
-    tables: dict[str, Table] = {"latent": {}, "downstream": {}, "labels_right": {}}
-
-    def record(table: str, name: str, L: int, value: float) -> None:
-        tables[table].setdefault(name, {}).setdefault(L, []).append(value)
+    # One record per (seed, L, variant), saved atomically after each branch: a re-run skips finished ones.
+    progress_path = out / "ablation_progress.json"
+    done: dict[str, dict] = json.loads(progress_path.read_text()) if progress_path.is_file() else {}
 
     for seed in cfg.ablation_seeds:
+        todo = [(L, name) for L in cfg.ablation_ls for name in ablation_variants(cfg, L)
+                if f"{seed}/{L}/{name}" not in done]
+        if not todo:
+            continue
         seed_everything(seed)
         data = load_data(cfg, args.data_dir, seed)
         x_l, y_l, x_u, x_t, y_t = data.x_labeled, data.y_labeled, data.x_unlabeled, data.x_test, data.y_test
@@ -214,31 +218,41 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
                                         checkpoint_dir=out / "checkpoints" / f"seed{seed}_base")
         trainer.fit(x_u, x_l, y_l)
         print(f"seed {seed}: T_a = {t_a} iterations, latent classifier {trainer.accuracy(x_t, y_t):.4f}")
-        real_only = downstream_accuracy(cfg, (x_l, y_l), x_t, y_t, device, seed)
+        rng = get_rng_state()  # every branch starts from the same random state, whatever ran before it
+        for L, name in todo:
+            aug = ablation_variants(cfg, L)[name]
+            base_key = f"{seed}/{cfg.ablation_ls[0]}/baseline"
+            if aug is None and base_key in done:  # the baseline does not depend on L
+                done[f"{seed}/{L}/{name}"] = done[base_key]
+                continue
+            set_rng_state(rng)
+            branch = copy.deepcopy(trainer)
+            branch.checkpointer = None
+            branch.config = replace(trainer.config, n_iters=cfg.train.n_iters, augment=aug)
+            branch.fit(x_u, x_l, y_l)
+            rec = {"latent": branch.accuracy(x_t, y_t)}
+            sel, note = branch.selection, ""
+            if sel is None:
+                rec["downstream"] = downstream_accuracy(cfg, (x_l, y_l), x_t, y_t, device, seed)
+            else:
+                mixed = combine_real_and_synthetic(
+                    (x_l, y_l), WeightedTensorDataset(sel.x, sel.y, sel.weights), cfg.downstream_weight)
+                rec["downstream"] = downstream_accuracy(cfg, mixed, x_t, y_t, device, seed)
+                pred = predict_logits(oracle, sel.x, device=device).argmax(1)
+                rec["labels_right"] = float((sel.weights * (pred == sel.y)).sum() / sel.weights.sum())
+                note = f"  labels right {rec['labels_right']:.3f}  {sel.counts}"
+            print(f"  L={L:<5} {name:<11} latent {rec['latent']:.4f}  "
+                  f"downstream {rec['downstream']:.4f}{note}")
+            done[f"{seed}/{L}/{name}"] = rec
+            atomic_write_text(progress_path, json.dumps(done, indent=1))
+
+    Table = dict[str, dict[int, list[float]]]  # variant -> L -> one value per seed
+    tables: dict[str, Table] = {"latent": {}, "downstream": {}, "labels_right": {}}
+    for seed in cfg.ablation_seeds:
         for L in cfg.ablation_ls:
-            for name, aug in ablation_variants(cfg, L).items():
-                if aug is None and L != cfg.ablation_ls[0]:  # the baseline does not depend on L
-                    for table in ("latent", "downstream"):
-                        record(table, name, L, tables[table][name][cfg.ablation_ls[0]][-1])
-                    continue
-                branch = copy.deepcopy(trainer)
-                branch.checkpointer = None
-                branch.config = replace(trainer.config, n_iters=cfg.train.n_iters, augment=aug)
-                branch.fit(x_u, x_l, y_l)
-                record("latent", name, L, branch.accuracy(x_t, y_t))
-                sel, note = branch.selection, ""
-                if sel is None:
-                    record("downstream", name, L, real_only)
-                else:
-                    mixed = combine_real_and_synthetic(
-                        (x_l, y_l), WeightedTensorDataset(sel.x, sel.y, sel.weights), cfg.downstream_weight)
-                    record("downstream", name, L, downstream_accuracy(cfg, mixed, x_t, y_t, device, seed))
-                    pred = predict_logits(oracle, sel.x, device=device).argmax(1)
-                    record("labels_right", name, L,
-                           float((sel.weights * (pred == sel.y)).sum() / sel.weights.sum()))
-                    note = f"  labels right {tables['labels_right'][name][L][-1]:.3f}  {sel.counts}"
-                print(f"  L={L:<5} {name:<11} latent {tables['latent'][name][L][-1]:.4f}  "
-                      f"downstream {tables['downstream'][name][L][-1]:.4f}{note}")
+            for name in ablation_variants(cfg, L):
+                for k, v in done[f"{seed}/{L}/{name}"].items():
+                    tables[k].setdefault(name, {}).setdefault(L, []).append(v)
 
     def markdown(table: Table) -> str:
         def cell(xs: list[float]) -> str:

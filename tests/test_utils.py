@@ -81,3 +81,13 @@ def test_check_positive():
             check_positive(bad, "lr")
     with pytest.raises(ValueError, match=">= 0"):
         check_positive(-1, "wd", allow_zero=True)
+
+
+def test_atomic_write_text_replaces_whole_file_and_leaves_no_temp(tmp_path):
+    from genlib.utils import atomic_write_text
+
+    path = tmp_path / "sub" / "progress.json"
+    atomic_write_text(path, "first")
+    atomic_write_text(path, "second ✓")
+    assert path.read_text(encoding="utf-8") == "second ✓"
+    assert [p.name for p in path.parent.iterdir()] == ["progress.json"]

@@ -57,6 +57,13 @@ def test_ablation_runs_every_variant_from_one_shared_model(tmp_path):
     assert list(res["labels_right"]) == names[1:]  # the baseline selects nothing
     md = (out / "ablation.md").read_text()
     assert md.count("| H&CRAIG |") == 3 and "oracle" in md
+    # an interrupted study resumes: finished branches are read back, a missing one is recomputed exactly
+    progress = json.loads((out / "ablation_progress.json").read_text())
+    assert len(progress) == 14
+    del progress["0/20/H&CRAIG"]
+    (out / "ablation_progress.json").write_text(json.dumps(progress))
+    assert main(args) == 0
+    assert json.loads((out / "ablation.json").read_text()) == res
 
 
 def test_bad_t_a_is_rejected():
