@@ -409,11 +409,18 @@ class DiagPreconditioner(Preconditioner):
         self.q.mul_(c.to(self.q.dtype))
 
     def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor) -> None:
+        # In-place on fresh temporaries: every full-size temporary is a pass over memory (and on CPU a
+        # fresh allocation), which is what a diagonal fit costs.
         q = self.q.to(v.dtype)
-        a2 = (q * h).square().mean(0)
-        b2 = (v / q).square().mean(0)
-        mu = lr / ((a2 + b2).max() + _tiny(v.dtype))
-        self.q.copy_(q - mu * (a2 - b2) * q)
+        a2 = (h * q).square_()
+        b2 = (v / q).square_()
+        a2, b2 = (a2[0], b2[0]) if v.shape[0] == 1 else (a2.mean(0), b2.mean(0))
+        mu = lr / ((a2 + b2).amax() + _tiny(v.dtype))
+        step = a2.sub_(b2).mul_(q).mul_(mu)  # μ (E[(qh)²] − E[(v/q)²]) ⊙ q
+        if q is self.q:
+            self.q.sub_(step)
+        else:
+            self.q.copy_(q - step)
 
     def _invalidate(self) -> None:
         self._q2 = None
@@ -559,16 +566,24 @@ class XMatPreconditioner(Preconditioner):
         self.b.mul_(c.to(self.b.dtype))
 
     def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor) -> None:
+        # Written with in-place ops on fresh temporaries (each full-size temporary is a pass over memory).
         a, b = self.a.to(v.dtype), self.b.to(v.dtype)
         af, bf = a.flip(0), b.flip(0)
-        A = a * h + b * h.flip(-1)  # Q h
-        B = (af * v - bf * v.flip(-1)) / (a * af - b * bf)  # Q⁻ᵀ v: 2 × 2 block solves
-        grad_a = (A * A - B * B).mean(0)
-        grad_b = (A * A.flip(-1) - B * B.flip(-1)).mean(0) * self._mask.to(v.dtype)
-        mu = lr / ((A * A + B * B).mean(0).max() + _tiny(v.dtype))
+        A = torch.addcmul(a * h, b, h.flip(-1))  # Q h
+        B = torch.addcmul(af * v, bf, v.flip(-1), value=-1.0).div_(torch.addcmul(a * af, b, bf, value=-1.0))
+        # B = Q⁻ᵀ v: 2 × 2 block solves
+        one = v.shape[0] == 1
+        AA, BB = A * A, B * B
+        mu = lr / ((AA[0] + BB[0] if one else (AA + BB).mean(0)).amax() + _tiny(v.dtype))
+        grad_a = AA.sub_(BB)
+        grad_b = torch.addcmul(A * A.flip(-1), B, B.flip(-1), value=-1.0)
+        grad_a, grad_b = (grad_a[0], grad_b[0]) if one else (grad_a.mean(0), grad_b.mean(0))
+        grad_b.mul_(self._mask.to(v.dtype))
         # (I − μ X(∇a, ∇b)) Q in closed form for X-matrix products.
-        self.a.copy_(a - mu * (grad_a * a + grad_b * bf))
-        self.b.copy_(b - mu * (grad_a * b + grad_b * af))
+        new_a = a - torch.addcmul(grad_a * a, grad_b, bf).mul_(mu)
+        new_b = b - torch.addcmul(grad_a * b, grad_b, af).mul_(mu)
+        self.a.copy_(new_a)
+        self.b.copy_(new_b)
 
     def _invalidate(self) -> None:
         self._coef = None
