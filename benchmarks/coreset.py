@@ -9,8 +9,10 @@ default (plain Euclidean) and its stochastic greedy are timed too.
 Each run happens in a fresh subprocess, pinned to one thread (``OMP/MKL/NUMBA_NUM_THREADS=1``) so both
 libraries get one core. Peak memory is the run's ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` high-water
 mark minus the same process's mark just before the run (data already in memory): the extra resident memory
-the selection needed. "same picks" is the length of the common prefix of the two greedy orders, and
-"cost" is the k-medoids cost ``sum_i min_{j in S} |x_i - x_j|^2`` (lower is better) relative to apricot's.
+the selection needed. "cpu s" is the run's process CPU time (``time.process_time``), steadier than the wall
+clock on a machine shared with other jobs, and "cpu vs" its ratio. "same picks" is the length of the common
+prefix of the two greedy orders, and "cost" is the k-medoids cost ``sum_i min_{j in S} |x_i - x_j|^2``
+(lower is better) relative to apricot's.
 apricot compiles its numba gain kernel in every ``fit`` (eagerly, uncached); that fixed cost is measured on
 a 20-point fit and a second speed-up column leaves it out.
 
@@ -63,13 +65,14 @@ def worker(method: str, n: int, dim: int, budget: int, seed: int, device: str, r
         FacilityLocationSelection(2, metric="euclidean", optimizer="lazy").fit(x[:20])
         overhead = time.perf_counter() - start
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        seconds = math.inf
+        seconds = cpu = math.inf
         sel = None
         for _ in range(repeats):
             sel = None  # free the previous fit's matrices first
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             sel = FacilityLocationSelection(budget, metric="euclidean", optimizer="lazy").fit(x)
             seconds = min(seconds, time.perf_counter() - start)
+            cpu = min(cpu, time.process_time() - start_cpu)
         picks = [int(i) for i in sel.ranking]
     else:
         import torch
@@ -84,18 +87,19 @@ def worker(method: str, n: int, dim: int, budget: int, seed: int, device: str, r
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        seconds = math.inf
+        seconds = cpu = math.inf
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             res = facility_location(
                 xt, budget, metric=metric, greedy=greedy, generator=torch.Generator().manual_seed(0)
             )
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = min(seconds, time.perf_counter() - start)
+            cpu = min(cpu, time.process_time() - start_cpu)
         picks = res.indices.tolist()
     peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # ru_maxrss is in KiB
-    out = {"picks": picks, "seconds": seconds, "peak_mb": peak_mb}
+    out = {"picks": picks, "seconds": seconds, "cpu": cpu, "peak_mb": peak_mb}
     if method == "apricot":
         out["overhead"] = overhead
     if method != "apricot" and device.startswith("cuda"):
@@ -132,7 +136,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return k
 
 
-WIDTHS = (6, 5, 20, 8, 9, 10, 11, 11, 9)
+WIDTHS = (6, 5, 20, 8, 9, 10, 11, 7, 9, 11, 9)
 
 
 def row(*cells) -> str:
@@ -166,7 +170,8 @@ def main() -> None:
     print(
         f"genlib on {args.device}; best of {args.repeats} run(s); peak MB = extra resident memory of the run"
     )
-    header = row("n", "k", "method", "time s", "peak MB", "vs apricot", "w/o its JIT", "same picks", "cost")
+    columns = ("n", "k", "method", "time s", "peak MB", "vs apricot", "w/o its JIT", "cpu s", "cpu vs")
+    header = row(*columns, "same picks", "cost")
     print(header)
     print("-" * len(header))
     for n in args.sizes:
@@ -186,13 +191,15 @@ def main() -> None:
         ref = results.get("apricot")
         for method, r in results.items():
             speed = f"{ref['seconds'] / r['seconds']:.1f}x" if ref else "-"
+            cpu_speed = f"{ref['cpu'] / r['cpu']:.1f}x" if ref else "-"
             nojit = f"{(ref['seconds'] - ref['overhead']) / r['seconds']:.1f}x" if ref else "-"
             if method == "apricot":
                 nojit = "-"
             same = f"{common_prefix(ref['picks'], r['picks'])}/{budget}" if ref else "-"
             cost = f"{r['cost'] / ref['cost']:.5f}" if ref else f"{r['cost']:.4g}"
             mem = f"{r['peak_mb']:.0f}" + (f" (+{r['gpu_peak_mb']:.0f} GPU)" if "gpu_peak_mb" in r else "")
-            print(row(n, budget, method, f"{r['seconds']:.2f}", mem, speed, nojit, same, cost))
+            cells = (f"{r['seconds']:.2f}", mem, speed, nojit, f"{r['cpu']:.2f}", cpu_speed, same, cost)
+            print(row(n, budget, method, *cells))
         if ref:
             print(f"{'':>13}(apricot's per-fit numba compile: {ref['overhead']:.2f} s of its time)")
         sys.stdout.flush()

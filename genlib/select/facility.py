@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 _INCREMENTAL_FRACTION = 0.25  # see facility_location: when to update gains exactly rather than re-evaluate
-_TRACKED_FRACTION = 0.125  # see facility_location: how many exact gains the exact updates keep exact
+_TRACKED_FRACTION = 0.125  # see facility_location: share of exact gains kept exact through a pick
 _DECREASE_BLOCK = 1 << 18  # entries per block in _Coverage.decrease: fits in a CPU core's L2 cache
 _FIRST_BATCH = 16  # candidates re-evaluated first in a lazy step; doubles while the top bound stays stale
 
@@ -426,7 +426,7 @@ def facility_location(
             cols = torch.nonzero(keep).squeeze(1)
             bounds[cols] -= cov.decrease(rows, old, new, d.sqrt(), cols)
             affected &= ~keep
-        fresh &= ~affected  # a large change costs about as much as re-evaluating: mark stale
+        fresh &= ~affected  # gains the pick may have lowered and that were not updated go stale
 
     indices = torch.tensor(picked, dtype=torch.long, device=device)
     weights = torch.bincount(cov.assign, minlength=budget).to(x.dtype)
