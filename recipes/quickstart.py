@@ -64,7 +64,7 @@ class Config:
     samples_per_class: int = 200  # L
     entropy_keep: float = 0.5
     coreset_fraction: float = 0.1
-    synthetic_weight: float = 0.5  # loss coefficient of the synthetic part for the downstream classifier
+    synthetic_share: float = 0.25  # the synthetic part's total loss weight, relative to the real labels
     classifier_epochs: int = 150
     seed: int = 0
     out: str = "runs/quickstart"
@@ -166,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = {
         "real labels only": real,
         "+ naive synthetic (all draws)": combine_real_and_synthetic(
-            real, WeightedTensorDataset(naive.x, naive.y, naive.weights), cfg.synthetic_weight),
+            real, WeightedTensorDataset(naive.x, naive.y, naive.weights), share=cfg.synthetic_share),
         f"+ {augment.describe()} synthetic": combine_real_and_synthetic(
-            real, WeightedTensorDataset(chosen.x, chosen.y, chosen.weights), cfg.synthetic_weight),
+            real, WeightedTensorDataset(chosen.x, chosen.y, chosen.weights), share=cfg.synthetic_share),
     }
     accuracy = {name: downstream_accuracy(cfg, data, x_t, y_t) for name, data in variants.items()}
     seconds = time.perf_counter() - t0

@@ -97,7 +97,7 @@ class Config:
     ablation_ls: tuple[int, ...] = (500, 1000, 2000)
     ablation_seeds: tuple[int, ...] = (0, 1, 2)
     pseudo_label_threshold: float = 0.1  # nats of entropy, for the "PL" variant
-    downstream_weight: float = 0.5  # the selection's loss coefficient for the ablation's downstream model
+    downstream_share: float = 0.25  # the selection's total loss weight relative to the real labels
     downstream_epochs: int = 100
 
     @classmethod
@@ -187,7 +187,7 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
     """Per seed: train to T_a once, then continue to ``n_iters`` under every variant and L.
 
     Three numbers per branch: the latent classifier's test accuracy; a downstream classifier's test accuracy
-    when trained on the real labels plus the branch's last selection (weights x ``downstream_weight``; the
+    when trained on the real labels plus the branch's last selection (``downstream_share`` of the loss; the
     baseline's is real labels only); and, as a diagnostic, the share of the selection's labels that an
     oracle (a classifier trained on the unlabelled split's true labels, never used for training) agrees with.
     """
@@ -236,7 +236,7 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
                 rec["downstream"] = downstream_accuracy(cfg, (x_l, y_l), x_t, y_t, device, seed)
             else:
                 mixed = combine_real_and_synthetic(
-                    (x_l, y_l), WeightedTensorDataset(sel.x, sel.y, sel.weights), cfg.downstream_weight)
+                    (x_l, y_l), WeightedTensorDataset(sel.x, sel.y, sel.weights), share=cfg.downstream_share)
                 rec["downstream"] = downstream_accuracy(cfg, mixed, x_t, y_t, device, seed)
                 pred = predict_logits(oracle, sel.x, device=device).argmax(1)
                 rec["labels_right"] = float((sel.weights * (pred == sel.y)).sum() / sel.weights.sum())
@@ -267,8 +267,8 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
 
     titles = {
         "latent": "latent classifier test accuracy (%)",
-        "downstream": "downstream classifier test accuracy (%), real labels + selection x "
-                      f"{cfg.downstream_weight}",
+        "downstream": "downstream classifier test accuracy (%), real labels + selection weighing "
+                      f"{cfg.downstream_share} x the real labels",
         "labels_right": "selection's labels the oracle agrees with (%, weighted; diagnostic)",
     }
     report = "\n\n".join(f"{titles[k]}, mean ± std over seeds {list(cfg.ablation_seeds)}, T_a = {t_a}, "

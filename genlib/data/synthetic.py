@@ -23,7 +23,8 @@ Mixing with real data
 Every dataset here yields ``(x, y, weight)``. :class:`WeightedConcatDataset` chains datasets that yield
 ``(x, y)`` (weight 1) or ``(x, y, w)`` and multiplies each part's weights by a coefficient, so
 ``combine_real_and_synthetic(real, synthetic, synthetic_weight=0.5)`` trains any downstream classifier on
-``sum_real ce + 0.5 * sum_synth w * ce``.
+``sum_real ce + 0.5 * sum_synth w * ce``; ``share=0.25`` instead scales the synthetic weights to sum to a
+quarter of the real data's.
 """
 
 from __future__ import annotations
@@ -302,20 +303,46 @@ class WeightedConcatDataset(ConcatDataset):
         return torch.cat(xs), torch.cat(ys), torch.cat(ws)
 
 
+def _total_weight(ds: Dataset) -> float:
+    """Sum of a dataset's example weights (1 for examples yielded as ``(x, y)``)."""
+    t = _tensors_of(ds)
+    if t is not None:
+        return float(len(t[0]) if t[2] is None else t[2].double().sum())
+    return float(sum(float(item[2]) if len(item) == 3 else 1.0 for item in (ds[i] for i in range(len(ds)))))
+
+
 def combine_real_and_synthetic(
     real: Dataset | tuple[torch.Tensor, torch.Tensor],
     synthetic: Dataset | str | os.PathLike,
-    synthetic_weight: float = 1.0,
+    synthetic_weight: float | None = None,
+    *,
+    share: float | None = None,
 ) -> WeightedConcatDataset:
-    """Real data (weight 1) followed by synthetic data (its weights times ``synthetic_weight``).
+    """Real data (weight 1) followed by synthetic data, its weights scaled by a coefficient.
 
     ``real`` is a dataset yielding ``(x, y)`` or ``(x, y, w)``, or a tuple ``(x, y)`` of tensors;
-    ``synthetic`` a dataset or the path of a synthetic dataset file.
+    ``synthetic`` a dataset or the path of a synthetic dataset file. Give at most one of:
+
+    - ``synthetic_weight``: a fixed coefficient on every synthetic weight (default 1);
+    - ``share``: scale the synthetic weights so that they sum to ``share`` times the real part's total
+      weight. The synthetic data then counts the same in the loss however many samples a selector kept and
+      however large its weights are (CRAIG's cluster sizes sum to the number of examples they stand for),
+      so naive, filtered and coreset augmentations compare on equal terms.
     """
+    if synthetic_weight is not None and share is not None:
+        raise ValueError("give synthetic_weight or share, not both")
     if isinstance(real, tuple):
         if len(real) != 2:
             raise ValueError(f"real as a tuple must be (x, y), got {len(real)} items")
         real = WeightedTensorDataset(real[0], real[1])
     if isinstance(synthetic, (str, os.PathLike)):
         synthetic = SyntheticDataset(synthetic)
-    return WeightedConcatDataset([real, synthetic], [1.0, synthetic_weight])
+    coefficient = 1.0 if synthetic_weight is None else synthetic_weight
+    if share is not None:
+        if not math.isfinite(float(share)) or share < 0:
+            raise ValueError(f"share must be finite and >= 0, got {share!r}")
+        total = _total_weight(synthetic)
+        if total <= 0:
+            raise ValueError("the synthetic weights sum to 0: no share of the loss can be given to them")
+        coefficient = share * _total_weight(real) / total
+    return WeightedConcatDataset([real, synthetic], [1.0, coefficient])

@@ -125,6 +125,25 @@ def test_weighted_concat_real_and_synthetic(tmp_path):
     assert torch.equal(xb, x) and torch.equal(yb, y) and torch.allclose(wb, w)
 
 
+def test_share_scales_synthetic_weights_to_a_fraction_of_the_real_total(tmp_path):
+    xs, ys, ws = _data(6, seed=1)
+    xr, yr, _ = _data(4, seed=2)
+    synth = WeightedTensorDataset(xs, ys, ws)
+    mixed = combine_real_and_synthetic((xr, yr), synth, share=0.5)
+    _, _, w = mixed.as_tensors()
+    assert torch.all(w[:4] == 1.0)
+    assert float(w[4:].sum()) == pytest.approx(0.5 * 4)  # half the real part's total weight
+    assert torch.allclose(w[4:] / w[4:].sum(), ws / ws.sum())  # relative synthetic weights unchanged
+    # a real part that carries weights of its own counts with them (and works without a batched view)
+    real_w = WeightedTensorDataset(xr, yr, torch.full((4,), 3.0))
+    _, _, w2 = combine_real_and_synthetic(real_w, synth, share=1.0).as_tensors()
+    assert float(w2[4:].sum()) == pytest.approx(12.0)
+    with pytest.raises(ValueError, match="not both"):
+        combine_real_and_synthetic((xr, yr), synth, synthetic_weight=0.5, share=0.5)
+    with pytest.raises(ValueError, match="sum to 0"):
+        combine_real_and_synthetic((xr, yr), WeightedTensorDataset(xs, ys, torch.zeros(6)), share=0.5)
+
+
 def test_weighted_concat_errors_and_non_tensor_parts():
     x, y, w = _data(4)
     with pytest.raises(ValueError, match=r"coefficients\[1\] must be finite and >= 0"):
