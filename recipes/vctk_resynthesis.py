@@ -103,6 +103,7 @@ class Config:
     n_windows: int = 256  # conv rows: random windows of consecutive frames, drawn once
     window_frames: int = 32
     latent_dim: int = 32  # 16 for the compression study
+    beta: float = 1.0  # KL weight; 1 is the ELBO
     hidden: tuple[int, ...] = (512, 512)
     conv_hidden: tuple[int, ...] = (256, 256)
     kernel_size: int = 3
@@ -188,7 +189,7 @@ def build_vae(cfg: Config, row: Row, n_freq: int) -> VAE:
             cfg.latent_dim, n_freq, likelihood.n_params, cfg.conv_hidden[::-1], cfg.kernel_size,
             temporal=row.temporal, gru_hidden=cfg.gru_hidden,
         )  # fmt: skip
-    return VAE(enc, dec, likelihood)
+    return VAE(enc, dec, likelihood, beta=cfg.beta)
 
 
 def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="VCTK folder (default: <data root>/speech/vctk16k)")
     parser.add_argument("--librispeech-dir", default=None, help="default: <data root>/speech/librispeech")
     parser.add_argument("--latent-dim", type=int, default=None, help="default 32 (16: compression study)")
+    parser.add_argument("--beta", type=float, default=None, help="KL weight (default 1: the ELBO)")
     parser.add_argument("--hidden", default=None, help="FC widths, e.g. 1024,1024 (default 512,512)")
     parser.add_argument("--every", type=int, default=None, help="FC rows: keep every n-th frame (default 10)")
     parser.add_argument("--epochs", type=int, default=None)
@@ -351,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--hidden must be comma-separated positive ints, got {args.hidden!r}")
         if not all(h > 0 for h in cfg.hidden):
             parser.error(f"--hidden must be comma-separated positive ints, got {args.hidden!r}")
+    if args.beta is not None:
+        if not args.beta >= 0:
+            parser.error(f"--beta must be >= 0, got {args.beta}")
+        cfg.beta = args.beta
     if args.lr is not None:
         if not args.lr > 0:
             parser.error(f"--lr must be > 0, got {args.lr}")

@@ -99,7 +99,8 @@ def test_learned_von_mises_phase_beats_random_phase(utterances):
 def test_row_selection_and_bad_arguments():
     assert vr.QUICK["rows"] == ("gamma-fc", "is-fc")
     assert {r for r, spec in vr.ROWS.items() if spec.von_mises} == {"lognormal-vm-fc", "gamma-vm-fc"}
-    for bad in (["--epochs", "0"], ["--latent-dim", "0"], ["--rows", "gamma-fc,bogus"], ["--hidden", "a,b"]):
+    bad_args = (["--epochs", "0"], ["--latent-dim", "0"], ["--rows", "gamma-fc,bogus"], ["--hidden", "a,b"])
+    for bad in (*bad_args, ["--beta", "-1"], ["--lr", "0"]):
         with pytest.raises(SystemExit):
             vr.main(bad)
 
