@@ -10,6 +10,7 @@ import pickle
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from genlib.optim import LRA, PSGD, Dense, Diag, ExponentialDecaySchedule, Kron, XMat
 
@@ -408,3 +409,33 @@ def test_diag_starts_every_tensor_of_a_group_at_one_scale(curvature):
     if curvature == "hvp":  # h = Hv exactly: the per-tensor scales are 1 and 0.1 up to the fit step
         assert math.isclose(ta, 1.0, rel_tol=1e-6) and math.isclose(tb, 0.1, rel_tol=1e-6)
     assert LRA([a, b]).group_init is False and Diag([a, b]).group_init and not Kron([a, b]).group_init
+
+
+@pytest.mark.filterwarnings("ignore:Warning. Profiler clears events")
+def test_step_hooks_and_profiler_range_still_work():
+    # step() skips torch's wrapper when nothing listens; with a hook or a profiler it must behave as torch's.
+    w = nn.Parameter(torch.randn(3, 4))
+    opt = Kron([w], lr=0.1)
+    calls = []
+    pre = opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    post = opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    glob = register_optimizer_step_post_hook(lambda o, a, k: calls.append("global"))
+    try:
+        w.grad = torch.randn(3, 4)
+        opt.step()
+    finally:
+        glob.remove()
+    assert calls == ["pre", "post", "global"]
+    pre.remove()
+    post.remove()
+    w0 = w.detach().clone()
+    opt.step()  # no listener: the fast path still steps
+    assert calls == ["pre", "post", "global"] and not torch.equal(w.detach(), w0)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert any(e.name == "Optimizer.step#Kron.step" for e in prof.events())
+    # An LR scheduler wraps the instance's step and still sees it called.
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    opt.step()
+    sched.step()
+    assert math.isclose(opt.param_groups[0]["lr"], 0.05)
