@@ -13,7 +13,8 @@ below 0.1 (a running mean, so one lucky batch does not count); it fails when ``m
 Modes: default (lengths 32 and 55, 3 seeds, 20k-iteration cap); ``--quick`` (~1 min CPU smoke: length 16, one
 seed); ``--full`` (10 seeds at 32/55/64/112 with the paper's 100k cap: GPU / overnight); ``--rank-study``
 (PSGD-LRA with rank 0/1/2/5/10). Seeds run in parallel processes, one torch thread each (``--workers``).
-Writes ``results.json`` and ``loss_curves.png`` under ``--out``; ``--summarize DIR...`` merges saved studies
+Writes ``results.json`` (after every finished run, marked ``"complete": false`` until the study ends) and
+``loss_curves.png`` under ``--out``; ``--summarize DIR...`` merges saved studies
 (e.g. one invocation per optimizer or length) into one table plus one line per run.
 
     python -m recipes.delayed_xor --quick
@@ -26,6 +27,7 @@ import json
 import math
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -201,18 +203,28 @@ def _run_star(args: tuple) -> dict:
     return run_one(*args)
 
 
-def run_study(cfg: XorConfig) -> list[dict]:
-    """All runs of ``cfg`` (``cfg.workers`` processes), in a fixed order."""
+def run_study(cfg: XorConfig, on_result: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """All runs of ``cfg`` (``cfg.workers`` processes), in a fixed order. ``on_result(records_so_far)`` is
+    called after each finished run (in order), e.g. to save partial results of a long study."""
     tasks = []
     for opt in cfg.optimizers:
         for rank in cfg.ranks if opt == "psgd_lra" else (None,):
             for length in cfg.lengths:
                 for seed in cfg.seeds:
                     tasks.append((cfg, opt, length, seed, 10 if rank is None else rank))
+    records: list[dict] = []
+
+    def collect(results) -> list[dict]:
+        for r in results:
+            records.append(r)
+            if on_result is not None:
+                on_result(list(records))
+        return records
+
     if cfg.workers == 1:
-        return [_run_star(t) for t in tasks]
+        return collect(_run_star(t) for t in tasks)
     with mp.get_context("spawn").Pool(cfg.workers) as pool:
-        return pool.map(_run_star, tasks, chunksize=1)
+        return collect(pool.imap(_run_star, tasks, chunksize=1))
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -257,7 +269,7 @@ def format_table(rows: list[dict], max_iters: int) -> str:
 def save(records: list[dict], rows: list[dict], cfg: XorConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    payload = dict(config=asdict(cfg), summary=rows, runs=records)
+    payload = dict(config=asdict(cfg), summary=rows, runs=records, complete=True)
     (out / "results.json").write_text(json.dumps(payload, indent=1))
     import matplotlib
 
@@ -385,7 +397,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.optimizers:
         kw["optimizers"] = tuple(a.optimizers)
     cfg = XorConfig(**kw)
-    records = run_study(cfg)
+
+    def save_partial(done: list[dict]) -> None:  # a long study keeps what it has if it is stopped
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        payload = dict(config=asdict(cfg), summary=summarize(done), runs=done, complete=False)
+        (out / "results.json").write_text(json.dumps(payload, indent=1))
+
+    records = run_study(cfg, on_result=save_partial)
     rows = summarize(records)
     print(format_table(rows, cfg.max_iters))
     print(f"saved to {save(records, rows, cfg)}")

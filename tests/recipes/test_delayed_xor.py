@@ -6,7 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from recipes.delayed_xor import XorConfig, XorRNN, logistic_loss, main, make_batch, run_one, summarize
+from recipes.delayed_xor import (
+    XorConfig,
+    XorRNN,
+    logistic_loss,
+    main,
+    make_batch,
+    run_one,
+    run_study,
+    summarize,
+)
 
 
 def test_batch_targets_are_xor_of_the_two_marked_values():
@@ -80,7 +89,7 @@ def test_cli_writes_json_and_figure(tmp_path):
                  "--workers", "1", "--out", str(tmp_path)])
     assert rows[0]["success_rate"] == 0.0
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["runs"][0]["iterations"] == 30 and not data["runs"][0]["solved"]
+    assert data["runs"][0]["iterations"] == 30 and not data["runs"][0]["solved"] and data["complete"]
     assert (tmp_path / "loss_curves.png").stat().st_size > 0
     # --summarize merges saved studies (one folder per optimizer, say) back into one table.
     other = tmp_path / "sgd"
@@ -89,3 +98,12 @@ def test_cli_writes_json_and_figure(tmp_path):
     merged = main(["--summarize", str(tmp_path), str(other / "results.json")])
     got = [(r["optimizer"], r["runs"], r["success_rate"]) for r in merged]
     assert got == [("adam", 1, 0.0), ("sgd", 1, 0.0)]
+
+
+def test_study_reports_every_finished_run_in_order():
+    cfg = XorConfig(lengths=(10,), seeds=(0, 1), optimizers=("adam", "sgd"), max_iters=3, workers=1)
+    seen: list[list[tuple[str, int]]] = []
+    records = run_study(cfg, on_result=lambda done: seen.append([(r["optimizer"], r["seed"]) for r in done]))
+    order = [("adam", 0), ("adam", 1), ("sgd", 0), ("sgd", 1)]
+    assert [(r["optimizer"], r["seed"]) for r in records] == order
+    assert seen == [order[: k + 1] for k in range(4)]
