@@ -20,6 +20,7 @@ does). Loss: the mean cross-entropy on all 4000 digits after the run. Ratios: st
 SGD's, step time / psgd_torch's, and loss − psgd_torch's loss.
 
     python -m benchmarks.psgd_step [--steps 200] [--update-probability 0.1] [--models mlp cnn tiny]
+    python -m benchmarks.psgd_step --dense-fit     # one dense refit only, genlib vs psgd_torch
 """
 
 from __future__ import annotations
@@ -145,6 +146,41 @@ def run_all(
     return out
 
 
+def dense_fit(d: int = 1930, blocks: int = 12, per_block: int = 4, seed: int = 0) -> dict[str, float]:
+    """Milliseconds per dense preconditioner refit from one pair (the optimizers' case) at the tiny model's
+    size: genlib's ``DensePreconditioner`` fit vs psgd_torch's ``update_precond_newton_math_`` (Q and Q⁻¹
+    kept, as ``Newton`` does by default), interleaved block by block; median of block means."""
+    import psgd_torch.psgd as ptp  # benchmark-only reference
+
+    from genlib.optim import DensePreconditioner
+
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g) / math.sqrt(d)
+    hess = a @ a.mT
+    pairs = [(v, v @ hess) for v in (torch.randn(1, d, generator=g) for _ in range(8))]
+    ours = DensePreconditioner(d, init_scale=1.0)
+    q, inv_q = torch.eye(d), torch.eye(d)
+    k = [0]
+
+    def nxt():
+        k[0] += 1
+        return pairs[k[0] % len(pairs)]
+
+    fits = {
+        "genlib": lambda: ours._update(*nxt()),
+        "psgd_torch": lambda: (lambda v, h: ptp.update_precond_newton_math_(
+            q, inv_q, v.mT, h.mT, 0.1, "2nd", 1.2e-38))(*nxt()),
+    }
+    times: dict[str, list[float]] = {n: [] for n in fits}
+    for _ in range(blocks):
+        for name, f in fits.items():
+            t = time.perf_counter()
+            for _ in range(per_block):
+                f()
+            times[name].append((time.perf_counter() - t) / per_block)
+    return {n: 1e3 * statistics.median(ts) for n, ts in times.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["mlp", "cnn", "tiny"], choices=["mlp", "cnn", "tiny"])
@@ -159,7 +195,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--adam-lr", type=float, default=1e-3)
     ap.add_argument("--only", nargs="+", help="subset of optimizer names (e.g. sgd ours:kron ref:kron)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dense-fit", action="store_true",
+                    help="only time one dense refit (d = 1930, one pair): genlib vs psgd_torch, then exit")
     args = ap.parse_args(argv)
+    if args.dense_fit:
+        torch.set_num_threads(1)
+        r = dense_fit(seed=args.seed)
+        print(f"dense refit, d = 1930, one pair: genlib {r['genlib']:.1f} ms, "
+              f"psgd_torch {r['psgd_torch']:.1f} ms, ratio {r['genlib'] / r['psgd_torch']:.2f}")
+        return r
     if args.steps < 10 or args.warmup < 0 or not 0 <= args.update_probability <= 1:
         raise ValueError("need --steps >= 10, --warmup >= 0 and --update-probability in [0, 1]")
     torch.set_num_threads(1)  # one thread: comparable, and what this shared CPU allows
