@@ -56,7 +56,9 @@ def test_ablation_runs_every_variant_from_one_shared_model(tmp_path):
         assert res[table]["baseline"]["10"] == res[table]["baseline"]["20"]  # one baseline, whatever L
     assert list(res["labels_right"]) == names[1:]  # the baseline selects nothing
     md = (out / "ablation.md").read_text()
-    assert md.count("| H&CRAIG |") == 3 and "oracle" in md
+    assert md.count("| H&CRAIG |") == 5 and "oracle" in md
+    gain = res["downstream_gain"]["H&CRAIG"]["10"][0]
+    assert gain == res["downstream"]["H&CRAIG"]["10"][0] - res["downstream"]["baseline"]["10"][0]
     # an interrupted study resumes: finished branches are read back, a missing one is recomputed exactly
     progress = json.loads((out / "ablation_progress.json").read_text())
     assert len(progress) == 14
