@@ -20,6 +20,7 @@ __all__ = [
     "load_checkpoint",
     "check_tensor",
     "check_positive",
+    "check_int",
 ]
 
 
@@ -107,3 +108,10 @@ def check_positive(value: float, name: str, *, allow_zero: bool = False) -> floa
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
     return v
+
+
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Validate an integer hyper-parameter ``>= minimum`` (bools are not ints here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value

@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 
 from genlib.sampling.diagnostics import LangevinDiagnostics
-from genlib.utils import check_positive, check_tensor
+from genlib.utils import check_int, check_positive, check_tensor
 
 __all__ = ["Callback", "LogProbFn", "PreconditionerLike", "langevin", "LangevinSampler", "log_prob_and_grad"]
 
@@ -49,11 +49,6 @@ class _Identity:
     def apply_qt(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-
-def _check_int(value: int, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _per_chain(x: torch.Tensor) -> torch.Tensor:
@@ -220,7 +215,7 @@ def langevin(
         RuntimeError: an unadjusted chain produced a non-finite log-prob or gradient (step too large).
     """
     z0 = _check_z0(z0)
-    _check_int(n_steps, "n_steps", 0)
+    check_int(n_steps, "n_steps", 0)
     step_size = check_positive(step_size, "step_size")
     temperature = check_positive(temperature, "temperature")
     precond = _Identity()
@@ -251,7 +246,7 @@ class LangevinSampler:
     mala: bool = False
 
     def __post_init__(self) -> None:
-        _check_int(self.n_steps, "n_steps", 0)
+        check_int(self.n_steps, "n_steps", 0)
         check_positive(self.step_size, "step_size")
         check_positive(self.temperature, "temperature")
 

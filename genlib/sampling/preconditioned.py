@@ -38,14 +38,13 @@ from genlib.sampling.diagnostics import LangevinDiagnostics
 from genlib.sampling.langevin import (
     Callback,
     LogProbFn,
-    _check_int,
     _check_z0,
     _randn_like,
     _state,
     _step,
     _Trace,
 )
-from genlib.utils import check_positive
+from genlib.utils import check_int, check_positive
 
 __all__ = ["PreconditionedLangevin", "energy_hvp"]
 
@@ -123,13 +122,13 @@ class PreconditionedLangevin:
                         f"methods (genlib.optim.preconditioners), got {type(preconditioner).__name__}"
                     )
             self.family, self.preconditioner = None, preconditioner
-        self.n_steps = _check_int(n_steps, "n_steps", 0)
+        self.n_steps = check_int(n_steps, "n_steps", 0)
         self.step_size = check_positive(step_size, "step_size")
         self.temperature = check_positive(temperature, "temperature")
         self.mala = bool(mala)
-        self.warmup_steps = _check_int(warmup_steps, "warmup_steps", 0)
-        self.fit_steps = _check_int(fit_steps, "fit_steps", 0)
-        self.updates_per_step = _check_int(updates_per_step, "updates_per_step", 1)
+        self.warmup_steps = check_int(warmup_steps, "warmup_steps", 0)
+        self.fit_steps = check_int(fit_steps, "fit_steps", 0)
+        self.updates_per_step = check_int(updates_per_step, "updates_per_step", 1)
         self.preconditioner_lr = check_positive(preconditioner_lr, "preconditioner_lr")
         self.preconditioner_kwargs = dict(preconditioner_kwargs or {})
 
@@ -165,7 +164,7 @@ class PreconditionedLangevin:
     ) -> Any:
         """``n_updates`` PSGD updates of ``P`` from pairs ``(v, H v)`` at the states ``z`` ``(B, *event)``."""
         z = _check_z0(z)
-        _check_int(n_updates, "n_updates", 0)
+        check_int(n_updates, "n_updates", 0)
         if self.preconditioner is None:
             self.preconditioner = self._build(z)
         for _ in range(n_updates):

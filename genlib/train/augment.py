@@ -28,7 +28,7 @@ from genlib.models.vae import VAE
 from genlib.priors.ebm import LatentEBMPrior
 from genlib.select import AdaCore, Craig, EntropyFilter, PseudoLabeler, RandomSelector
 from genlib.select.entropy import confidence_scores
-from genlib.utils import check_positive
+from genlib.utils import check_int, check_positive
 
 __all__ = [
     "AugmentConfig",
@@ -43,11 +43,6 @@ __all__ = [
 
 Coreset = Literal["craig", "adacore", "random"]
 
-
-def _pos_int(value: Any, name: str, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be an int {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return value
 
 
 def _fraction(value: Any, name: str) -> float:
@@ -93,7 +88,7 @@ class AugmentConfig:
     batch_size: int = 100
 
     def __post_init__(self) -> None:
-        _pos_int(self.samples_per_class, "samples_per_class")
+        check_int(self.samples_per_class, "samples_per_class")
         if self.entropy not in ("h2", "h1", None):
             raise ValueError(f"entropy must be 'h2', 'h1' or None, got {self.entropy!r}")
         if self.entropy is not None and (self.entropy_keep is None) == (self.entropy_threshold is None):
@@ -106,9 +101,9 @@ class AugmentConfig:
         if self.pseudo_label_threshold is not None:
             check_positive(self.pseudo_label_threshold, "pseudo_label_threshold")
         check_positive(self.loss_weight, "loss_weight", allow_zero=True)
-        _pos_int(self.start_iter, "start_iter", allow_zero=True)
-        _pos_int(self.reselect_every, "reselect_every")
-        _pos_int(self.batch_size, "batch_size")
+        check_int(self.start_iter, "start_iter", 0)
+        check_int(self.reselect_every, "reselect_every")
+        check_int(self.batch_size, "batch_size")
 
     def describe(self) -> str:
         """A short name of the variant, e.g. ``"H&CRAIG&PL"`` (``"naive"`` without filter or coreset)."""
@@ -193,8 +188,8 @@ def generate_labelled(
     Returns a :class:`Generated` on the CPU, classes in increasing order, ``L`` rows each.
     """
     vae = _ebm_vae(vae)
-    _pos_int(samples_per_class, "samples_per_class")
-    _pos_int(batch_size, "batch_size")
+    check_int(samples_per_class, "samples_per_class")
+    check_int(batch_size, "batch_size")
     prior = vae.prior
     device = next(vae.parameters()).device
     y = torch.arange(prior.n_classes).repeat_interleave(samples_per_class)

@@ -45,18 +45,12 @@ from genlib.train.augment import (
 from genlib.train.checkpoint import Checkpointer
 from genlib.train.classify import needs_closure, weighted_cross_entropy
 from genlib.train.logger import MetricsLogger
-from genlib.utils import check_positive, check_tensor, default_device
+from genlib.utils import check_int, check_positive, check_tensor, default_device
 
 __all__ = ["SemiSupervisedConfig", "SemiSupervisedTrainer", "latent_accuracy"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
-
-def _pos_int(value: Any, name: str, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
-    return value
 
 
 @dataclass
@@ -103,21 +97,21 @@ class SemiSupervisedConfig:
 
     def __post_init__(self) -> None:
         self.augment = augment_config_from(self.augment)
-        _pos_int(self.n_iters, "n_iters", allow_zero=True)
-        _pos_int(self.batch_size, "batch_size")
+        check_int(self.n_iters, "n_iters", 0)
+        check_int(self.batch_size, "batch_size")
         if self.labeled_batch_size is not None:
-            _pos_int(self.labeled_batch_size, "labeled_batch_size")
+            check_int(self.labeled_batch_size, "labeled_batch_size")
         check_positive(self.lr, "lr", allow_zero=True)
         check_positive(self.ebm_lr, "ebm_lr", allow_zero=True)
-        _pos_int(self.langevin_steps, "langevin_steps", allow_zero=True)
+        check_int(self.langevin_steps, "langevin_steps", 0)
         check_positive(self.langevin_step_size, "langevin_step_size")
         check_positive(self.class_weight, "class_weight", allow_zero=True)
         check_positive(self.score_penalty, "score_penalty", allow_zero=True)
         if self.grad_clip is not None:
             check_positive(self.grad_clip, "grad_clip")
-        _pos_int(self.eval_every, "eval_every", allow_zero=True)
-        _pos_int(self.checkpoint_every, "checkpoint_every")
-        _pos_int(self.seed, "seed", allow_zero=True)
+        check_int(self.eval_every, "eval_every", 0)
+        check_int(self.checkpoint_every, "checkpoint_every")
+        check_int(self.seed, "seed", 0)
 
 
 @torch.no_grad()
