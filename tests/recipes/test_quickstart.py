@@ -24,3 +24,21 @@ def test_quickstart_runs_the_pipeline_end_to_end(tmp_path):
     assert torch.bincount(ds.y, minlength=10).min() >= 1  # every class represented
     for png in ("samples.png", "samples_by_entropy.png", "selected.png", "loss_curves.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+def test_data_dir_finds_mnist_and_names_what_it_expected(tmp_path):
+    import pytest
+
+    from genlib.data.images import default_data_root
+    from recipes.quickstart import Config, load_data
+
+    with pytest.raises(FileNotFoundError, match="mnist_4k.npz"):
+        load_data(Config(data_dir=str(tmp_path)))
+    with pytest.raises(SystemExit):
+        main(["--n-labeled", "15"])  # not a multiple of the 10 classes
+    root = default_data_root()
+    if not (root / "digits" / "mnist_4k.npz").is_file():
+        pytest.skip("shared MNIST-4k not present")
+    x_l, y_l, x_u, x_t, y_t = load_data(Config(data_dir=str(root)))  # finds digits/mnist_4k.npz
+    assert x_l.shape[1:] == (1, 28, 28) and len(x_l) == 50 and len(x_t) == 400 and len(x_u) == 3550
+    assert torch.bincount(y_l, minlength=10).tolist() == [5] * 10
