@@ -88,6 +88,20 @@ def _add_outer_(m: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
     return m.addmm_(x.mT, y)
 
 
+def _sq_norms_through(
+    xa: torch.Tensor, xb: torch.Tensor, f: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(‖xa fᵀ‖², ‖xb fᵀ‖²)`` (Frobenius) for ``xa, xb`` of shape ``(n, r)`` and ``f`` of shape
+    ``(dim, r)``. With few rows the two thin products are cheaper (4·n·dim·r flops) than the Gram route
+    ``x (fᵀf) xᵀ`` (2·dim·r² flops for ``fᵀf``); with many rows the Gram route is."""
+    n, r = xa.shape
+    if 2 * n < r:
+        y = torch.cat([xa, xb]) @ f.mT
+        return y[:n].square().sum(), y[n:].square().sum()
+    gram = f.mT @ f
+    return ((xa @ gram) * xa).sum(), ((xb @ gram) * xb).sum()
+
+
 def _apply_along(x: torch.Tensor, m: torch.Tensor, dim: int) -> torch.Tensor:
     """``y[..., i, ...] = Σ_k x[..., k, ...] m[k, i]`` along ``dim`` (x's slices are row vectors times m)."""
     nd = x.ndim
@@ -505,8 +519,8 @@ class LRAPreconditioner(Preconditioner):
         if self.num_updates % 2 == 0:
             # E = −μ ∇VVᵀ  ⇔  U ← U − μ (∇V)(I + VᵀU)  with (I + VᵀU) = Mᵀ.
             aV = a @ V
-            G = V.mT @ V  # ‖xVVᵀ‖² = (xV) G (xV)ᵀ
-            norm = (an2 * ((aV @ G) * aV).sum()).sqrt() + (bn2 * ((bV @ G) * bV).sum()).sqrt()
+            na2, nb2 = _sq_norms_through(aV, bV, V)  # ‖aVVᵀ‖², ‖bVVᵀ‖²
+            norm = (an2 * na2).sqrt() + (bn2 * nb2).sqrt()
             C = torch.cat([aV, -bV]) @ M.mT * (lr / (norm + tiny))
             # U − ZᵀC: in place when U is the stored tensor (a thin k = 2n product, rank-1 updates on CPU).
             U_new = _add_outer_(U, Z, -C) if U is self.U else torch.addmm(U, Z.mT, C, alpha=-1.0)
@@ -514,8 +528,8 @@ class LRAPreconditioner(Preconditioner):
         else:
             # E = −μ UUᵀ∇  ⇔  V ← V − μ (I + VUᵀ)(∇U) = V (I − μ Uᵀ∇U) − μ ∇U.
             bU = b @ U
-            G = U.mT @ U
-            norm = (an2 * ((aU @ G) * aU).sum()).sqrt() + (bn2 * ((bU @ G) * bU).sum()).sqrt()
+            na2, nb2 = _sq_norms_through(aU, bU, U)  # ‖aUUᵀ‖², ‖bUUᵀ‖²
+            norm = (an2 * na2).sqrt() + (bn2 * nb2).sqrt()
             D = torch.cat([aU, -bU]) * (lr / (norm + tiny))  # μ ∇U = Zᵀ D
             R = torch.cat([aU, bU]).mT @ D  # μ Uᵀ∇U (r × r)
             V_new = _add_outer_(V @ (eye - R), Z, -D)

@@ -166,6 +166,30 @@ def test_lra_reaches_optimum_on_scaled_identity_plus_low_rank():
     assert err[0] > 0.3  # a diagonal cannot represent the low-rank part: the structure is what helps
 
 
+
+def test_lra_single_pair_updates_reach_optimum():
+    # One pair per update with rank 4 takes the thin-product path for the U/V step norms (2n < rank).
+    d, r = 12, 2
+    g = torch.Generator().manual_seed(0)
+    W, _ = torch.linalg.qr(torch.randn(d, r, generator=g, dtype=DT))
+    H = 2.0 * torch.eye(d, dtype=DT) + W @ torch.diag(torch.tensor([15.0, -1.2], dtype=DT)) @ W.mT
+    pre = LRAPreconditioner(d, 4, dtype=DT, lr=0.1)
+    for _ in range(2000):
+        v = torch.randn(1, d, generator=g, dtype=DT)
+        pre.update(v, v @ H)
+    assert rel_err(pre.to_dense(), inv_sqrtm(H @ H)) < 0.03
+
+
+@pytest.mark.parametrize("n", [1, 2, 8])
+def test_lra_step_norms_match_their_definition(n):
+    from genlib.optim.preconditioners import _sq_norms_through
+
+    g = torch.Generator().manual_seed(n)
+    xa, xb = torch.randn(n, 6, generator=g, dtype=DT), torch.randn(n, 6, generator=g, dtype=DT)
+    f = torch.randn(40, 6, generator=g, dtype=DT)
+    na2, nb2 = _sq_norms_through(xa, xb, f)  # n = 1, 2: thin products; n = 8: the Gram route
+    assert torch.allclose(na2, (xa @ f.mT).square().sum()) and torch.allclose(nb2, (xb @ f.mT).square().sum())
+
 def test_kron_reaches_kronecker_optimum_on_matrix_parameter():
     m, n = 4, 5
     H1 = sym_with_spectrum(torch.tensor([1.0, -2.0, 4.0, 0.5], dtype=DT), 0)
