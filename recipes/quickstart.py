@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=Config.out)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quick", action="store_true", help="smoke config: 500 iterations, L = 100")
+    p.add_argument("--iters", type=int, default=None, help="override the semi-supervised iterations")
+    p.add_argument("--classifier-epochs", type=int, default=None, help="override the downstream epochs")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.n_labeled <= 0 or args.n_labeled % 10:
@@ -130,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(data_dir=args.data_dir, n_labeled=args.n_labeled, seed=args.seed, out=args.out)
     if args.quick:
         cfg.quick()
+    if args.iters is not None:
+        if args.iters < 1:
+            p.error(f"--iters must be a positive integer, got {args.iters}")
+        cfg.train.n_iters = args.iters
+    if args.classifier_epochs is not None:
+        if args.classifier_epochs < 1:
+            p.error(f"--classifier-epochs must be a positive integer, got {args.classifier_epochs}")
+        cfg.classifier_epochs = args.classifier_epochs
     if args.device:
         cfg.device = args.device
     cfg.train.seed, cfg.train.progress = cfg.seed, not args.no_progress

@@ -42,3 +42,33 @@ def test_data_dir_finds_mnist_and_names_what_it_expected(tmp_path):
     x_l, y_l, x_u, x_t, y_t = load_data(Config(data_dir=str(root)))  # finds digits/mnist_4k.npz
     assert x_l.shape[1:] == (1, 28, 28) and len(x_l) == 50 and len(x_t) == 400 and len(x_u) == 3550
     assert torch.bincount(y_l, minlength=10).tolist() == [5] * 10
+
+
+def test_runs_on_svhn_mat_files(tmp_path):
+    # SVHN's official layout (X uint8 (32, 32, 3, N), y (N, 1), 10 for digit 0), filled with real MNIST-4k
+    # digits as RGB so the colour path (Gaussian likelihood on 3x32x32) runs end to end.
+    import numpy as np
+    import pytest
+    import scipy.io
+
+    from genlib.data.images import default_data_root, load_mnist_npz
+
+    path = default_data_root() / "digits" / "mnist_4k.npz"
+    if not path.is_file():
+        pytest.skip("shared MNIST-4k not present")
+    x, y = load_mnist_npz(path)
+    pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:600]  # the file is by class
+    x, y = x[pick], y[pick]
+    img = torch.nn.functional.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1)  # (600, 3, 32, 32)
+    raw = (img * 255).round().to(torch.uint8).permute(2, 3, 1, 0).numpy()  # (32, 32, 3, N)
+    lab = np.where(y.numpy() == 0, 10, y.numpy()).astype(np.uint8)[:, None]
+    data = tmp_path / "svhn"
+    data.mkdir()
+    scipy.io.savemat(data / "train_32x32.mat", {"X": raw[..., :500], "y": lab[:500]})
+    scipy.io.savemat(data / "test_32x32.mat", {"X": raw[..., 500:], "y": lab[500:]})
+    out = tmp_path / "out"
+    assert main(["--quick", "--iters", "30", "--classifier-epochs", "3", "--data-dir", str(data),
+                 "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert all(0.0 <= a <= 1.0 for a in res["downstream_accuracy"].values())
+    assert SyntheticDataset(out / "synthetic.pt").x.shape[1:] == (3, 32, 32)
