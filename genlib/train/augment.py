@@ -256,8 +256,9 @@ def pseudo_label(
     ``(indices, labels, entropy)`` (labels = argmax of ``F(mu(x))``)."""
     check_positive(threshold, "threshold")
     logits = latent_logits(vae, x_unlabeled, batch_size)
-    idx, labels, _ = PseudoLabeler(threshold=threshold).fit_select(logits)
-    return idx, labels, confidence_scores(logits[idx], "h2")
+    labeler = PseudoLabeler(threshold=threshold)  # scores h2 entropy: reuse it for the kept rows
+    idx, labels, _ = labeler.fit_select(logits)
+    return idx, labels, labeler.scores_[idx]
 
 
 def augment_config_from(value: AugmentConfig | dict[str, Any] | None) -> AugmentConfig | None:
