@@ -13,6 +13,10 @@ an ``update_probability`` schedule of 0/1, psgd_torch by setting ``preconditione
 before each step), so a step-time ratio is not skewed by one side drawing more refits (each costs an extra
 double backward) in a short run.
 
+``--curvature whiten`` times gradient whitening instead (pairs ``(v, g)``, no second derivatives): genlib by
+``loss.backward(); opt.step()``, psgd_torch with ``preconditioner_type="whitening"`` (it takes the gradients
+itself inside ``step(closure)``); Dense has no whitening counterpart there and is left out.
+
 Timing: one torch thread; ``--warmup`` steps untimed, then the timed steps in blocks of 10, the optimizers
 taking turns block by block (so load changes on a shared machine hit all alike); the reported step time is
 the median over blocks of the block mean (a block mixes refit and plain steps as the update probability
@@ -82,10 +86,11 @@ def optimizers(
 ) -> dict[str, Callable[[list[nn.Parameter]], object]]:
     """name → factory. Names ``ours:<family>`` / ``ref:<family>`` for the PSGD pairs."""
     lr, mom, plr = args.lr, args.momentum, args.preconditioner_lr
-    common = dict(lr=lr, momentum=mom, preconditioner_lr=plr, curvature="hvp", update_probability=coins,
-                  check_finite=False)
+    whiten = args.curvature == "whiten"
+    common = dict(lr=lr, momentum=mom, preconditioner_lr=plr, curvature=args.curvature,
+                  update_probability=coins, check_finite=False)
     ref = dict(lr_params=lr, momentum=mom, lr_preconditioner=plr, preconditioner_update_probability=0.0,
-               exact_hessian_vector_product=True)
+               exact_hessian_vector_product=True, preconditioner_type="whitening" if whiten else "Newton")
     import psgd_torch as pt  # benchmark-only reference, never imported by genlib
 
     out: dict[str, Callable] = {
@@ -102,7 +107,7 @@ def optimizers(
         "ours:diag": lambda ps: gopt.Diag(ps, **common),
         "ref:diag": lambda ps: pt.LRA(ps, rank_of_approximation=0, **ref),
     }
-    if model == "tiny":  # dim² memory: only the tiny model
+    if model == "tiny" and not whiten:  # dim² memory: only the tiny model (Newton only in psgd_torch)
         out["ours:dense"] = lambda ps: gopt.Dense(ps, **common)
         out["ref:dense"] = lambda ps: pt.Newton(ps, **ref)
     return out
@@ -122,7 +127,7 @@ def run_all(
         model, opt, _ = runs[name]
         for i in range(start, start + n):
             x, y = batches[i % len(batches)]
-            if name in ("sgd", "adam"):
+            if name in ("sgd", "adam") or (name.startswith("ours:") and args.curvature == "whiten"):
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(x), y).backward()
                 opt.step()
@@ -195,6 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--adam-lr", type=float, default=1e-3)
     ap.add_argument("--only", nargs="+", help="subset of optimizer names (e.g. sgd ours:kron ref:kron)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--curvature", choices=["hvp", "whiten"], default="hvp",
+                    help="hvp: exact Hessian-vector products (psgd_torch 'Newton'); whiten: gradient "
+                    "whitening, plain backward() + step() (psgd_torch 'whitening', which takes gradients "
+                    "in its step from the closure)")
     ap.add_argument("--dense-fit", action="store_true",
                     help="only time one dense refit (d = 1930, one pair): genlib vs psgd_torch, then exit")
     args = ap.parse_args(argv)
@@ -213,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     batches = [(x_all[perm[i : i + args.batch_size]], y_all[perm[i : i + args.batch_size]])
                for i in range(0, len(x_all) - args.batch_size + 1, args.batch_size)]
     print(f"torch {torch.__version__}, 1 thread, {args.steps} timed steps after {args.warmup} warm-up, "
-          f"update probability {args.update_probability}, curvature hvp")
+          f"update probability {args.update_probability}, curvature {args.curvature}")
     results: dict = {}
     coins = SharedCoins(args.warmup + args.steps, args.update_probability, args.seed)
     n_refits = int(sum(coins.coins[args.warmup :]))
