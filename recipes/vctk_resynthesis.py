@@ -206,16 +206,29 @@ def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be 'psgd-lra' or 'adam', got {cfg.optimizer!r}")
 
 
+def _diverged(cfg: Config, epoch: int, what: str) -> RuntimeError:
+    lr = cfg.lr if cfg.optimizer == "adam" else cfg.psgd_lr
+    return RuntimeError(
+        f"training diverged in epoch {epoch} ({what}) with --optimizer {cfg.optimizer} --lr {lr:g}: "
+        "lower --lr (Adam at 1e-3 diverged on VCTK + LibriSpeech frames; 5e-4 did not)"
+    )
+
+
 def train(cfg: Config, vae: VAE, data: torch.Tensor, batch_size: int) -> list[float]:
     """Minibatch ELBO training on ``(N, F)`` frames or ``(N, F, T)`` windows; mean loss per epoch."""
     opt = make_optimizer(cfg, vae.parameters())
     losses = []
     vae.train()
-    for _ in tqdm(range(cfg.epochs), desc="epochs", leave=False):
+    for epoch in tqdm(range(1, cfg.epochs + 1), desc="epochs", leave=False):
         perm = torch.randperm(len(data), device=data.device)
         total = 0.0
         for idx in perm.split(batch_size):
-            loss = vae.elbo(data[idx]).loss
+            try:  # the likelihood refuses NaN / Inf decoder outputs: the weights have blown up
+                loss = vae.elbo(data[idx]).loss
+            except ValueError as err:
+                raise _diverged(cfg, epoch, str(err)) from err
+            if not torch.isfinite(loss):
+                raise _diverged(cfg, epoch, f"loss {float(loss)}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -329,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the chosen optimizer")
     parser.add_argument("--n-test-utterances", type=int, default=None, help="per test speaker")
+    parser.add_argument(
+        "--max-librispeech-utterances", type=int, default=None,
+        help=f"LibriSpeech training utterances (random subset; default {Config.max_librispeech_utterances})",
+    )
     parser.add_argument("--no-fad", action="store_true", help="skip the Resemblyzer FAD columns")
     parser.add_argument("--out", default=Config.out)
     parser.add_argument("--seed", type=int, default=Config.seed)
@@ -339,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         for k, v in QUICK.items():
             setattr(cfg, k, v)
-    for name in ("latent_dim", "epochs", "every", "n_test_utterances"):
+    for name in ("latent_dim", "epochs", "every", "n_test_utterances", "max_librispeech_utterances"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -366,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--lr must be > 0, got {args.lr}")
         cfg.lr = cfg.psgd_lr = args.lr
     for name in ("corpus", "optimizer", "data_dir", "librispeech_dir", "latent_dim", "epochs", "every",
-                 "n_test_utterances", "device"):  # fmt: skip
+                 "n_test_utterances", "max_librispeech_utterances", "device"):  # fmt: skip
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     cfg.fad = cfg.fad and not args.no_fad

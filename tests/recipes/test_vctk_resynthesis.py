@@ -99,7 +99,8 @@ def test_learned_von_mises_phase_beats_random_phase(utterances):
 def test_row_selection_and_bad_arguments():
     assert vr.QUICK["rows"] == ("gamma-fc", "is-fc")
     assert {r for r, spec in vr.ROWS.items() if spec.von_mises} == {"lognormal-vm-fc", "gamma-vm-fc"}
-    bad_args = (["--epochs", "0"], ["--latent-dim", "0"], ["--rows", "gamma-fc,bogus"], ["--hidden", "a,b"])
+    bad_args = (["--epochs", "0"], ["--latent-dim", "0"], ["--rows", "gamma-fc,bogus"], ["--hidden", "a,b"],
+                ["--max-librispeech-utterances", "0"])
     for bad in (*bad_args, ["--beta", "-1"], ["--lr", "0"]):
         with pytest.raises(SystemExit):
             vr.main(bad)
@@ -123,3 +124,15 @@ def test_librispeech_corpora_keep_test_speakers_out_of_training():
         )
     with pytest.raises(ValueError, match="corpus"):
         vr.load_corpus(vr.Config(corpus="timit"))
+
+
+def test_divergence_stops_with_a_message_naming_the_learning_rate(utterances):
+    # an absurd learning rate blows the weights up within a few steps; the run must stop with advice,
+    # not with a NaN check deep inside the likelihood
+    train_waves, _ = utterances
+    cfg = vr.Config(latent_dim=8, hidden=(64,), epochs=5, optimizer="adam", lr=1e4, device="cpu")
+    frames = stft(train_waves[0])[:, ::4].T.contiguous()
+    torch.manual_seed(0)
+    vae = vr.build_vae(cfg, vr.ROWS["gamma-fc"], frames.shape[1])
+    with pytest.raises(RuntimeError, match=r"training diverged in epoch \d+ .*--lr 10000: lower --lr"):
+        vr.train(cfg, vae, frames, batch_size=32)
