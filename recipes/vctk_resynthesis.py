@@ -16,8 +16,10 @@ windows of ``window_frames`` frames; optimizer PSGD-LRA (gradient-whitening curv
 decoded (posterior mean), and the decoded magnitude (``magnitude_mean``) is turned back into a waveform with
 three phases: the ground-truth phase (GT), Griffin-Lim (GL, torchaudio) and, for von Mises rows, the learned
 phase location (vM; random phase is the reference it must beat). Reported per row and phase: PESQ wideband
-(P.862.2) and narrowband (P.862), STOI / ESTOI, log-spectral distance, and FAD under the offline Resemblyzer
-speaker embedding -- that FAD is NOT comparable to the VGGish FAD of the literature; compare rows only.
+(P.862.2) and narrowband (P.862), STOI / ESTOI, log-spectral distance, and FAD: under VGGish when
+``--vggish-checkpoint`` points at a local state dict (comparable to published FAD), otherwise under the
+offline Resemblyzer speaker embedding -- that FAD is NOT comparable to the VGGish FAD of the literature;
+compare rows only.
 
 Writes ``results.json``, ``spectrograms.png`` (ground truth vs each row), ``precision_<row>.png`` (Fig. 6.3:
 the magnitude precision E[r]^2 / Var r of every Gamma / log-normal decoder) and ``loss_curves.png``.
@@ -58,7 +60,17 @@ from genlib.data.speech import (
 )
 from genlib.data.stft import HOP_LENGTH, reconstruct, stft
 from genlib.likelihoods import Gamma, GammaVonMises, ItakuraSaito, LogNormalVonMises
-from genlib.metrics import ResemblyzerEmbedding, UndefinedMetricWarning, embed_waves, fad, lsd, pesq, stoi
+from genlib.metrics import (
+    Embedding,
+    ResemblyzerEmbedding,
+    UndefinedMetricWarning,
+    VGGishEmbedding,
+    embed_waves,
+    fad,
+    lsd,
+    pesq,
+    stoi,
+)
 from genlib.models import VAE
 from genlib.nn import Conv1dFrameDecoder, Conv1dFrameEncoder, LogPowerFeatures, MLPDecoder, MLPEncoder
 from genlib.optim import LRA, ExponentialDecaySchedule
@@ -122,6 +134,7 @@ class Config:
     griffin_lim_iters: int = 64
     fad: bool = True
     fad_rate: float = 2.0  # Resemblyzer partials (1.6 s windows) per second of audio
+    vggish_checkpoint: str | None = None  # a local VGGish state dict: FAD comparable to the literature's
     seed: int = 0
     out: str = "runs/vctk_resynthesis"
     device: str = field(default_factory=lambda: str(default_device()))
@@ -306,7 +319,7 @@ def speech_metrics(ref: torch.Tensor, deg: torch.Tensor) -> dict[str, float]:
 
 
 def evaluate(
-    cfg: Config, waves: list[torch.Tensor], decoded: list[dict], embed: ResemblyzerEmbedding | None, real_emb
+    cfg: Config, waves: list[torch.Tensor], decoded: list[dict], embed: Embedding | None, real_emb
 ) -> dict[str, float]:
     """Metrics averaged over the test utterances (NaN-aware), keyed ``<metric>_<phase>_phase``; FAD per phase
     over all utterances when ``embed`` is given."""
@@ -322,6 +335,16 @@ def evaluate(
         if embed is not None:
             out[f"fad_{phase}_phase"] = fad(real_emb, embed_waves(ys, embed, sr=SR))
     return out
+
+
+def fad_embedding(cfg: Config, device: torch.device) -> tuple[Embedding | None, str]:
+    """The FAD embedding and its name: VGGish from ``cfg.vggish_checkpoint`` when given (loaded before any
+    training, so a wrong path fails at once), else Resemblyzer; ``(None, "none")`` without FAD."""
+    if not cfg.fad:
+        return None, "none"
+    if cfg.vggish_checkpoint is not None:
+        return VGGishEmbedding(cfg.vggish_checkpoint, device=device), "vggish"
+    return ResemblyzerEmbedding(device=device, rate=cfg.fad_rate), "resemblyzer"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,7 +369,12 @@ def main(argv: list[str] | None = None) -> int:
         "--max-librispeech-utterances", type=int, default=None,
         help=f"LibriSpeech training utterances (random subset; default {Config.max_librispeech_utterances})",
     )
-    parser.add_argument("--no-fad", action="store_true", help="skip the Resemblyzer FAD columns")
+    parser.add_argument("--no-fad", action="store_true", help="skip the FAD columns")
+    parser.add_argument(
+        "--vggish-checkpoint", default=None,
+        help="local VGGish state dict (torchaudio's vggish.pt or torchvggish's vggish-10086976.pth): FAD "
+        "under VGGish, comparable to published FAD; default: Resemblyzer (offline, not comparable)",
+    )
     parser.add_argument("--out", default=Config.out)
     parser.add_argument("--seed", type=int, default=Config.seed)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -387,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     cfg.fad = cfg.fad and not args.no_fad
+    cfg.vggish_checkpoint = args.vggish_checkpoint
     device = torch.device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -410,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{0 if windows is None else len(windows)} windows of {cfg.window_frames} for conv rows); "
         f"{len(waves)} test utterances; latent {cfg.latent_dim}; optimizer {cfg.optimizer}; device {device}"
     )
-    embed = ResemblyzerEmbedding(device=device, rate=cfg.fad_rate) if cfg.fad else None
+    embed, embed_name = fad_embedding(cfg, device)
     real_emb = embed_waves(waves, embed, sr=SR) if embed is not None else None
 
     # reference rows: the ground-truth magnitude itself, with GT phase (PESQ's ceiling) and Griffin-Lim phase
@@ -449,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         v = r.get(key)
         return f"{'-':>{width}}" if v is None or not math.isfinite(v) else f"{v:>{width}.{prec}f}"
 
-    print(f"\nheld-out speakers, {len(waves)} utterances; FAD: Resemblyzer, NOT comparable to VGGish FAD")
+    fad_note = {"vggish": "VGGish (comparable to published FAD)", "none": "not computed",
+                "resemblyzer": "Resemblyzer, NOT comparable to VGGish FAD"}[embed_name]  # fmt: skip
+    print(f"\nheld-out speakers, {len(waves)} utterances; FAD: {fad_note}")
     cols = [("PESQwb GT", "pesq_wb_gt_phase", 2), ("PESQwb GL", "pesq_wb_gl_phase", 2),
             ("PESQwb vM", "pesq_wb_vm_phase", 2), ("PESQnb GT", "pesq_nb_gt_phase", 2),
             ("STOI GT", "stoi_gt_phase", 3), ("LSD GT", "lsd_db_gt_phase", 2),
@@ -461,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     save_spectrograms(spectra, out / "spectrograms.png", sr=SR, hop=HOP_LENGTH)
     curves["epoch"] = list(range(1, cfg.epochs + 1))
     save_loss_curves(curves, out / "loss_curves.png")
-    payload = {"config": asdict(cfg), "reference": reference, "results": results}
+    payload = {"config": asdict(cfg), "fad_embedding": embed_name, "reference": reference, "results": results}
     (out / "results.json").write_text(json.dumps(payload, indent=2))
     print(f"\nsaved {out / 'results.json'}, spectrograms.png, precision_<row>.png, loss_curves.png")
     return 0

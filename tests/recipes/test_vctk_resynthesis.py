@@ -136,3 +136,26 @@ def test_divergence_stops_with_a_message_naming_the_learning_rate(utterances):
     vae = vr.build_vae(cfg, vr.ROWS["gamma-fc"], frames.shape[1])
     with pytest.raises(RuntimeError, match=r"training diverged in epoch \d+ .*--lr 10000: lower --lr"):
         vr.train(cfg, vae, frames, batch_size=32)
+
+
+def test_vggish_checkpoint_switches_the_fad_embedding(tmp_path):
+    from genlib.metrics import VGGish
+
+    # a missing checkpoint fails before any training, naming the path
+    missing = tmp_path / "nowhere" / "vggish.pt"
+    with pytest.raises(FileNotFoundError, match="VGGish checkpoint not found"):
+        vr.main(["--quick", "--vggish-checkpoint", str(missing), "--data-dir", str(VCTK),
+                 "--out", str(tmp_path)])  # fmt: skip
+    assert not (tmp_path / "results.json").exists()
+    # a real-format state dict (random weights: the network, not the numbers, is under test)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "vggish.pt"
+    torch.save(VGGish().state_dict(), ckpt)
+    args = ["--quick", "--rows", "gamma-fc", "--epochs", "2", "--n-test-utterances", "1", "--device", "cpu"]
+    rc = vr.main([*args, "--vggish-checkpoint", str(ckpt), "--data-dir", str(VCTK), "--out", str(tmp_path)])
+    assert rc == 0
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["fad_embedding"] == "vggish" and payload["config"]["vggish_checkpoint"] == str(ckpt)
+    ref, row = payload["reference"], payload["results"]["gamma-fc"]
+    assert ref["fad_gt_phase"] < 1e-6  # the real speech against itself
+    assert math.isfinite(row["fad_gt_phase"]) and row["fad_gt_phase"] > ref["fad_gt_phase"]
