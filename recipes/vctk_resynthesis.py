@@ -483,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nheld-out speakers, {len(waves)} utterances; FAD: {fad_note}")
     cols = [("PESQwb GT", "pesq_wb_gt_phase", 2), ("PESQwb GL", "pesq_wb_gl_phase", 2),
             ("PESQwb vM", "pesq_wb_vm_phase", 2), ("PESQnb GT", "pesq_nb_gt_phase", 2),
-            ("STOI GT", "stoi_gt_phase", 3), ("LSD GT", "lsd_db_gt_phase", 2),
+            ("STOI GT", "stoi_gt_phase", 3), ("ESTOI GT", "estoi_gt_phase", 3),
+            ("LSD GT", "lsd_db_gt_phase", 2),
             ("FAD GT", "fad_gt_phase", 4), ("FAD GL", "fad_gl_phase", 4), ("FAD vM", "fad_vm_phase", 4),
             ("ELBO/frame", "test_elbo_per_frame", 1), ("active z", "active_latents", 0)]  # fmt: skip
     print(f"{'row':<22}" + "".join(f"{c:>11}" for c, _, _ in cols))
