@@ -195,6 +195,7 @@ class PSGD(torch.optim.Optimizer):
         self.check_finite = bool(check_finite)
         self.group_init = type(self).group_init  # Diag / Kron take it as a keyword
         self._preconds: list[list[Preconditioner]] = []
+        self._flat_momenta: dict[int, torch.Tensor] = {}  # flattened groups: momentum as one tensor
         self._step_count_psgd = 0
         self._coin_gen = torch.Generator().manual_seed(seed)
         self._gens: dict[str, torch.Generator] = {}
@@ -578,6 +579,37 @@ class PSGD(torch.optim.Optimizer):
         for pc, v, h in pairs:
             pc._update(v.unsqueeze(0), h.unsqueeze(0))
 
+    def _flat_momentum(
+        self, gi: int, params: list[torch.Tensor], gs: list[torch.Tensor], beta: float
+    ) -> torch.Tensor | None:
+        """Momentum of a flattened group (every tensor has a gradient) kept as one flat tensor, updated by two
+        ops instead of two per tensor plus a concatenation. The per-tensor ``momentum_buffer`` states are
+        views of it, so ``state_dict()`` holds the usual buffers; after ``load_state_dict`` (or a copy) they
+        are gathered into a new flat tensor once. ``None`` (use per-tensor buffers) when the tensors differ
+        in dtype or device, or only some of them have a buffer yet."""
+        if len({(p.dtype, p.device) for p in params}) != 1:
+            return None
+        states = [self.state[p] for p in params]
+        bufs = [st.get("momentum_buffer") for st in states]
+        flats = self.__dict__.setdefault("_flat_momenta", {})  # absent in optimizers pickled before it
+        flat = flats.get(gi)
+        fresh = all(b is None for b in bufs)
+        if not fresh and (flat is None or not all(b is not None and b._base is flat for b in bufs)):
+            if any(b is None for b in bufs):
+                return None
+            flat = torch.cat([b.reshape(-1) for b in bufs])  # bufs from a checkpoint or a copy: relink
+            fresh = None
+        g = torch.cat([x.reshape(-1) for x in gs])
+        if fresh:
+            flat = (1.0 - beta) * g
+        else:
+            flat.mul_(beta).add_(g, alpha=1.0 - beta)
+        if fresh is not False:  # new or relinked: point the per-tensor states at views of the flat tensor
+            flats[gi] = flat
+            for p, st, view in zip(params, states, flat.split([p.numel() for p in params])):
+                st["momentum_buffer"] = view.view_as(p)
+        return flat
+
     def _apply(self, group: dict[str, Any], gi: int, gs: list[torch.Tensor | None]) -> None:
         """Momentum, preconditioning, clipping, weight decay and the update for one group."""
         lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
@@ -585,7 +617,10 @@ class PSGD(torch.optim.Optimizer):
         live = [i for i, g in enumerate(gs) if g is not None]  # tensors without a gradient are not updated
         ps = [group["params"][i] for i in live]
         ms = [gs[i] for i in live]
-        if beta > 0:
+        flat_m = None
+        if beta > 0 and self.flatten and len(live) == len(group["params"]):
+            flat_m = self._flat_momentum(gi, group["params"], ms, beta)
+        if beta > 0 and flat_m is None:
             bufs, old, new = [], [], []
             for p, g in zip(ps, ms):
                 st = self.state[p]
@@ -604,7 +639,9 @@ class PSGD(torch.optim.Optimizer):
         # the preconditioners without re-validating every step.
         if self.flatten:
             allp = group["params"]
-            if len(live) == len(allp):
+            if flat_m is not None:
+                x = flat_m
+            elif len(live) == len(allp):
                 x = torch.cat([m.reshape(-1) for m in ms])
             else:
                 full = dict(zip(live, ms))
@@ -635,12 +672,13 @@ class PSGD(torch.optim.Optimizer):
         "_step_count_psgd",
         "_coin_gen",
         "_gens",
+        "_flat_momenta",
     )
 
     def __getstate__(self) -> dict[str, Any]:
         # torch's Optimizer pickles only defaults/state/param_groups; keep PSGD's own fields too.
         state = super().__getstate__()
-        state.update({k: self.__dict__[k] for k in self._PICKLED})
+        state.update({k: self.__dict__[k] for k in self._PICKLED if k in self.__dict__})
         return state
 
     @property

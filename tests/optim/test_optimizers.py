@@ -3,6 +3,7 @@ argument validation, and the small contracts (groups, clipping, weight decay, dt
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import pickle
@@ -120,6 +121,7 @@ RESUME_CONFIGS = {
         p, lr=0.2, rank=3, curvature="finite_diff", update_probability=0.6
     ),
     "dense-whiten": lambda p: Dense(p, lr=0.05, momentum=0.9, update_probability=0.5),
+    "lra-whiten-momentum": lambda p: LRA(p, lr=0.05, rank=2, momentum=0.9, update_probability=0.5),
     "xmat-whiten": lambda p: XMat(p, lr=0.05, update_probability=0.5),
     "diag-hvp": lambda p: Diag(p, lr=0.2, curvature="hvp", update_probability=0.5),
 }
@@ -439,3 +441,37 @@ def test_step_hooks_and_profiler_range_still_work():
     opt.step()
     sched.step()
     assert math.isclose(opt.param_groups[0]["lr"], 0.05)
+
+
+def test_flat_momentum_matches_per_tensor_momentum_and_survives_copies():
+    # A flattened group keeps its momentum as one tensor whose views are the per-tensor states: the values
+    # must equal the plain per-tensor EMA, a deepcopy must continue exactly like the original, and a step
+    # where one tensor has no gradient falls back to per-tensor buffers without losing the others.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
+    X, Y = torch.randn(16, 4), torch.randn(16, 2)
+    opt = LRA(model.parameters(), lr=0.05, rank=2, momentum=0.9, update_probability=0.3)
+    ema = [torch.zeros_like(p) for p in model.parameters()]
+
+    def step(o, m, frozen=None):
+        o.zero_grad()
+        (m(X) - Y).square().mean().backward()
+        if frozen is not None:
+            list(m.parameters())[frozen].grad = None
+        grads = [None if p.grad is None else p.grad.clone() for p in m.parameters()]
+        o.step()
+        return grads
+
+    for t in range(6):
+        grads = step(opt, model, frozen=3 if t == 3 else None)
+        for e, g in zip(ema, grads):
+            if g is not None:
+                e.copy_(g * 0.1 if t == 0 else e * 0.9 + g * 0.1)
+    for p, e in zip(model.parameters(), ema):
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], e, rtol=1e-6, atol=1e-7)
+    twin_model, twin = copy.deepcopy((model, opt))  # one memo: the copy's states key the copy's params
+    for _ in range(4):
+        step(opt, model)
+        step(twin, twin_model)
+    for p, q in zip(model.parameters(), twin_model.parameters()):
+        assert torch.equal(p, q)
