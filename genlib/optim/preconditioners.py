@@ -61,6 +61,10 @@ def _tiny(dtype: torch.dtype) -> float:
 
 def _safe_norm(x: torch.Tensor) -> torch.Tensor:
     """‖x‖₂ without squaring tiny or huge entries out of range (scaled by max |x|)."""
+    if x.device.type == "cpu":  # plain norm when it is safely in range (a sync costs nothing on CPU)
+        n = torch.linalg.vector_norm(x)
+        if 1e-15 <= float(n) <= 1e15:  # squares neither overflowed nor lost a relevant tiny entry
+            return n
     m = x.abs().amax()
     m_safe = torch.where(m > 0, m, torch.ones_like(m))
     return m * torch.linalg.vector_norm(x / m_safe)
