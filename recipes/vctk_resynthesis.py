@@ -23,6 +23,9 @@ compare rows only.
 
 Writes ``results.json``, ``spectrograms.png`` (ground truth vs each row), ``precision_<row>.png`` (Fig. 6.3:
 the magnitude precision E[r]^2 / Var r of every Gamma / log-normal decoder) and ``loss_curves.png``.
+Training saves ``train_<row>.pt`` atomically every ``checkpoint_every`` epochs; rerunning with the same
+``--out`` continues each row from it (settings must match), so a long run that stops or diverges loses
+at most that many epochs (``--grad-clip`` guards Adam against the divergence it showed on long runs).
 
     python -m recipes.vctk_resynthesis --quick                    # Gamma FC vs IS FC, a few CPU minutes
     python -m recipes.vctk_resynthesis --rows all                 # every row (meant for a GPU)
@@ -74,7 +77,7 @@ from genlib.metrics import (
 from genlib.models import VAE
 from genlib.nn import Conv1dFrameDecoder, Conv1dFrameEncoder, LogPowerFeatures, MLPDecoder, MLPEncoder
 from genlib.optim import LRA, ExponentialDecaySchedule
-from genlib.utils import default_device, seed_everything
+from genlib.utils import atomic_save, default_device, seed_everything
 from genlib.viz import save_loss_curves, save_precision_map, save_spectrograms
 
 SR = 16000
@@ -130,6 +133,8 @@ class Config:
     lr: float = 1e-3  # Adam
     psgd_lr: float = 1e-4  # PSGD-LRA: lr 1e-3 diverged (NaN) within 3 epochs on VCTK frames
     optimizer: str = "psgd-lra"  # or "adam"
+    grad_clip: float | None = None  # max gradient norm (None: off); see benchmarks/vctk_resynthesis.md
+    checkpoint_every: int = 10  # epochs between atomic training checkpoints (out/train_<row>.pt)
     n_test_utterances: int = 10  # per test speaker
     griffin_lim_iters: int = 64
     fad: bool = True
@@ -219,34 +224,77 @@ def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be 'psgd-lra' or 'adam', got {cfg.optimizer!r}")
 
 
-def _diverged(cfg: Config, epoch: int, what: str) -> RuntimeError:
+def _diverged(cfg: Config, epoch: int, what: str, checkpoint: Path | None) -> RuntimeError:
     lr = cfg.lr if cfg.optimizer == "adam" else cfg.psgd_lr
+    resume = (
+        f"; {checkpoint} holds the last saved epoch: rerun with the same --out to continue from it"
+        if checkpoint is not None and checkpoint.is_file()
+        else ""
+    )
     return RuntimeError(
-        f"training diverged in epoch {epoch} ({what}) with --optimizer {cfg.optimizer} --lr {lr:g}: "
-        "lower --lr (Adam at 1e-3 diverged on VCTK + LibriSpeech frames; 5e-4 did not)"
+        f"training diverged in epoch {epoch} ({what}) with --optimizer {cfg.optimizer} --lr {lr:g}, "
+        f"--grad-clip {cfg.grad_clip}: lower --lr or set --grad-clip{resume}"
     )
 
 
-def train(cfg: Config, vae: VAE, data: torch.Tensor, batch_size: int) -> list[float]:
-    """Minibatch ELBO training on ``(N, F)`` frames or ``(N, F, T)`` windows; mean loss per epoch."""
+def _training_setup(cfg: Config) -> dict:
+    """The settings a training checkpoint must match to be continued (not epochs, outputs or metrics)."""
+    skip = {"epochs", "out", "n_test_utterances", "griffin_lim_iters", "fad", "fad_rate", "vggish_checkpoint",
+            "device", "checkpoint_every", "rows"}  # fmt: skip
+    return {k: v for k, v in asdict(cfg).items() if k not in skip}
+
+
+def train(
+    cfg: Config, vae: VAE, data: torch.Tensor, batch_size: int, checkpoint: Path | None = None
+) -> list[float]:
+    """Minibatch ELBO training on ``(N, F)`` frames or ``(N, F, T)`` windows; mean loss per epoch.
+
+    With ``checkpoint``, the model, optimizer, losses and RNG state are saved there atomically every
+    ``cfg.checkpoint_every`` epochs and at the end, and a run that finds the file continues from it (a
+    finished one returns at once): an interrupted or diverged run loses at most that many epochs.
+    """
     opt = make_optimizer(cfg, vae.parameters())
-    losses = []
+    losses: list[float] = []
+    setup = _training_setup(cfg)
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=next(vae.parameters()).device, weights_only=False)
+        changed = {k: (v, setup.get(k)) for k, v in state["setup"].items() if setup.get(k) != v}
+        if changed:
+            raise ValueError(
+                f"{checkpoint} was trained with other settings (saved, now): {changed}; "
+                "use another --out, or delete the file to start over"
+            )
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["optimizer"])
+        losses = list(state["losses"])
+        torch.set_rng_state(state["rng"])
+        if len(losses) > cfg.epochs:
+            raise ValueError(
+                f"{checkpoint} holds {len(losses)} epochs, more than --epochs {cfg.epochs}: "
+                "raise --epochs or use another --out"
+            )
     vae.train()
-    for epoch in tqdm(range(1, cfg.epochs + 1), desc="epochs", leave=False):
+    for epoch in tqdm(range(len(losses) + 1, cfg.epochs + 1), desc="epochs", leave=False):
         perm = torch.randperm(len(data), device=data.device)
         total = 0.0
         for idx in perm.split(batch_size):
             try:  # the likelihood refuses NaN / Inf decoder outputs: the weights have blown up
                 loss = vae.elbo(data[idx]).loss
             except ValueError as err:
-                raise _diverged(cfg, epoch, str(err)) from err
+                raise _diverged(cfg, epoch, str(err), checkpoint) from err
             if not torch.isfinite(loss):
-                raise _diverged(cfg, epoch, f"loss {float(loss)}")
+                raise _diverged(cfg, epoch, f"loss {float(loss)}", checkpoint)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
             opt.step()
             total += loss.item()
         losses.append(total / math.ceil(len(data) / batch_size))
+        if checkpoint is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
+            state = {"vae": vae.state_dict(), "optimizer": opt.state_dict(), "losses": losses,
+                     "rng": torch.get_rng_state(), "setup": setup}  # fmt: skip
+            atomic_save(state, checkpoint)
     vae.eval()
     return losses
 
@@ -364,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         "--optimizer", choices=("psgd-lra", "adam"), default=None, help="default psgd-lra (adam with --quick)"
     )
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the chosen optimizer")
+    parser.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: off)")
     parser.add_argument("--n-test-utterances", type=int, default=None, help="per test speaker")
     parser.add_argument(
         "--max-librispeech-utterances", type=int, default=None,
@@ -406,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.beta >= 0:
             parser.error(f"--beta must be >= 0, got {args.beta}")
         cfg.beta = args.beta
+    if args.grad_clip is not None:
+        if not args.grad_clip > 0:
+            parser.error(f"--grad-clip must be > 0, got {args.grad_clip}")
+        cfg.grad_clip = args.grad_clip
     if args.lr is not None:
         if not args.lr > 0:
             parser.error(f"--lr must be > 0, got {args.lr}")
@@ -451,9 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         untrained = elbo_per_frame(vae, row, specs)
         start = time.perf_counter()
         if row.net == "fc":
-            curves[name] = train(cfg, vae, frames, cfg.batch_size)
+            curves[name] = train(cfg, vae, frames, cfg.batch_size, out / f"train_{name}.pt")
         else:
-            curves[name] = train(cfg, vae, windows, cfg.window_batch_size)
+            curves[name] = train(cfg, vae, windows, cfg.window_batch_size, out / f"train_{name}.pt")
         seconds = time.perf_counter() - start
         decoded = [decode_utterance(vae, row, s) for s in specs]
         results[name] = {

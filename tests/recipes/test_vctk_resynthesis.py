@@ -101,7 +101,7 @@ def test_row_selection_and_bad_arguments():
     assert {r for r, spec in vr.ROWS.items() if spec.von_mises} == {"lognormal-vm-fc", "gamma-vm-fc"}
     bad_args = (["--epochs", "0"], ["--latent-dim", "0"], ["--rows", "gamma-fc,bogus"], ["--hidden", "a,b"],
                 ["--max-librispeech-utterances", "0"])
-    for bad in (*bad_args, ["--beta", "-1"], ["--lr", "0"]):
+    for bad in (*bad_args, ["--beta", "-1"], ["--lr", "0"], ["--grad-clip", "0"]):
         with pytest.raises(SystemExit):
             vr.main(bad)
 
@@ -134,8 +134,37 @@ def test_divergence_stops_with_a_message_naming_the_learning_rate(utterances):
     frames = stft(train_waves[0])[:, ::4].T.contiguous()
     torch.manual_seed(0)
     vae = vr.build_vae(cfg, vr.ROWS["gamma-fc"], frames.shape[1])
-    with pytest.raises(RuntimeError, match=r"training diverged in epoch \d+ .*--lr 10000: lower --lr"):
+    diverged = r"training diverged in epoch \d+ .*--lr 10000, --grad-clip None: lower"
+    with pytest.raises(RuntimeError, match=diverged):
         vr.train(cfg, vae, frames, batch_size=32)
+
+
+def test_training_resumes_from_its_checkpoint_bit_exactly(utterances, tmp_path):
+    train_waves, _ = utterances
+    frames = stft(train_waves[0])[:, ::4].T.contiguous()
+
+    def run(epochs, checkpoint=None):
+        cfg = vr.Config(latent_dim=8, hidden=(64,), epochs=epochs, optimizer="adam", lr=1e-3, device="cpu",
+                        grad_clip=50.0, checkpoint_every=1)  # fmt: skip
+        torch.manual_seed(0)
+        vae = vr.build_vae(cfg, vr.ROWS["gamma-fc"], frames.shape[1])
+        return vr.train(cfg, vae, frames, batch_size=32, checkpoint=checkpoint), vae
+
+    full, vae_full = run(4)
+    ckpt = tmp_path / "train_gamma-fc.pt"
+    first, _ = run(2, ckpt)  # "interrupted" after two epochs
+    assert first == full[:2] and ckpt.is_file()
+    resumed, vae_resumed = run(4, ckpt)  # a fresh process would rebuild the model the same way
+    assert resumed == full
+    for a, b in zip(vae_full.parameters(), vae_resumed.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="more than --epochs 3"):
+        run(3, ckpt)
+    # a checkpoint from other settings is refused by name, not loaded into a mismatched model
+    cfg = vr.Config(latent_dim=8, hidden=(64,), epochs=5, optimizer="adam", lr=3e-4, device="cpu")
+    vae = vr.build_vae(cfg, vr.ROWS["gamma-fc"], frames.shape[1])
+    with pytest.raises(ValueError, match=r"other settings .*'lr': \(0.001, 0.0003\)"):
+        vr.train(cfg, vae, frames, batch_size=32, checkpoint=ckpt)
 
 
 def test_vggish_checkpoint_switches_the_fad_embedding(tmp_path):
