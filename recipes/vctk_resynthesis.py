@@ -23,9 +23,10 @@ compare rows only.
 
 Writes ``results.json``, ``spectrograms.png`` (ground truth vs each row), ``precision_<row>.png`` (Fig. 6.3:
 the magnitude precision E[r]^2 / Var r of every Gamma / log-normal decoder) and ``loss_curves.png``.
-Training saves ``train_<row>.pt`` atomically every ``checkpoint_every`` epochs; rerunning with the same
-``--out`` continues each row from it (settings must match), so a long run that stops or diverges loses
-at most that many epochs (``--grad-clip`` guards Adam against the divergence it showed on long runs).
+Training saves ``train_<row>_<epoch>.pt`` atomically every ``checkpoint_every`` epochs; rerunning with the
+same ``--out`` continues each row from the newest one (settings must match), so a long run that stops or
+diverges loses at most that many epochs (``--grad-clip`` guards Adam against the divergence it showed on
+long runs).
 
     python -m recipes.vctk_resynthesis --quick                    # Gamma FC vs IS FC, a few CPU minutes
     python -m recipes.vctk_resynthesis --rows all                 # every row (meant for a GPU)
@@ -77,7 +78,8 @@ from genlib.metrics import (
 from genlib.models import VAE
 from genlib.nn import Conv1dFrameDecoder, Conv1dFrameEncoder, LogPowerFeatures, MLPDecoder, MLPEncoder
 from genlib.optim import LRA, ExponentialDecaySchedule
-from genlib.utils import atomic_save, default_device, seed_everything
+from genlib.train import Checkpointer
+from genlib.utils import default_device, load_checkpoint, seed_everything
 from genlib.viz import save_loss_curves, save_precision_map, save_spectrograms
 
 SR = 16000
@@ -134,7 +136,7 @@ class Config:
     psgd_lr: float = 1e-4  # PSGD-LRA: lr 1e-3 diverged (NaN) within 3 epochs on VCTK frames
     optimizer: str = "psgd-lra"  # or "adam"
     grad_clip: float | None = None  # max gradient norm (None: off); see benchmarks/vctk_resynthesis.md
-    checkpoint_every: int = 10  # epochs between atomic training checkpoints (out/train_<row>.pt)
+    checkpoint_every: int = 10  # epochs between atomic training checkpoints (out/train_<row>_<epoch>.pt)
     n_test_utterances: int = 10  # per test speaker
     griffin_lim_iters: int = 64
     fad: bool = True
@@ -224,13 +226,10 @@ def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be 'psgd-lra' or 'adam', got {cfg.optimizer!r}")
 
 
-def _diverged(cfg: Config, epoch: int, what: str, checkpoint: Path | None) -> RuntimeError:
+def _diverged(cfg: Config, epoch: int, what: str, checkpoints: Checkpointer | None) -> RuntimeError:
     lr = cfg.lr if cfg.optimizer == "adam" else cfg.psgd_lr
-    resume = (
-        f"; {checkpoint} holds the last saved epoch: rerun with the same --out to continue from it"
-        if checkpoint is not None and checkpoint.is_file()
-        else ""
-    )
+    latest = checkpoints.latest() if checkpoints is not None else None
+    resume = f"; {latest} holds the last saved epoch: rerun with the same --out to continue" if latest else ""
     return RuntimeError(
         f"training diverged in epoch {epoch} ({what}) with --optimizer {cfg.optimizer} --lr {lr:g}, "
         f"--grad-clip {cfg.grad_clip}: lower --lr or set --grad-clip{resume}"
@@ -245,34 +244,33 @@ def _training_setup(cfg: Config) -> dict:
 
 
 def train(
-    cfg: Config, vae: VAE, data: torch.Tensor, batch_size: int, checkpoint: Path | None = None
+    cfg: Config, vae: VAE, data: torch.Tensor, batch_size: int, checkpoints: Checkpointer | None = None
 ) -> list[float]:
     """Minibatch ELBO training on ``(N, F)`` frames or ``(N, F, T)`` windows; mean loss per epoch.
 
-    With ``checkpoint``, the model, optimizer, losses and RNG state are saved there atomically every
-    ``cfg.checkpoint_every`` epochs and at the end, and a run that finds the file continues from it (a
-    finished one returns at once): an interrupted or diverged run loses at most that many epochs.
+    With ``checkpoints``, the model, optimizer, losses and RNG states are saved every ``cfg.checkpoint_every``
+    epochs and at the end, and training continues from the newest one it finds (a finished run returns at
+    once): an interrupted or diverged run loses at most that many epochs.
     """
     opt = make_optimizer(cfg, vae.parameters())
     losses: list[float] = []
     setup = _training_setup(cfg)
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=next(vae.parameters()).device, weights_only=False)
-        changed = {k: (v, setup.get(k)) for k, v in state["setup"].items() if setup.get(k) != v}
+    latest = checkpoints.latest() if checkpoints is not None else None
+    if latest is not None:
+        saved = load_checkpoint(latest)["extra"]
+        changed = {k: (v, setup.get(k)) for k, v in saved["setup"].items() if setup.get(k) != v}
         if changed:
             raise ValueError(
-                f"{checkpoint} was trained with other settings (saved, now): {changed}; "
+                f"{latest} was trained with other settings (saved, now): {changed}; "
                 "use another --out, or delete the file to start over"
             )
-        vae.load_state_dict(state["vae"])
-        opt.load_state_dict(state["optimizer"])
-        losses = list(state["losses"])
-        torch.set_rng_state(state["rng"])
-        if len(losses) > cfg.epochs:
+        if len(saved["losses"]) > cfg.epochs:
             raise ValueError(
-                f"{checkpoint} holds {len(losses)} epochs, more than --epochs {cfg.epochs}: "
+                f"{latest} holds {len(saved['losses'])} epochs, more than --epochs {cfg.epochs}: "
                 "raise --epochs or use another --out"
             )
+        checkpoints.resume(path=latest, map_location=next(vae.parameters()).device, vae=vae, optimizer=opt)
+        losses = list(saved["losses"])
     vae.train()
     for epoch in tqdm(range(len(losses) + 1, cfg.epochs + 1), desc="epochs", leave=False):
         perm = torch.randperm(len(data), device=data.device)
@@ -281,9 +279,9 @@ def train(
             try:  # the likelihood refuses NaN / Inf decoder outputs: the weights have blown up
                 loss = vae.elbo(data[idx]).loss
             except ValueError as err:
-                raise _diverged(cfg, epoch, str(err), checkpoint) from err
+                raise _diverged(cfg, epoch, str(err), checkpoints) from err
             if not torch.isfinite(loss):
-                raise _diverged(cfg, epoch, f"loss {float(loss)}", checkpoint)
+                raise _diverged(cfg, epoch, f"loss {float(loss)}", checkpoints)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
@@ -291,10 +289,9 @@ def train(
             opt.step()
             total += loss.item()
         losses.append(total / math.ceil(len(data) / batch_size))
-        if checkpoint is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
-            state = {"vae": vae.state_dict(), "optimizer": opt.state_dict(), "losses": losses,
-                     "rng": torch.get_rng_state(), "setup": setup}  # fmt: skip
-            atomic_save(state, checkpoint)
+        if checkpoints is not None:
+            checkpoints.maybe_save(epoch, force=epoch == cfg.epochs, extra={"setup": setup, "losses": losses},
+                                   vae=vae, optimizer=opt)  # fmt: skip
     vae.eval()
     return losses
 
@@ -503,10 +500,11 @@ def main(argv: list[str] | None = None) -> int:
         vae = build_vae(cfg, row, n_freq).to(device)
         untrained = elbo_per_frame(vae, row, specs)
         start = time.perf_counter()
+        checkpoints = Checkpointer(out, every=cfg.checkpoint_every, keep=1, prefix=f"train_{name}")
         if row.net == "fc":
-            curves[name] = train(cfg, vae, frames, cfg.batch_size, out / f"train_{name}.pt")
+            curves[name] = train(cfg, vae, frames, cfg.batch_size, checkpoints)
         else:
-            curves[name] = train(cfg, vae, windows, cfg.window_batch_size, out / f"train_{name}.pt")
+            curves[name] = train(cfg, vae, windows, cfg.window_batch_size, checkpoints)
         seconds = time.perf_counter() - start
         decoded = [decode_utterance(vae, row, s) for s in specs]
         results[name] = {

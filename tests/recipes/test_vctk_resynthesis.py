@@ -8,6 +8,7 @@ from genlib.data import default_data_root
 from genlib.data.speech import SpeechWindows, discover_utterances, load_audio
 from genlib.data.stft import stft
 from genlib.metrics import PESQ_MAX
+from genlib.train import Checkpointer
 from recipes import vctk_resynthesis as vr
 
 VCTK = default_data_root() / "speech" / "vctk16k"
@@ -143,28 +144,29 @@ def test_training_resumes_from_its_checkpoint_bit_exactly(utterances, tmp_path):
     train_waves, _ = utterances
     frames = stft(train_waves[0])[:, ::4].T.contiguous()
 
-    def run(epochs, checkpoint=None):
+    def run(epochs, checkpoints=None):
         cfg = vr.Config(latent_dim=8, hidden=(64,), epochs=epochs, optimizer="adam", lr=1e-3, device="cpu",
                         grad_clip=50.0, checkpoint_every=1)  # fmt: skip
         torch.manual_seed(0)
         vae = vr.build_vae(cfg, vr.ROWS["gamma-fc"], frames.shape[1])
-        return vr.train(cfg, vae, frames, batch_size=32, checkpoint=checkpoint), vae
+        return vr.train(cfg, vae, frames, batch_size=32, checkpoints=checkpoints), vae
 
     full, vae_full = run(4)
-    ckpt = tmp_path / "train_gamma-fc.pt"
-    first, _ = run(2, ckpt)  # "interrupted" after two epochs
-    assert first == full[:2] and ckpt.is_file()
-    resumed, vae_resumed = run(4, ckpt)  # a fresh process would rebuild the model the same way
+    ckpts = Checkpointer(tmp_path, every=1, keep=1, prefix="train_gamma-fc")
+    first, _ = run(2, ckpts)  # "interrupted" after two epochs
+    assert first == full[:2] and ckpts.latest().name == "train_gamma-fc_00000002.pt"
+    torch.manual_seed(123)  # a fresh process: other global RNG state, restored from the checkpoint
+    resumed, vae_resumed = run(4, ckpts)
     assert resumed == full
     for a, b in zip(vae_full.parameters(), vae_resumed.parameters()):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="more than --epochs 3"):
-        run(3, ckpt)
+        run(3, ckpts)
     # a checkpoint from other settings is refused by name, not loaded into a mismatched model
     cfg = vr.Config(latent_dim=8, hidden=(64,), epochs=5, optimizer="adam", lr=3e-4, device="cpu")
     vae = vr.build_vae(cfg, vr.ROWS["gamma-fc"], frames.shape[1])
     with pytest.raises(ValueError, match=r"other settings .*'lr': \(0.001, 0.0003\)"):
-        vr.train(cfg, vae, frames, batch_size=32, checkpoint=ckpt)
+        vr.train(cfg, vae, frames, batch_size=32, checkpoints=ckpts)
 
 
 def test_vggish_checkpoint_switches_the_fad_embedding(tmp_path):
