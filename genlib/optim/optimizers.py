@@ -593,21 +593,19 @@ class PSGD(torch.optim.Optimizer):
         bufs = [st.get("momentum_buffer") for st in states]
         flats = self.__dict__.setdefault("_flat_momenta", {})  # absent in optimizers pickled before it
         flat = flats.get(gi)
-        fresh = all(b is None for b in bufs)
-        if not fresh and (flat is None or not all(b is not None and b._base is flat for b in bufs)):
-            if any(b is None for b in bufs):
-                return None
-            flat = torch.cat([b.reshape(-1) for b in bufs])  # bufs from a checkpoint or a copy: relink
-            fresh = None
-        g = torch.cat([x.reshape(-1) for x in gs])
-        if fresh:
-            flat = (1.0 - beta) * g
-        else:
-            flat.mul_(beta).add_(g, alpha=1.0 - beta)
-        if fresh is not False:  # new or relinked: point the per-tensor states at views of the flat tensor
-            flats[gi] = flat
-            for p, st, view in zip(params, states, flat.split([p.numel() for p in params])):
-                st["momentum_buffer"] = view.view_as(p)
+        if flat is not None and all(b is not None and b._base is flat for b in bufs):
+            flat.mul_(beta).add_(torch.cat([x.reshape(-1) for x in gs]), alpha=1.0 - beta)
+            return flat
+        if all(b is None for b in bufs):  # first step
+            flat = (1.0 - beta) * torch.cat([x.reshape(-1) for x in gs])
+        elif any(b is None for b in bufs):
+            return None
+        else:  # buffers from a checkpoint or a copy: gather them into one tensor, then relink
+            flat = torch.cat([b.reshape(-1) for b in bufs])
+            flat.mul_(beta).add_(torch.cat([x.reshape(-1) for x in gs]), alpha=1.0 - beta)
+        flats[gi] = flat
+        for p, st, view in zip(params, states, flat.split([p.numel() for p in params])):
+            st["momentum_buffer"] = view.view_as(p)
         return flat
 
     def _apply(self, group: dict[str, Any], gi: int, gs: list[torch.Tensor | None]) -> None:
