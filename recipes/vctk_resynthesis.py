@@ -262,7 +262,7 @@ def train(
     setup = _training_setup(cfg)
     latest = checkpoints.latest() if checkpoints is not None else None
     if latest is not None:
-        saved = load_checkpoint(latest)["extra"]
+        saved = load_checkpoint(latest)["extra"]  # settings checked before anything is loaded into the model
         changed = {k: (v, setup.get(k)) for k, v in saved["setup"].items() if setup.get(k) != v}
         if changed:
             raise ValueError(
