@@ -47,6 +47,7 @@ from genlib.utils import check_positive
 Tensor = torch.Tensor
 Metric = Literal["euclidean", "sqeuclidean"]
 Greedy = Literal["lazy", "stochastic", "naive"]
+Engine = Literal["auto", "compiled", "torch"]
 
 __all__ = [
     "FacilityLocationResult",
@@ -59,6 +60,7 @@ __all__ = [
 _INCREMENTAL_FRACTION = 0.25  # see facility_location: when to update gains exactly rather than re-evaluate
 _TRACKED_FRACTION = 0.125  # see facility_location: share of exact gains kept exact through a pick
 _DECREASE_BLOCK = 1 << 18  # entries per block in _Coverage.decrease: fits in a CPU core's L2 cache
+_COMPILED_MAX_DIM = 24  # "auto" engine on CPU: compiled up to here (at 32-D both take the same time)
 _FIRST_BATCH = 16  # candidates re-evaluated first in a lazy step; doubles while the top bound stays stale
 
 
@@ -334,6 +336,7 @@ def facility_location(
     epsilon: float = 0.01,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    engine: Engine = "auto",
 ) -> FacilityLocationResult:
     """Select ``budget`` rows of ``x`` maximising the facility-location objective greedily.
 
@@ -348,6 +351,11 @@ def facility_location(
         epsilon: stochastic greedy's accuracy; each step samples ``ceil(n / budget * log(1 / epsilon))``.
         generator: CPU generator for the stochastic samples.
         progress: show a tqdm progress bar over the picks.
+        engine: ``"auto"`` (the compiled loop of :mod:`genlib.select._greedy_cpu` on CPU for up to 24
+            dimensions, batched torch matrix products otherwise and on GPU), ``"compiled"`` (CPU only;
+            meant for low dimensions, where its pruning pays: 2-5x faster than ``"torch"`` at 2-10-D,
+            even at 32-D, much slower beyond) or ``"torch"`` (any device). Both give the greedy
+            picks; they may differ between exactly tied candidates, by round-off.
     """
     x = as_tensor(x, "x", ndim=2)
     n = x.shape[0]
@@ -362,11 +370,20 @@ def facility_location(
     if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()  # half precision cannot hold sums over n points
 
+    if engine not in ("auto", "compiled", "torch"):
+        raise ValueError(f"engine must be 'auto', 'compiled' or 'torch', got {engine!r}")
+    if engine == "compiled" and x.device.type != "cpu":
+        raise ValueError(f"engine='compiled' runs on the CPU only, got x on {x.device}")
+
     device = x.device
     cov = _Coverage(_Points(x, metric), C, chunk_size, x.dtype, device)
     # Stale gains are upper bounds (submodularity); +inf = never evaluated, -inf = selected.
     bounds, fresh = _first_gains(cov, max_distance_bound(x, metric) <= C)
     sample_size = n if greedy != "stochastic" else math.ceil(n / budget * math.log(1.0 / float(epsilon)))
+    if engine == "compiled" or (
+        engine == "auto" and device.type == "cpu" and x.shape[1] <= _COMPILED_MAX_DIM
+    ):
+        return _compiled_greedy(x, budget, greedy, metric, C, bounds, fresh, sample_size, generator, progress)
     # Update gains exactly (cost: changed points x n) when fewer points changed than a step would
     # otherwise re-evaluate; the first picks change most points, and re-evaluation is then as cheap.
     incremental_max = int(_INCREMENTAL_FRACTION * min(n, sample_size))
@@ -436,6 +453,53 @@ def facility_location(
         gains=torch.tensor(gains, dtype=x.dtype, device=device),
         objective=cov.objective(),
         assignment=cov.assign,
+        C=C,
+    )
+
+
+def _compiled_greedy(
+    x: Tensor,
+    budget: int,
+    greedy: str,
+    metric: str,
+    C: float,
+    bounds: Tensor,
+    fresh: Tensor,
+    sample_size: int,
+    generator: torch.Generator | None,
+    progress: bool,
+) -> FacilityLocationResult:
+    """:func:`facility_location` on the compiled CPU engine (see :mod:`genlib.select._greedy_cpu`)."""
+    from genlib.select import _greedy_cpu as engine
+
+    mode = {"lazy": engine.LAZY, "naive": engine.NAIVE, "stochastic": engine.STOCHASTIC}[greedy]
+    seed = int(torch.randint(2**62, (), generator=generator)) if greedy == "stochastic" else 0
+    x = x.detach().contiguous()
+    run = engine.CpuGreedy(
+        x - x.mean(0),  # translation invariant; centring keeps the float32 differences small
+        budget,
+        C,
+        metric == "euclidean",
+        mode,
+        bounds,
+        bool(fresh.all()),
+        sample_size,
+        seed,
+    )
+    # picks in blocks, so the progress bar moves and the compiled loop runs uninterrupted in between
+    block = max(1, budget // 50) if progress else budget
+    with tqdm(total=budget, desc="facility location", disable=not progress) as bar:
+        for first in range(0, budget, block):
+            stop = min(budget, first + block)
+            run.run(first, stop)
+            bar.update(stop - first)
+    assignment = torch.from_numpy(run.assignment())
+    return FacilityLocationResult(
+        indices=torch.from_numpy(run.picks.copy()),
+        weights=torch.bincount(assignment, minlength=budget).to(x.dtype),
+        gains=torch.from_numpy(run.gains).to(x.dtype),
+        objective=run.objective(),
+        assignment=assignment,
         C=C,
     )
 

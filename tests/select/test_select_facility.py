@@ -16,6 +16,13 @@ from genlib.select import (
 )
 
 
+@pytest.fixture(autouse=True, params=["compiled", "torch"])
+def engine(request, monkeypatch):
+    """Every test here runs on both CPU engines: the compiled (numba) loop and the batched torch one."""
+    monkeypatch.setitem(facility_location.__kwdefaults__, "engine", request.param)
+    return request.param
+
+
 def _dist(x: torch.Tensor, metric: str) -> torch.Tensor:
     return torch.from_numpy(
         cdist(x.numpy(), x.numpy(), "euclidean" if metric == "euclidean" else "sqeuclidean")
@@ -108,9 +115,10 @@ def test_exact_gain_updates_in_low_dimension(metric):
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
-def test_lazy_bookkeeping_matches_brute_force_in_10d(metric, monkeypatch):
-    # Tiny blocks and chunks: exact updates of only a few tracked gains (the rest go stale), the decrease
-    # split over many candidate blocks and row prefixes, and a stale queue that runs out and is widened.
+def test_lazy_bookkeeping_matches_brute_force_in_10d(metric, monkeypatch, engine):
+    # torch engine: tiny blocks and chunks: exact updates of only a few tracked gains (the rest go
+    # stale), the decrease split over many candidate blocks and row prefixes, and a stale queue that
+    # runs out and is widened. Compiled engine: 13 point blocks, most of them pruned by the last picks.
     import genlib.select.facility as fl
 
     monkeypatch.setattr(fl, "_TRACKED_FRACTION", 0.02)
@@ -213,6 +221,7 @@ def test_accepts_numpy_and_duplicates():
         ({"budget": 2, "chunk_size": 0}, "chunk_size"),
         ({"budget": 2, "C": -1.0}, "C"),
         ({"budget": 2, "greedy": "stochastic", "epsilon": 1.5}, "epsilon"),
+        ({"budget": 2, "engine": "numba"}, "engine"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -238,3 +247,36 @@ def test_matches_apricot_when_installed():
     assert ours.indices.tolist() == [int(i) for i in ref.ranking]  # no ties among these picks
     # the first gain is n C - sum of distances and C differs (apricot: the max; ours: an upper bound)
     torch.testing.assert_close(ours.gains[1:], torch.from_numpy(ref.gains[1:]), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+def test_block_pruning_matches_brute_force_over_many_picks(metric):
+    # 2000 clustered points in 10-D, 120 picks: by the end most of a candidate's 63 point blocks are
+    # pruned (they add nothing and never will), so a wrong pruning rule would change picks or gains.
+    x = _blobs(2000, 10, 12, seed=7)
+    picks, gains, obj = _brute_greedy(x, 120, metric)
+    res = facility_location(x, 120, metric=metric)
+    assert res.indices.tolist() == picks
+    torch.testing.assert_close(res.gains[1:], torch.tensor(gains[1:], dtype=torch.float64))
+    dmax = float(_dist(x, metric).max())
+    assert res.objective == pytest.approx(obj + 2000 * (res.C - dmax), rel=1e-10)
+
+
+def test_engines_agree_in_float32():
+    # The compiled engine's distances (norm expansion per block, direct differences for the covers) and
+    # the torch engine's (one matmul) differ by round-off; on untied data they pick the same points.
+    x = torch.randn(3000, 10, generator=torch.Generator().manual_seed(2))
+    for metric in ("euclidean", "sqeuclidean"):
+        a = facility_location(x, 60, metric=metric, engine="compiled")
+        b = facility_location(x, 60, metric=metric, engine="torch")
+        assert a.indices.tolist() == b.indices.tolist()
+        torch.testing.assert_close(a.gains, b.gains, rtol=1e-4, atol=0)
+        assert a.objective == pytest.approx(b.objective, rel=1e-6)
+        assert torch.equal(a.assignment, b.assignment)
+
+
+def test_compiled_engine_needs_cpu_input():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    with pytest.raises(ValueError, match="engine='compiled'"):
+        facility_location(torch.randn(10, 2, device="cuda"), 2, engine="compiled")
