@@ -4,7 +4,8 @@ Same random points (standard normal, float64 from one seed; genlib runs on a flo
 apricot with ``metric="euclidean"`` and its default lazy greedy. apricot's "euclidean" similarity is
 ``max(D^2) - D^2`` over squared distances, so genlib's matching run uses ``metric="sqeuclidean"``: both
 then maximise the same objective and the selections can be compared pick by pick. genlib's own CRAIG
-default (plain Euclidean) and its stochastic greedy are timed too.
+default (plain Euclidean), its stochastic greedy (squared distances) and the exact greedy on the batched
+torch engine (``engine="torch"``, what runs on GPU; squared distances) are timed too.
 
 Each run happens in a fresh subprocess, pinned to one thread (``OMP/MKL/NUMBA_NUM_THREADS=1``) so both
 libraries get one core. Peak memory is the run's ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` high-water
@@ -33,7 +34,7 @@ import time
 import numpy as np
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
-METHODS = ("apricot", "genlib-sqeuclidean", "genlib-euclidean", "genlib-stochastic")
+METHODS = ("apricot", "genlib-sqeuclidean", "genlib-euclidean", "genlib-stochastic", "genlib-torch-engine")
 
 
 def make_points(n: int, dim: int, seed: int) -> np.ndarray:
@@ -80,9 +81,12 @@ def worker(method: str, n: int, dim: int, budget: int, seed: int, device: str, r
         from genlib.select import facility_location
 
         xt = torch.from_numpy(x).float().to(device)
-        facility_location(xt[:20], 2)  # warm-up (CUDA context, kernels)
-        metric = "sqeuclidean" if method == "genlib-sqeuclidean" else "euclidean"
+        metric = "euclidean" if method == "genlib-euclidean" else "sqeuclidean"
         greedy = "stochastic" if method == "genlib-stochastic" else "lazy"
+        engine = "torch" if method == "genlib-torch-engine" else "auto"
+        # warm-up: CUDA context, or loading the compiled CPU kernels (numba caches them on disk; the
+        # first run after an install compiles them, ~5 s once)
+        facility_location(xt[:40], 2, metric=metric, greedy=greedy, engine=engine)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -91,7 +95,12 @@ def worker(method: str, n: int, dim: int, budget: int, seed: int, device: str, r
         for _ in range(repeats):
             start, start_cpu = time.perf_counter(), time.process_time()
             res = facility_location(
-                xt, budget, metric=metric, greedy=greedy, generator=torch.Generator().manual_seed(0)
+                xt,
+                budget,
+                metric=metric,
+                greedy=greedy,
+                engine=engine,
+                generator=torch.Generator().manual_seed(0),
             )
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
