@@ -44,8 +44,9 @@ class Craig:
         features: ``"logits"`` (``fit`` gets logits and turns them into ``softmax - onehot``) or
             ``"gradients"`` (``fit`` gets per-example gradients, e.g. flattened last-layer ones, as is).
         metric: ``"euclidean"`` (CRAIG's) or ``"sqeuclidean"``.
-        chunk_size: candidates per distance block, memory ``O(n * chunk_size)``; ``None`` picks one per
-            device (:func:`~genlib.select.facility.facility_location`).
+        chunk_size: candidates per distance block of the torch engine (GPU, or CPU above 24
+            dimensions), memory ``O(n * chunk_size)``; ``None`` picks one per device. On CPU in low
+            dimensions a compiled engine runs instead (:func:`~genlib.select.facility.facility_location`).
         epsilon: stochastic greedy's accuracy.
         seed: seeds stochastic greedy.
 

@@ -142,7 +142,7 @@ def pairwise_distances(
 ) -> Tensor:
     """Dense ``(n, m)`` distance matrix, computed ``chunk_size`` rows at a time (small inputs and tests only;
     the greedy never builds it)."""
-    x = as_tensor(x, "x", ndim=2)
+    x = as_tensor(x, "x", ndim=2).detach()  # selection is not differentiable
     y = x if y is None else as_tensor(y, "y", ndim=2)
     if y.shape[1] != x.shape[1]:
         raise ValueError(f"x and y must have the same number of columns, got {x.shape[1]} and {y.shape[1]}")
@@ -158,7 +158,7 @@ def pairwise_distances(
 def max_distance_bound(x: Tensor, metric: Metric = "euclidean") -> float:
     """An upper bound on the largest pairwise distance in O(n): ``2 max_i |x_i - mean|`` (triangle
     inequality), squared for ``"sqeuclidean"``."""
-    x = as_tensor(x, "x", ndim=2)
+    x = as_tensor(x, "x", ndim=2).detach()  # selection is not differentiable
     if x.shape[0] == 0:
         return 0.0
     r = 2.0 * float((x - x.mean(0)).norm(dim=1).max())
@@ -366,7 +366,7 @@ def facility_location(
             device). Both give the greedy picks; they may differ between exactly tied candidates, by
             round-off.
     """
-    x = as_tensor(x, "x", ndim=2)
+    x = as_tensor(x, "x", ndim=2).detach()  # selection is not differentiable
     n = x.shape[0]
     if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= n:
         raise ValueError(f"budget must be an int in [1, n={n}], got {budget!r}")
@@ -525,7 +525,7 @@ def facility_location_objective(
     chunk_size: int | None = None,
 ) -> float:
     """``F(S) = sum_i max(0, C - min_{j in S} d(x_i, x_j))`` for the rows ``indices``, in chunks."""
-    x = as_tensor(x, "x", ndim=2)
+    x = as_tensor(x, "x", ndim=2).detach()  # selection is not differentiable
     metric = _check_metric(metric)
     if isinstance(indices, Tensor):
         indices = indices.to(device=x.device, dtype=torch.long).reshape(-1)
