@@ -13,9 +13,11 @@ an ``update_probability`` schedule of 0/1, psgd_torch by setting ``preconditione
 before each step), so a step-time ratio is not skewed by one side drawing more refits (each costs an extra
 double backward) in a short run.
 
-``--curvature whiten`` times gradient whitening instead (pairs ``(v, g)``, no second derivatives): genlib by
-``loss.backward(); opt.step()``, psgd_torch with ``preconditioner_type="whitening"`` (it takes the gradients
-itself inside ``step(closure)``); Dense has no whitening counterpart there and is left out.
+``--curvature whiten`` times gradient whitening instead (pairs ``(v, g)``, no second derivatives): both take
+the gradients themselves inside ``step(closure)`` (the closure returns the loss without ``backward()``;
+genlib also accepts torch's ``loss.backward(); opt.step()``, which adds ``zero_grad`` and the ``.grad``
+accumulation, ~5 % of the tiny model's step), psgd_torch with ``preconditioner_type="whitening"``; Dense has
+no whitening counterpart there and is left out.
 
 Timing: one torch thread; ``--warmup`` steps untimed, then the timed steps in blocks of 10, the optimizers
 taking turns block by block (so load changes on a shared machine hit all alike); the reported step time is
@@ -127,7 +129,7 @@ def run_all(
         model, opt, _ = runs[name]
         for i in range(start, start + n):
             x, y = batches[i % len(batches)]
-            if name in ("sgd", "adam") or (name.startswith("ours:") and args.curvature == "whiten"):
+            if name in ("sgd", "adam"):
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(x), y).backward()
                 opt.step()

@@ -40,7 +40,9 @@ a checkpoint reproduces the uninterrupted run bit for bit (on the same device).
 Distributed (DDP): all ranks keep identical Q because the coin flips and ``v`` come from identically
 seeded generators and every pair is identical across ranks:
 
-- ``"whiten"`` is DDP-safe with a DDP-wrapped model (DDP all-reduces ``.grad`` in ``backward()``).
+- ``"whiten"`` is DDP-safe with a DDP-wrapped model (DDP all-reduces ``.grad`` in ``backward()``), and
+  with ``step(closure)`` whose closure returns the loss of the unwrapped module without ``backward()``
+  (the optimizer differentiates it and all-reduces the gradients itself, as below).
 - ``"hvp"`` and ``"finite_diff"`` are DDP-safe when the closure runs the **unwrapped** module
   (``ddp_model.module``): their gradients come from ``torch.autograd.grad``, which DDP does not reduce, so
   the optimizer all-reduces (averages) the gradients and HVPs itself whenever ``torch.distributed`` is
@@ -403,8 +405,10 @@ class PSGD(torch.optim.Optimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One PSGD step. ``"whiten"``: uses ``p.grad`` (``closure``, if given, is called under
-        ``enable_grad`` and may call ``backward()`` as for torch optimizers). ``"hvp"``/``"finite_diff"``:
-        ``closure`` is required and must return the loss without calling ``backward()``.
+        ``enable_grad`` and may call ``backward()`` as for torch optimizers; if it leaves every ``.grad``
+        empty, the loss it returns is differentiated here, which skips ``zero_grad`` and the ``.grad``
+        accumulation). ``"hvp"``/``"finite_diff"``: ``closure`` is required and must return the loss
+        without calling ``backward()``.
         Returns what the closure returned (``None`` without a closure).
 
         Step pre/post hooks (``register_step_pre_hook`` etc., also the global ones) and the profiler range
@@ -457,11 +461,18 @@ class PSGD(torch.optim.Optimizer):
         out: Any = None
         vs: list[torch.Tensor] | None = None
         hs: list[torch.Tensor] | None = None
+        differentiated = False  # gradients computed here (not by backward()), to all-reduce under DDP
         if curv == "whiten":
             if closure is not None:
                 with torch.enable_grad():
                     out = closure()
             grads: list[torch.Tensor | None] = [p.grad for p in params]
+            if closure is not None and all(g is None for g in grads):
+                # the closure returned the loss without backward(): differentiate it here, as in "hvp"
+                # mode (no .grad accumulation, nothing to zero)
+                with torch.enable_grad():
+                    grads = list(self._grad(self._loss_of(out), params))
+                differentiated = True
             if any(g is not None and g.is_sparse for g in grads):
                 raise RuntimeError("sparse gradients are not supported by PSGD")
         elif curv == "hvp":
@@ -513,7 +524,7 @@ class PSGD(torch.optim.Optimizer):
                     for p, s in zip(params, saved):
                         p.copy_(s)
                 hs = [(gp - g) / delta for gp, g in zip(g_plus, grads)]
-        if curv != "whiten" and self._distributed():
+        if (curv != "whiten" or differentiated) and self._distributed():
             grads = self._all_reduce_mean(grads)
             if hs is not None:
                 hs = self._all_reduce_mean(hs)
@@ -582,8 +593,8 @@ class PSGD(torch.optim.Optimizer):
     def _flat_momentum(
         self, gi: int, params: list[torch.Tensor], gs: list[torch.Tensor], beta: float
     ) -> torch.Tensor | None:
-        """Momentum of a flattened group (every tensor has a gradient) kept as one flat tensor, updated by two
-        ops instead of two per tensor plus a concatenation. The per-tensor ``momentum_buffer`` states are
+        """Momentum of a flattened group (every tensor has a gradient) kept as one flat tensor, updated by one
+        op instead of one per tensor plus a concatenation. The per-tensor ``momentum_buffer`` states are
         views of it, so ``state_dict()`` holds the usual buffers; after ``load_state_dict`` (or a copy) they
         are gathered into a new flat tensor once. ``None`` (use per-tensor buffers) when the tensors differ
         in dtype or device, or only some of them have a buffer yet."""
@@ -594,7 +605,7 @@ class PSGD(torch.optim.Optimizer):
         flats = self.__dict__.setdefault("_flat_momenta", {})  # absent in optimizers pickled before it
         flat = flats.get(gi)
         if flat is not None and all(b is not None and b._base is flat for b in bufs):
-            flat.mul_(beta).add_(torch.cat([x.reshape(-1) for x in gs]), alpha=1.0 - beta)
+            flat.lerp_(torch.cat([x.reshape(-1) for x in gs]), 1.0 - beta)  # β·m + (1 − β)·g, one kernel
             return flat
         if all(b is None for b in bufs):  # first step
             flat = (1.0 - beta) * torch.cat([x.reshape(-1) for x in gs])
@@ -602,7 +613,7 @@ class PSGD(torch.optim.Optimizer):
             return None
         else:  # buffers from a checkpoint or a copy: gather them into one tensor, then relink
             flat = torch.cat([b.reshape(-1) for b in bufs])
-            flat.mul_(beta).add_(torch.cat([x.reshape(-1) for x in gs]), alpha=1.0 - beta)
+            flat.lerp_(torch.cat([x.reshape(-1) for x in gs]), 1.0 - beta)  # β·m + (1 − β)·g, one kernel
         flats[gi] = flat
         for p, st, view in zip(params, states, flat.split([p.numel() for p in params])):
             st["momentum_buffer"] = view.view_as(p)
@@ -629,9 +640,8 @@ class PSGD(torch.optim.Optimizer):
                     old.append(buf)
                     new.append(g)
                 bufs.append(buf)
-            if old:  # two fused ops for all tensors instead of two per tensor
-                torch._foreach_mul_(old, beta)
-                torch._foreach_add_(old, new, alpha=1.0 - beta)
+            if old:  # β·m + (1 − β)·g: one fused op for all tensors
+                torch._foreach_lerp_(old, new, 1.0 - beta)
             ms = bufs
         # Gradients have their parameters' shapes (checked when the group was built), so the hot path calls
         # the preconditioners without re-validating every step.

@@ -66,6 +66,14 @@ def _sq_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.dot(flat, flat)
 
 
+def _to_float(x: torch.Tensor) -> float:
+    return float(x)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def _tiny(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).tiny
 
@@ -522,6 +530,10 @@ class LRAPreconditioner(Preconditioner):
         tiny = _tiny(dt)
         U, V, d = self.U.to(dt), self.V.to(dt), self.d.to(dt)
         r = self.rank
+        # On CPU (lr a float, see _update_cpu) the step sizes are Python numbers: a sync is free there and
+        # each scalar tensor op costs a kernel launch. On GPU they stay tensors (sync-free).
+        num = _to_float if isinstance(lr, float) else _identity
+        sqrt = math.sqrt if isinstance(lr, float) else torch.sqrt
         # a = Q h and P h (rows). (Stacking two rows into one product saves nothing with MKL: measured.)
         x = d * h
         a = x + (x @ V) @ U.mT
@@ -543,18 +555,21 @@ class LRAPreconditioner(Preconditioner):
         # d: right-multiplicative diagonal step, Q ← Q·diag(1 − μ∇_d).
         t1, t2 = Ph * h, v * invPv
         grad_d = _mean_rows(t1 - t2)
-        mu_d = lr / (_mean_rows(t1.abs() + t2.abs()).max() + tiny)
-        self.d.copy_(d - mu_d * grad_d * d)
+        mu_d = lr / (num(_mean_rows(t1.abs() + t2.abs()).max()) + tiny)
+        if d is self.d and isinstance(mu_d, float):
+            self.d.addcmul_(grad_d, d, value=-mu_d)  # in place: d ← d − μ ∇_d ⊙ d
+        else:
+            self.d.copy_(d - mu_d * grad_d * d)
         if r == 0:
             return
         # ∇ = (aᵀa − bᵀb)/n = Zᵀ S Z / n, S = diag(1, −1), is never formed; 1/n cancels in μ/‖·‖.
         Z = torch.cat([a, b])
-        an2, bn2 = _sq_norm(a), _sq_norm(b)
+        an2, bn2 = num(_sq_norm(a)), num(_sq_norm(b))
         if self.num_updates % 2 == 0:
             # E = −μ ∇VVᵀ  ⇔  U ← U − μ (∇V)(I + VᵀU)  with (I + VᵀU) = Mᵀ.
             aV = a @ V
-            na2, nb2 = _sq_norms_through(aV, bV, V)  # ‖aVVᵀ‖², ‖bVVᵀ‖²
-            norm = (an2 * na2).sqrt() + (bn2 * nb2).sqrt()
+            na2, nb2 = map(num, _sq_norms_through(aV, bV, V))  # ‖aVVᵀ‖², ‖bVVᵀ‖²
+            norm = sqrt(an2 * na2) + sqrt(bn2 * nb2)
             C = torch.cat([aV, -bV]) @ M.mT * (lr / (norm + tiny))
             # U − ZᵀC: in place when U is the stored tensor (a thin k = 2n product, rank-1 updates on CPU).
             U_new = _add_outer_(U, Z, -C) if U is self.U else torch.addmm(U, Z.mT, C, alpha=-1.0)
@@ -562,8 +577,8 @@ class LRAPreconditioner(Preconditioner):
         else:
             # E = −μ UUᵀ∇  ⇔  V ← V − μ (I + VUᵀ)(∇U) = V (I − μ Uᵀ∇U) − μ ∇U.
             bU = b @ U
-            na2, nb2 = _sq_norms_through(aU, bU, U)  # ‖aUUᵀ‖², ‖bUUᵀ‖²
-            norm = (an2 * na2).sqrt() + (bn2 * nb2).sqrt()
+            na2, nb2 = map(num, _sq_norms_through(aU, bU, U))  # ‖aUUᵀ‖², ‖bUUᵀ‖²
+            norm = sqrt(an2 * na2) + sqrt(bn2 * nb2)
             D = torch.cat([aU, -bU]) * (lr / (norm + tiny))  # μ ∇U = Zᵀ D
             # μ Uᵀ∇U = Yᵀ D with Y = Z U = [aU; bU], so V − V(YᵀD) − ZᵀD = V − (V Yᵀ + Zᵀ) D: one thin
             # product and one in-place k = 2n update (forming V (I − R) took ~3x longer on CPU)
@@ -583,7 +598,9 @@ class LRAPreconditioner(Preconditioner):
 
     def _precondition(self, g: torch.Tensor) -> torch.Tensor:
         dt = g.dtype
-        U, V, d = self.U.to(dt), self.V.to(dt), self.d.to(dt)
+        U, V, d = (
+            (self.U, self.V, self.d) if self.d.dtype == dt else (self.U.to(dt), self.V.to(dt), self.d.to(dt))
+        )
         x = d * g
         if x.dim() == 1:  # the optimizers' case: fused matrix-vector products, 6 kernels instead of 8
             y = torch.addmv(x, U, V.mT @ x)
@@ -630,16 +647,23 @@ class XMatPreconditioner(Preconditioner):
         # B = Q⁻ᵀ v: 2 × 2 block solves
         one = v.shape[0] == 1
         AA, BB = A * A, B * B
-        mu = lr / ((AA[0] + BB[0] if one else (AA + BB).mean(0)).amax() + _tiny(v.dtype))
+        scale = (AA[0] + BB[0] if one else (AA + BB).mean(0)).amax()
+        inplace = isinstance(lr, float) and self.a.dtype == v.dtype  # CPU (see _update_cpu)
+        mu = lr / ((float(scale) if inplace else scale) + _tiny(v.dtype))
         grad_a = AA.sub_(BB)
         grad_b = torch.addcmul(A * A.flip(-1), B, B.flip(-1), value=-1.0)
         grad_a, grad_b = (grad_a[0], grad_b[0]) if one else (grad_a.mean(0), grad_b.mean(0))
-        grad_b.mul_(self._mask.to(v.dtype))
+        if self.numel % 2 == 1:
+            grad_b.mul_(self._mask.to(v.dtype))
         # (I − μ X(∇a, ∇b)) Q in closed form for X-matrix products.
-        new_a = a - torch.addcmul(grad_a * a, grad_b, bf).mul_(mu)
-        new_b = b - torch.addcmul(grad_a * b, grad_b, af).mul_(mu)
-        self.a.copy_(new_a)
-        self.b.copy_(new_b)
+        delta_a = torch.addcmul(grad_a * a, grad_b, bf)
+        delta_b = torch.addcmul(grad_a * b, grad_b, af)
+        if inplace:  # μ is a number: the steps go in place
+            self.a.add_(delta_a, alpha=-mu)
+            self.b.add_(delta_b, alpha=-mu)
+        else:
+            self.a.copy_(a - delta_a.mul_(mu))
+            self.b.copy_(b - delta_b.mul_(mu))
 
     def _invalidate(self) -> None:
         self._coef = None

@@ -24,6 +24,10 @@ STEPS = 20
 CONFIGS = {
     # whitening with a DDP-wrapped model: DDP all-reduces .grad in backward()
     "kron-whiten-ddp": dict(family=Kron, kw=dict(lr=0.05, momentum=0.9, update_probability=0.5), ddp=True),
+    # whitening through step(closure) without backward(): the optimizer differentiates and all-reduces
+    "lra-whiten-closure": dict(
+        family=LRA, kw=dict(lr=0.05, rank=3, momentum=0.9, update_probability=0.5), ddp=False, closure=True
+    ),
     # Newton types: the closure runs the unwrapped module; the optimizer all-reduces g and Hv itself
     "lra-hvp": dict(family=LRA, kw=dict(lr=0.2, rank=4, curvature="hvp", update_probability=0.5), ddp=False),
     "dense-finite-diff": dict(family=Dense, kw=dict(lr=0.2, curvature="finite_diff"), ddp=False),
@@ -49,7 +53,7 @@ def run_config(rank: int, cfg: dict) -> dict[str, list[torch.Tensor]]:
     g = torch.Generator().manual_seed(100 + rank)  # each rank its own data shard
     for _ in range(STEPS):
         X, Y = torch.randn(16, 5, generator=g), torch.randn(16, 3, generator=g)
-        if opt.curvature == "whiten":
+        if opt.curvature == "whiten" and not cfg.get("closure"):
             opt.zero_grad()
             (net(X) - Y).square().mean().backward()
             opt.step()

@@ -25,7 +25,7 @@ def test_ranks_hold_identical_preconditioners(tmp_path, monkeypatch):
     worker.launch(str(tmp_path))
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
-    for name in ("kron-whiten-ddp", "lra-hvp", "dense-finite-diff"):
+    for name in ("kron-whiten-ddp", "lra-whiten-closure", "lra-hvp", "dense-finite-diff"):
         for a, b in zip(r0[name]["pre"], r1[name]["pre"], strict=True):
             assert torch.equal(a, b), name
         for a, b in zip(r0[name]["params"], r1[name]["params"], strict=True):

@@ -475,3 +475,25 @@ def test_flat_momentum_matches_per_tensor_momentum_and_survives_copies():
         step(twin, twin_model)
     for p, q in zip(model.parameters(), twin_model.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("family", [LRA, Kron, XMat])
+def test_whiten_closure_without_backward_equals_backward_then_step(family):
+    # step(closure) whose closure only returns the loss: the optimizer differentiates it itself, and the
+    # run must be the very same as the torch-style loss.backward(); step().
+    runs = []
+    for use_closure in (False, True):
+        model, loss = mlp_problem()
+        opt = family(model.parameters(), lr=0.05, momentum=0.9, update_probability=0.5, seed=3)
+        for _ in range(15):
+            if use_closure:
+                opt.step(loss)
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss().backward()
+                opt.step()
+        runs.append([p.detach().clone() for p in model.parameters()])
+        if use_closure:
+            assert all(p.grad is None for p in model.parameters())  # nothing accumulated into .grad
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
