@@ -67,22 +67,26 @@ def heapify(hv, hp, orig):
 
 
 @_jit
-def block_gain(xb, cover, b, q, qn, zero, tag, euclidean):
-    """``sum_i max(0, cover_i - d(i, p))`` over the points of block ``b``, with
-    ``|x_i - x_p|^2 = |x_i|^2 + |x_p|^2 - 2 x_i . x_p`` (``q = -2 x_p``, ``qn = |x_p|^2``). A fixed
-    trip count lets LLVM turn the loop into whole vectors (no scalar tail)."""
+def _distance(blk, lane, q, qn, zero, tag, euclidean):
+    """Distance (in the metric) from the query ``p`` to point ``lane`` of a block, by
+    ``|x_i - x_p|^2 = |x_i|^2 + |x_p|^2 - 2 x_i . x_p`` (``q = -2 x_p``, ``qn = |x_p|^2``)."""
     dim = len(tag)  # a compile-time constant (see CpuGreedy): the coordinate loop unrolls
+    d = blk[dim, lane] + qn
+    for k in range(dim):
+        d += blk[k, lane] * q[k]
+    d = max(d, zero)  # round-off of the expansion
+    return math.sqrt(d) if len(euclidean) else d
+
+
+@_jit
+def block_gain(xb, cover, b, q, qn, zero, tag, euclidean):
+    """``sum_i max(0, cover_i - d(i, p))`` over the points of block ``b``. A fixed trip count lets LLVM
+    turn the loop (with :func:`_distance` inlined) into whole vectors, with no scalar tail."""
     blk = xb[b]
     cov = cover[b * BLOCK : (b + 1) * BLOCK]
     s = zero
     for lane in range(BLOCK):
-        d = blk[dim, lane] + qn
-        for k in range(dim):
-            d += blk[k, lane] * q[k]
-        d = max(d, zero)  # round-off of the expansion
-        if len(euclidean):
-            d = math.sqrt(d)
-        s += max(cov[lane] - d, zero)
+        s += max(cov[lane] - _distance(blk, lane, q, qn, zero, tag, euclidean), zero)
     return s
 
 
@@ -90,19 +94,11 @@ def block_gain(xb, cover, b, q, qn, zero, tag, euclidean):
 def home_gain(xb, cover, b, q, qn, own, zero, tag, euclidean):
     """:func:`block_gain` for the block holding ``p`` itself (lane ``own``), whose distance to
     itself is set to exactly 0 (a separate function: the per-lane test would slow every block)."""
-    dim = len(tag)  # a compile-time constant (see CpuGreedy): the coordinate loop unrolls
     blk = xb[b]
     cov = cover[b * BLOCK : (b + 1) * BLOCK]
     s = zero
     for lane in range(BLOCK):
-        d = blk[dim, lane] + qn
-        for k in range(dim):
-            d += blk[k, lane] * q[k]
-        d = max(d, zero)
-        if lane == own:
-            d = zero
-        if len(euclidean):
-            d = math.sqrt(d)
+        d = zero if lane == own else _distance(blk, lane, q, qn, zero, tag, euclidean)
         s += max(cov[lane] - d, zero)
     return s
 
