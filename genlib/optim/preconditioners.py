@@ -250,9 +250,12 @@ class Preconditioner(ABC):
         """:meth:`update` without validation (the optimizers check their pairs once for all tensors)."""
         v = self._reshape_batch(v)
         h = self._reshape_batch(h)
-        cd = _compute_dtype(self.dtype, v.dtype)
-        v = v.to(device=self.device, dtype=cd)
-        h = h.to(device=self.device, dtype=cd)
+        cd = self._cd_cache.get(v.dtype)
+        if cd is None:
+            cd = self._cd_cache[v.dtype] = _compute_dtype(self.dtype, v.dtype)
+        if v.dtype != cd or h.dtype != cd or v.device != self.device or h.device != self.device:
+            v = v.to(device=self.device, dtype=cd)
+            h = h.to(device=self.device, dtype=cd)
         if v.device.type == "cpu":  # same arithmetic on Python floats: ~15 small tensor ops less per refit
             self._update_cpu(v, h)
             return
@@ -275,7 +278,9 @@ class Preconditioner(ABC):
 
     def _update_cpu(self, v: torch.Tensor, h: torch.Tensor) -> None:
         """:meth:`_update`'s normalisation with the norms as Python floats (a sync is free on CPU)."""
-        nv, nh = float(_safe_norm(v)), float(_safe_norm(h))
+        nv, nh = torch.linalg.vector_norm(torch.stack((v, h)).reshape(2, -1), dim=1).tolist()
+        if not (1e-15 <= nv <= 1e15 and 1e-15 <= nh <= 1e15):  # squares may have left the float range
+            nv, nh = float(_safe_norm(v)), float(_safe_norm(h))
         if nv > 0 and nh > 0:  # an all-zero pair carries nothing: no step (nor would Q ever stop growing)
             if not self.initialized:
                 self._rescale(torch.tensor(math.sqrt(nv) / math.sqrt(nh)))
