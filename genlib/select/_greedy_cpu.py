@@ -8,12 +8,12 @@ matrix product cannot express and which eager torch pays ~50 ns per element for:
   vectorised loop (distances by ``|x|^2 + |y|^2 - 2 x.y``, clipped improvements, their sum).
 - **Dead blocks.** A block that contributes nothing to a candidate's gain (every point in it is already
   covered at least as well) contributes nothing for the rest of the run, since coverage only improves.
-  Each evaluation marks such blocks in an ``(n, n / BLOCK)`` byte mask and later evaluations skip them:
-  after a few dozen picks a candidate still needs only ~10-20 % of the points.
+  Each candidate keeps the list of its live blocks, and every evaluation drops the dead ones: after a few
+  dozen picks a candidate still needs only ~10-20 % of the points.
 - **Lazy greedy with a binary heap** (Minoux 1978), ties to the lowest original index, so the picks are
   those of the plain greedy.
 
-Memory is the mask, ``n^2 / BLOCK`` bytes (78 MB at n = 50k), plus O(n d).
+Memory is the lists, 2 bytes per candidate and block, ``n^2 / 16`` bytes (156 MB at n = 50k), plus O(n d).
 """
 
 from __future__ import annotations
@@ -135,8 +135,8 @@ def gain(xb, qt, cover, p, live, nlive, zero, stats, tag, euclidean):
 
 @_jit
 def dense_gains(xb, qt, cover, cand, bounds, live, nlive, zero, stats, tag, euclidean):
-    """Gains of all candidates ``cand`` at once (a step that must evaluate every candidate), in
-    tiles of candidates x blocks that stay in cache; only candidates not evaluated yet."""
+    """Gains of all candidates ``cand`` at once over all blocks (a step that must evaluate every
+    candidate), in tiles of candidates x blocks that stay in cache; rebuilds their live-block lists."""
     dim = len(tag)  # a compile-time constant (see CpuGreedy): the coordinate loop unrolls
     tile = 128
     for t in range(cand.shape[0]):

@@ -69,6 +69,7 @@ _TRACKED_FRACTION = 0.125  # see facility_location: share of exact gains kept ex
 _DECREASE_BLOCK = 1 << 18  # entries per block in _Coverage.decrease: fits in a CPU core's L2 cache
 _COMPILED_MAX_DIM = 24  # "auto" engine on CPU: compiled up to here (at 32-D both take the same time)
 _COMPILED_MAX_BYTES = 1 << 30  # ... and while its live-block lists (2 bytes per candidate x block) fit
+_COMPILED_BLOCK = 32  # = _greedy_cpu.BLOCK, repeated so that numba is imported only when it is used
 _FIRST_BATCH = 16  # candidates re-evaluated first in a lazy step; doubles while the top bound stays stale
 
 
@@ -142,7 +143,7 @@ def pairwise_distances(
 ) -> Tensor:
     """Dense ``(n, m)`` distance matrix, computed ``chunk_size`` rows at a time (small inputs and tests only;
     the greedy never builds it)."""
-    x = as_tensor(x, "x", ndim=2).detach()  # selection is not differentiable
+    x = as_tensor(x, "x", ndim=2)
     y = x if y is None else as_tensor(y, "y", ndim=2)
     if y.shape[1] != x.shape[1]:
         raise ValueError(f"x and y must have the same number of columns, got {x.shape[1]} and {y.shape[1]}")
@@ -158,7 +159,7 @@ def pairwise_distances(
 def max_distance_bound(x: Tensor, metric: Metric = "euclidean") -> float:
     """An upper bound on the largest pairwise distance in O(n): ``2 max_i |x_i - mean|`` (triangle
     inequality), squared for ``"sqeuclidean"``."""
-    x = as_tensor(x, "x", ndim=2).detach()  # selection is not differentiable
+    x = as_tensor(x, "x", ndim=2).detach()  # a number, not part of any graph
     if x.shape[0] == 0:
         return 0.0
     r = 2.0 * float((x - x.mean(0)).norm(dim=1).max())
@@ -311,25 +312,26 @@ class _Coverage:
         return float(self.pts.n * self.C - self.cover.double().sum())
 
 
-def _first_gains(cov: _Coverage, unclipped: bool) -> tuple[Tensor, Tensor]:
-    """Gains (or upper bounds on them) for the empty set, from the distances to the mean in O(n d).
+def _first_gains(r2: Tensor, C: float, euclidean: bool, unclipped: bool) -> tuple[Tensor, Tensor]:
+    """Gains (or upper bounds on them) for the empty set, from the squared distances ``r2`` of the points
+    to their mean, in O(n d); also which of them are exact.
 
     Without clipping (``C`` >= every distance) the first gain of ``j`` is ``n C - sum_i d(i, j)``. For
     squared distances ``sum_i |x_i - x_j|^2 = sum_i |x_i - mean|^2 + n |x_j - mean|^2`` exactly; for
     distances, convexity gives ``sum_i |x_i - x_j| >= n |x_j - mean|``, an upper bound on the gain that
     lets the lazy loop skip the points far from the mean.
     """
-    n, dtype, device = cov.pts.n, torch.float64, cov.cap.device  # running gains are kept in float64
+    n, dtype, device = r2.shape[0], torch.float64, r2.device  # running gains are kept in float64
     if not unclipped:
         return torch.full((n,), math.inf, dtype=dtype, device=device), torch.zeros(
             n, dtype=torch.bool, device=device
         )
-    r2 = cov.pts.left[:, -2].double()  # |x_j - mean|^2 (the points are centred)
-    if cov.euclidean:
-        g = n * cov.C - n * r2.sqrt()
-        g += 1e-5 * n * cov.C  # round-off margin: a bound must not fall below the float gain
+    r2 = r2.double()
+    if euclidean:
+        g = n * C - n * r2.sqrt()
+        g += 1e-5 * n * C  # round-off margin: a bound must not fall below the float gain
         return g, torch.zeros(n, dtype=torch.bool, device=device)
-    g = n * cov.C - (r2.sum() + n * r2)
+    g = n * C - (r2.sum() + n * r2)
     return g, torch.ones(n, dtype=torch.bool, device=device)
 
 
@@ -373,7 +375,8 @@ def facility_location(
     _check_greedy(greedy)
     metric = _check_metric(metric)
     chunk_size = _check_chunk(chunk_size, n, x.device)
-    C = max_distance_bound(x, metric) if C is None else check_positive(C, "C")
+    bound = max_distance_bound(x, metric)
+    C = bound if C is None else check_positive(C, "C")
     if greedy == "stochastic" and not 0.0 < float(epsilon) < 1.0:
         raise ValueError(f"epsilon must be in (0, 1), got {epsilon!r}")
     if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
@@ -384,18 +387,22 @@ def facility_location(
     if engine == "compiled" and x.device.type != "cpu":
         raise ValueError(f"engine='compiled' runs on the CPU only, got x on {x.device}")
 
-    device = x.device
-    cov = _Coverage(_Points(x, metric), C, chunk_size, x.dtype, device)
-    # Stale gains are upper bounds (submodularity); +inf = never evaluated, -inf = selected.
-    bounds, fresh = _first_gains(cov, max_distance_bound(x, metric) <= C)
     sample_size = n if greedy != "stochastic" else math.ceil(n / budget * math.log(1.0 / float(epsilon)))
     if engine == "compiled" or (
         engine == "auto"
-        and device.type == "cpu"
+        and x.device.type == "cpu"
         and x.shape[1] <= _COMPILED_MAX_DIM
-        and n * -(-n // 32) * 2 <= _COMPILED_MAX_BYTES
+        and n * -(-n // _COMPILED_BLOCK) * 2 <= _COMPILED_MAX_BYTES
     ):
+        x = x - x.mean(0)  # translation invariant; centring keeps the float32 differences small
+        # Stale gains are upper bounds (submodularity); +inf = never evaluated.
+        bounds, fresh = _first_gains((x * x).sum(1), C, metric == "euclidean", bound <= C)
         return _compiled_greedy(x, budget, greedy, metric, C, bounds, fresh, sample_size, generator, progress)
+
+    device = x.device
+    cov = _Coverage(_Points(x, metric), C, chunk_size, x.dtype, device)
+    # Stale gains are upper bounds (submodularity); +inf = never evaluated, -inf = selected.
+    bounds, fresh = _first_gains(cov.pts.left[:, -2], cov.C, cov.euclidean, bound <= C)
     # Update gains exactly (cost: changed points x n) when fewer points changed than a step would
     # otherwise re-evaluate; the first picks change most points, and re-evaluation is then as cheap.
     incremental_max = int(_INCREMENTAL_FRACTION * min(n, sample_size))
@@ -481,14 +488,14 @@ def _compiled_greedy(
     generator: torch.Generator | None,
     progress: bool,
 ) -> FacilityLocationResult:
-    """:func:`facility_location` on the compiled CPU engine (see :mod:`genlib.select._greedy_cpu`)."""
+    """:func:`facility_location` on the compiled CPU engine (see :mod:`genlib.select._greedy_cpu`), for
+    centred points ``x``."""
     from genlib.select import _greedy_cpu as engine
 
     mode = {"lazy": engine.LAZY, "naive": engine.NAIVE, "stochastic": engine.STOCHASTIC}[greedy]
     seed = int(torch.randint(2**62, (), generator=generator)) if greedy == "stochastic" else 0
-    x = x.detach().contiguous()
     run = engine.CpuGreedy(
-        x - x.mean(0),  # translation invariant; centring keeps the float32 differences small
+        x,
         budget,
         C,
         metric == "euclidean",

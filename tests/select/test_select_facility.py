@@ -280,3 +280,10 @@ def test_compiled_engine_needs_cpu_input():
         pytest.skip("needs a CUDA device")
     with pytest.raises(ValueError, match="engine='compiled'"):
         facility_location(torch.randn(10, 2, device="cuda"), 2, engine="compiled")
+
+
+def test_auto_engine_memory_estimate_uses_the_engine_block_size():
+    import genlib.select._greedy_cpu as engine
+    import genlib.select.facility as fl
+
+    assert fl._COMPILED_BLOCK == engine.BLOCK
