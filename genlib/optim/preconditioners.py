@@ -196,9 +196,11 @@ class Preconditioner(ABC):
         """Q ← c·Q (c a positive scalar tensor)."""
 
     @abstractmethod
-    def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor) -> None:
-        """One Lie-group step of size ``lr`` (a scalar tensor) from pairs ``(n, *shape)`` in the compute
-        dtype, rescaled to unit geometric-mean norm."""
+    def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor | float) -> None:
+        """One Lie-group step of size ``lr`` from pairs ``(n, *shape)`` in the compute dtype, whose norms
+        are in a safe float range (the step does not depend on their common scale). ``lr`` is a scalar
+        tensor on GPU (sync-free; 0 for an all-zero pair) and a float on CPU, where a fit may turn its
+        scalars into Python numbers (see :meth:`_update_cpu`)."""
 
     @abstractmethod
     def _precondition(self, g: torch.Tensor) -> torch.Tensor:
@@ -395,7 +397,7 @@ class DensePreconditioner(Preconditioner):
         if self.invQ is not None:
             self.invQ.div_(c.to(self.invQ.dtype))
 
-    def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor) -> None:
+    def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor | float) -> None:
         # Q and Q⁻¹ are updated in place (``.to`` is a no-op when storage and compute dtypes agree): every
         # d × d temporary is a pass over memory, and with few pairs the fit is memory-bound.
         dt = v.dtype
@@ -469,7 +471,7 @@ class DiagPreconditioner(Preconditioner):
     def _rescale(self, c: torch.Tensor) -> None:
         self.q.mul_(c.to(self.q.dtype))
 
-    def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor) -> None:
+    def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor | float) -> None:
         # In-place on fresh temporaries: every full-size temporary is a pass over memory (and on CPU a
         # fresh allocation), which is what a diagonal fit costs.
         q = self.q.to(v.dtype)
@@ -528,7 +530,7 @@ class LRAPreconditioner(Preconditioner):
     def _rescale(self, c: torch.Tensor) -> None:
         self.d.mul_(c.to(self.d.dtype))
 
-    def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor) -> None:
+    def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor | float) -> None:
         # Written to touch the (dim × rank) factors as few times as possible: every product with U or V
         # is a pass over memory, everything rank × rank or n × rank is free.
         dt = v.dtype
@@ -643,7 +645,7 @@ class XMatPreconditioner(Preconditioner):
         self.a.mul_(c.to(self.a.dtype))
         self.b.mul_(c.to(self.b.dtype))
 
-    def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor) -> None:
+    def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor | float) -> None:
         # Written with in-place ops on fresh temporaries (each full-size temporary is a pass over memory).
         a, b = self.a.to(v.dtype), self.b.to(v.dtype)
         af, bf = a.flip(0), b.flip(0)
@@ -743,7 +745,7 @@ class KronPreconditioner(Preconditioner):
     def _reshape_batch(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], *self._ishape)
 
-    def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor) -> None:
+    def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor | float) -> None:
         dt = v.dtype
         tiny = _tiny(dt)
         n, k = v.shape[0], len(self.factors)
