@@ -74,6 +74,12 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _host_scalars(x: torch.Tensor) -> bool:
+    """Whether a fit on ``x``'s device should do its scalar arithmetic in Python numbers: on CPU a sync is
+    free and a scalar kernel is not; on GPU every sync stalls the stream."""
+    return x.device.type == "cpu"
+
+
 def _tiny(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).tiny
 
@@ -258,7 +264,7 @@ class Preconditioner(ABC):
         if v.dtype != cd or h.dtype != cd or v.device != self.device or h.device != self.device:
             v = v.to(device=self.device, dtype=cd)
             h = h.to(device=self.device, dtype=cd)
-        if v.device.type == "cpu":  # same arithmetic on Python floats: ~15 small tensor ops less per refit
+        if _host_scalars(v):  # same arithmetic on Python floats: ~15 small tensor ops less per refit
             self._update_cpu(v, h)
             return
         # Square roots of under/overflow-safe norms: ‖v‖ and ‖h‖ may be anywhere in the float range.

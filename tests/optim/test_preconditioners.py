@@ -105,7 +105,6 @@ def test_dense_stochastic_pairs_approach_optimum():
     assert rel_err(pre.to_dense(), target) < 0.1
 
 
-
 @pytest.mark.parametrize("storage", [DT, torch.float32])
 def test_dense_single_pair_updates_approach_optimum_and_keep_the_inverse(storage):
     # One pair per update (what the optimizers pass) takes the in-place rank-2 / Woodbury path, which uses
@@ -123,6 +122,7 @@ def test_dense_single_pair_updates_approach_optimum_and_keep_the_inverse(storage
     assert rel_err(pre.to_dense().to(DT), target) < 0.1
     tol = 1e-9 if storage == DT else 1e-4
     assert torch.allclose(pre.Q @ pre.invQ, torch.eye(d, dtype=storage), atol=tol)
+
 
 def test_diag_reaches_elementwise_closed_form():
     g = torch.Generator().manual_seed(0)
@@ -166,7 +166,6 @@ def test_lra_reaches_optimum_on_scaled_identity_plus_low_rank():
     assert err[0] > 0.3  # a diagonal cannot represent the low-rank part: the structure is what helps
 
 
-
 def test_lra_single_pair_updates_reach_optimum():
     # One pair per update with rank 4 takes the thin-product path for the U/V step norms (2n < rank).
     d, r = 12, 2
@@ -189,6 +188,7 @@ def test_lra_step_norms_match_their_definition(n):
     f = torch.randn(40, 6, generator=g, dtype=DT)
     na2, nb2 = _sq_norms_through(xa, xb, f)  # n = 1, 2: thin products; n = 8: the Gram route
     assert torch.allclose(na2, (xa @ f.mT).square().sum()) and torch.allclose(nb2, (xb @ f.mT).square().sum())
+
 
 def test_kron_reaches_kronecker_optimum_on_matrix_parameter():
     m, n = 4, 5
@@ -374,3 +374,28 @@ def test_cached_products_follow_every_update(make):
         assert torch.equal(pre.precondition(x), fresh.precondition(x))
         assert torch.equal(pre._precondition_unchecked(x), fresh.precondition(x))
     assert not torch.allclose(pre.precondition(x), before)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: LRAPreconditioner(40, 4, lr=0.2), lambda: XMatPreconditioner(41, lr=0.2)],
+    ids=["lra", "xmat"],
+)
+def test_host_scalar_fits_equal_the_sync_free_device_path(make, monkeypatch):
+    # CPU fits do their scalar arithmetic in Python numbers; GPU fits keep it in tensors (no sync). Both
+    # must be the same method: run the device path on CPU too and compare after every pair.
+    import genlib.optim.preconditioners as P
+
+    g = torch.Generator().manual_seed(0)
+    host, device = make(), make()
+    start = {k: t.clone() for k, t in host.state_dict()["tensors"].items()}
+    for k in range(12):
+        v = torch.randn(host.numel, generator=g)
+        h = v * torch.linspace(0.1, 3.0, host.numel) + 0.01 * k
+        host.update(v, h)
+        with monkeypatch.context() as m:
+            m.setattr(P, "_host_scalars", lambda x: False)
+            device.update(v, h)
+        for name, t in host.state_dict()["tensors"].items():
+            torch.testing.assert_close(t, device.state_dict()["tensors"][name], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(t, start[n]) for n, t in host.state_dict()["tensors"].items())
