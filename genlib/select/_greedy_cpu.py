@@ -13,7 +13,9 @@ matrix product cannot express and which eager torch pays ~50 ns per element for:
 - **Lazy greedy with a binary heap** (Minoux 1978), ties to the lowest original index, so the picks are
   those of the plain greedy.
 
-Memory is the lists, 2 bytes per candidate and block, ``n^2 / 16`` bytes (156 MB at n = 50k), plus O(n d).
+Memory is the lists, 2 bytes per candidate and block (``n^2 / 16`` bytes, 156 MB at n = 50k) up to a
+budget (1 GiB by default, ~130k points); beyond it each list holds fewer blocks (at least ``MIN_LIST``)
+and candidates with more live blocks are evaluated in full, so memory stays O(n). Plus O(n d).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 Tensor = torch.Tensor
 
 BLOCK = 32  # points per block: the unit of pruning and of the vector loop (32 fills the vector unit)
+MIN_LIST = 256  # live-block list length kept however large n is (memory then 512 bytes per point)
 CELL_SIZE = 64  # points per k-means cell: blocks are halves of cells, so they stay compact
 _KMEANS_ITERS = 4  # Lloyd steps; the cells only steer pruning, never the result
 
@@ -106,12 +109,15 @@ def home_gain(xb, cover, b, q, qn, own, zero, tag, euclidean):
 @_jit
 def gain(xb, qt, cover, p, live, nlive, zero, stats, tag, euclidean):
     """Marginal gain of the point at sorted position ``p``, summed over its live blocks
-    ``live[p, :nlive[p]]`` (all blocks while ``nlive[p] < 0``); blocks found to contribute nothing
-    are dropped from the list for good. A list rather than a mask: no unpredictable branch per block."""
+    ``live[p, :nlive[p]]``; blocks found to contribute nothing are dropped from the list for good. A
+    list rather than a mask: no unpredictable branch per block. ``nlive[p] < 0``: no list (never
+    evaluated, or more live blocks than a list holds), every block is evaluated and a list is made
+    when the live ones fit."""
     dim = len(tag)  # a compile-time constant (see CpuGreedy): the coordinate loop unrolls
     q, qn = qt[p, :dim], qt[p, dim]
     home = p // BLOCK
     blocks = live[p]
+    cap = blocks.shape[0]
     count = nlive[p]
     everything = count < 0
     if everything:
@@ -125,9 +131,10 @@ def gain(xb, qt, cover, p, live, nlive, zero, stats, tag, euclidean):
         else:
             s = block_gain(xb, cover, b, q, qn, zero, tag, euclidean)
         total += s
-        blocks[kept] = b
+        if kept < cap:
+            blocks[kept] = b
         kept += s > 0
-    nlive[p] = kept
+    nlive[p] = kept if kept <= cap else -1
     stats[0] += 1
     stats[1] += count * BLOCK
     return total
@@ -138,6 +145,7 @@ def dense_gains(xb, qt, cover, cand, bounds, live, nlive, zero, stats, tag, eucl
     """Gains of all candidates ``cand`` at once over all blocks (a step that must evaluate every
     candidate), in tiles of candidates x blocks that stay in cache; rebuilds their live-block lists."""
     dim = len(tag)  # a compile-time constant (see CpuGreedy): the coordinate loop unrolls
+    cap = live.shape[1]
     tile = 128
     for t in range(cand.shape[0]):
         bounds[cand[t]] = 0.0
@@ -152,8 +160,12 @@ def dense_gains(xb, qt, cover, cand, bounds, live, nlive, zero, stats, tag, eucl
                 else:
                     s = block_gain(xb, cover, b, qt[p, :dim], qt[p, dim], zero, tag, euclidean)
                 bounds[p] += s
-                live[p, nlive[p]] = b
+                if nlive[p] < cap:
+                    live[p, nlive[p]] = b
                 nlive[p] += s > 0
+    for t in range(cand.shape[0]):
+        if nlive[cand[t]] > cap:
+            nlive[cand[t]] = -1  # too many live blocks to list: evaluate all of them next time
     stats[0] += cand.shape[0]
     stats[1] += xb.shape[0] * BLOCK * cand.shape[0]
 
@@ -299,7 +311,8 @@ class CpuGreedy:
     """State of one greedy run on the CPU engine; ``run(first, stop)`` makes picks ``first .. stop - 1``.
 
     ``x`` is ``(n, d)`` float32/float64 on the CPU, ``C`` the coverage cap (in the metric's units),
-    ``first_bounds`` initial gains (exact where ``first_exact``), ``seed`` the stochastic mode's seed.
+    ``first_bounds`` initial gains (exact where ``first_exact``), ``seed`` the stochastic mode's seed,
+    ``list_bytes`` the memory for the live-block lists (beyond it they are shortened, see ``gain``).
     """
 
     def __init__(
@@ -313,6 +326,7 @@ class CpuGreedy:
         first_exact: bool,
         sample_size: int,
         seed: int,
+        list_bytes: int = 1 << 30,
     ):
         n, dim = x.shape
         padded = -(-n // BLOCK) * BLOCK
@@ -332,8 +346,12 @@ class CpuGreedy:
         self.nearest = np.full(padded, np.inf, dtype=dtype)
         self.assign = np.zeros(padded, dtype=np.int64)
         blocks = padded // BLOCK
-        # each candidate's live blocks (pages are only touched once a candidate is evaluated)
-        self.live = np.empty((n, blocks), dtype=np.uint16 if blocks <= 1 << 16 else np.uint32)
+        # Each candidate's live blocks, up to ``cap`` of them: all blocks while the lists fit in
+        # ``list_bytes``, else fewer (a candidate with more live blocks is evaluated in full), so memory
+        # stays O(n * cap). Pages are only touched once a candidate is evaluated.
+        item = 2 if blocks <= 1 << 16 else 4
+        cap = max(1, min(blocks, max(MIN_LIST, list_bytes // max(n * item, 1))))
+        self.live = np.empty((n, cap), dtype=np.uint16 if item == 2 else np.uint32)
         self.nlive = np.full(n, -1, dtype=np.int64)
         self.stats = np.zeros(2, dtype=np.int64)  # gain evaluations, point distances computed
         self.bounds = first_bounds.double().numpy()[self.orig].copy()

@@ -31,8 +31,8 @@ Distances are never stored as an ``n x n`` matrix. Two engines compute the gains
   ``(b, n)`` matrix product against the current coverage vector, so memory is ``O(n * chunk_size)``.
 - ``"compiled"`` (CPU, up to 24 dimensions; :mod:`genlib.select._greedy_cpu`): a numba loop over blocks of
   32 nearby points that drops, per candidate, the blocks that can no longer add to its gain; 2-5x faster
-  than the torch engine on one core. Its live-block lists take ``n^2 / 16`` bytes (156 MB at 50k), so
-  ``"auto"`` switches to the torch engine above 1 GiB of them (n > ~130k).
+  than the torch engine on one core. Its per-candidate lists of live blocks take ``n^2 / 16`` bytes
+  (156 MB at 50k) up to 1 GiB (~130k points); beyond that the lists are shortened, O(n) memory.
 
 Written by hand because no maintained library does chunked, GPU-capable lazy greedy (apricot is
 NumPy/numba over a dense ``n x n`` similarity matrix).
@@ -68,8 +68,6 @@ _INCREMENTAL_FRACTION = 0.25  # see facility_location: when to update gains exac
 _TRACKED_FRACTION = 0.125  # see facility_location: share of exact gains kept exact through a pick
 _DECREASE_BLOCK = 1 << 18  # entries per block in _Coverage.decrease: fits in a CPU core's L2 cache
 _COMPILED_MAX_DIM = 24  # "auto" engine on CPU: compiled up to here (at 32-D both take the same time)
-_COMPILED_MAX_BYTES = 1 << 30  # ... and while its live-block lists (2 bytes per candidate x block) fit
-_COMPILED_BLOCK = 32  # = _greedy_cpu.BLOCK, repeated so that numba is imported only when it is used
 _FIRST_BATCH = 16  # candidates re-evaluated first in a lazy step; doubles while the top bound stays stale
 
 
@@ -362,7 +360,7 @@ def facility_location(
         generator: CPU generator for the stochastic samples.
         progress: show a tqdm progress bar over the picks.
         engine: ``"auto"`` (the compiled loop of :mod:`genlib.select._greedy_cpu` on CPU for up to 24
-            dimensions and ~130k points, batched torch matrix products otherwise and on GPU),
+            dimensions, batched torch matrix products otherwise and on GPU),
             ``"compiled"`` (CPU only; meant for low dimensions, where its pruning pays: 2-5x faster
             than ``"torch"`` at 2-10-D, even at 32-D, much slower beyond) or ``"torch"`` (any
             device). Both give the greedy picks; they may differ between exactly tied candidates, by
@@ -389,10 +387,7 @@ def facility_location(
 
     sample_size = n if greedy != "stochastic" else math.ceil(n / budget * math.log(1.0 / float(epsilon)))
     if engine == "compiled" or (
-        engine == "auto"
-        and x.device.type == "cpu"
-        and x.shape[1] <= _COMPILED_MAX_DIM
-        and n * -(-n // _COMPILED_BLOCK) * 2 <= _COMPILED_MAX_BYTES
+        engine == "auto" and x.device.type == "cpu" and x.shape[1] <= _COMPILED_MAX_DIM
     ):
         x = x - x.mean(0)  # translation invariant; centring keeps the float32 differences small
         # Stale gains are upper bounds (submodularity); +inf = never evaluated.

@@ -282,8 +282,25 @@ def test_compiled_engine_needs_cpu_input():
         facility_location(torch.randn(10, 2, device="cuda"), 2, engine="compiled")
 
 
-def test_auto_engine_memory_estimate_uses_the_engine_block_size():
-    import genlib.select._greedy_cpu as engine
-    import genlib.select.facility as fl
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+def test_compiled_engine_with_short_live_block_lists(metric, monkeypatch, engine):
+    # Beyond its memory budget the compiled engine keeps at most a few live blocks per candidate and
+    # evaluates the others in full; with lists of 2 of 13 blocks most evaluations take that path.
+    if engine != "compiled":
+        pytest.skip("compiled engine only")
+    import genlib.select._greedy_cpu as cpu
 
-    assert fl._COMPILED_BLOCK == engine.BLOCK
+    monkeypatch.setattr(cpu, "MIN_LIST", 2)
+    real = cpu.CpuGreedy
+
+    def short_lists(*args, **kwargs):
+        return real(*args, **kwargs, list_bytes=1)
+
+    monkeypatch.setattr(cpu, "CpuGreedy", short_lists)
+    x = _blobs(400, 10, 5, seed=9)
+    picks, gains, obj = _brute_greedy(x, 40, metric)
+    res = facility_location(x, 40, metric=metric)
+    assert res.indices.tolist() == picks
+    torch.testing.assert_close(res.gains[1:], torch.tensor(gains[1:], dtype=torch.float64))
+    dmax = float(_dist(x, metric).max())
+    assert res.objective == pytest.approx(obj + 400 * (res.C - dmax), rel=1e-10)
