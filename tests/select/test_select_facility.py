@@ -66,6 +66,16 @@ def _objective(x, picks, metric="euclidean", C=None):
     return float((C - D[:, picks]).clamp(min=0).max(1).values.sum())
 
 
+def _assert_exact_greedy(x, k, metric, **kwargs):
+    """facility_location picks, gains and objective equal the textbook greedy's (inputs without ties)."""
+    picks, gains, obj = _brute_greedy(x, k, metric)
+    res = facility_location(x, k, metric=metric, **kwargs)
+    assert res.indices.tolist() == picks
+    torch.testing.assert_close(res.gains[1:], torch.tensor(gains[1:], dtype=torch.float64))
+    dmax = float(_dist(x, metric).max())
+    assert res.objective == pytest.approx(obj + len(x) * (res.C - dmax), rel=1e-10)
+
+
 def _blobs(n, d, centers, seed):
     g = torch.Generator().manual_seed(seed)
     c = 6 * torch.randn(centers, d, generator=g, dtype=torch.float64)
@@ -125,13 +135,7 @@ def test_lazy_bookkeeping_matches_brute_force_in_10d(metric, monkeypatch, engine
     monkeypatch.setattr(fl, "_DECREASE_BLOCK", 40)
     monkeypatch.setattr(fl, "_INCREMENTAL_FRACTION", 0.9)
     x = torch.randn(400, 10, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    picks, gains, obj = _brute_greedy(x, 40, metric)
-    res = facility_location(x, 40, metric=metric, chunk_size=3)
-    _assert_greedy(x, res.indices.tolist(), metric)
-    assert res.indices.tolist() == picks  # no ties among these
-    torch.testing.assert_close(res.gains[1:], torch.tensor(gains[1:], dtype=torch.float64))
-    dmax = float(_dist(x, metric).max())
-    assert res.objective == pytest.approx(obj + 400 * (res.C - dmax), rel=1e-10)
+    _assert_exact_greedy(x, 40, metric, chunk_size=3)  # no ties among these
 
 
 def test_objective_function_matches_explicit_matrix():
@@ -253,13 +257,7 @@ def test_matches_apricot_when_installed():
 def test_block_pruning_matches_brute_force_over_many_picks(metric):
     # 2000 clustered points in 10-D, 120 picks: by the end most of a candidate's 63 point blocks are
     # pruned (they add nothing and never will), so a wrong pruning rule would change picks or gains.
-    x = _blobs(2000, 10, 12, seed=7)
-    picks, gains, obj = _brute_greedy(x, 120, metric)
-    res = facility_location(x, 120, metric=metric)
-    assert res.indices.tolist() == picks
-    torch.testing.assert_close(res.gains[1:], torch.tensor(gains[1:], dtype=torch.float64))
-    dmax = float(_dist(x, metric).max())
-    assert res.objective == pytest.approx(obj + 2000 * (res.C - dmax), rel=1e-10)
+    _assert_exact_greedy(_blobs(2000, 10, 12, seed=7), 120, metric)
 
 
 def test_engines_agree_in_float32():
@@ -297,10 +295,4 @@ def test_compiled_engine_with_short_live_block_lists(metric, monkeypatch, engine
         return real(*args, **kwargs, list_bytes=1)
 
     monkeypatch.setattr(cpu, "CpuGreedy", short_lists)
-    x = _blobs(400, 10, 5, seed=9)
-    picks, gains, obj = _brute_greedy(x, 40, metric)
-    res = facility_location(x, 40, metric=metric)
-    assert res.indices.tolist() == picks
-    torch.testing.assert_close(res.gains[1:], torch.tensor(gains[1:], dtype=torch.float64))
-    dmax = float(_dist(x, metric).max())
-    assert res.objective == pytest.approx(obj + 400 * (res.C - dmax), rel=1e-10)
+    _assert_exact_greedy(_blobs(400, 10, 5, seed=9), 40, metric)
