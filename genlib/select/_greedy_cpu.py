@@ -367,7 +367,7 @@ class CpuGreedy:
         self.gains = np.zeros(budget, dtype=np.float64)
         self.mode, self.sample_size = mode, sample_size
         # the step that evaluates every candidate anyway (bounds of +inf, or the n C - ... bounds of the
-        # empty set after the first pick), done cell by cell for all candidates at once
+        # empty set after the first pick), done block by block for all candidates at once (lazy mode)
         self.dense_step = 0 if np.isinf(self.bounds).all() else 1
         # The dimension and the metric travel as tuple lengths, which are part of the argument types:
         # numba compiles (and caches) one version per dimension and metric, with the coordinate loop
