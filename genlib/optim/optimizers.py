@@ -60,6 +60,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -83,6 +84,16 @@ __all__ = ["PSGD", "Kron", "Diag", "LRA", "XMat", "Dense", "CURVATURES"]
 CURVATURES = ("whiten", "hvp", "finite_diff")
 
 Probability = float | Callable[[int], float]
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for one named random stream of an optimizer seeded ``seed``. Hashing keeps the streams
+    apart: with ``seed + k`` offsets, seed 0's probes would replay seed 1's coin flips."""
+    digest = hashlib.blake2b(f"{seed}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+_COIN_BATCH = 256  # coin flips drawn per call: one draw costs as much as 256 (same values, same order)
 
 
 def _check_number(
@@ -199,7 +210,8 @@ class PSGD(torch.optim.Optimizer):
         self._preconds: list[list[Preconditioner]] = []
         self._flat_momenta: dict[int, torch.Tensor] = {}  # flattened groups: momentum as one tensor
         self._step_count_psgd = 0
-        self._coin_gen = torch.Generator().manual_seed(seed)
+        self._coin_gen = torch.Generator().manual_seed(stream_seed(seed, "coins"))
+        self._coins: list[float] = []  # drawn but unused coin flips (reversed: the next one is last)
         self._gens: dict[str, torch.Generator] = {}
         defaults = dict(
             lr=lr,
@@ -313,8 +325,15 @@ class PSGD(torch.optim.Optimizer):
         key = self._gen_key(device)
         gen = self._gens.get(key)
         if gen is None:
-            gen = self._gens[key] = torch.Generator(device=device).manual_seed(self.seed + 1)
+            gen = torch.Generator(device=device).manual_seed(stream_seed(self.seed, "probes"))
+            self._gens[key] = gen
         return gen
+
+    def _next_coin(self) -> float:
+        coins = self.__dict__.setdefault("_coins", [])  # absent in optimizers pickled before it
+        if not coins:
+            coins.extend(reversed(torch.rand(_COIN_BATCH, generator=self._coin_gen).tolist()))
+        return coins.pop()
 
     def _randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self._generator(x.device), dtype=x.dtype, device=x.device)
@@ -444,7 +463,7 @@ class PSGD(torch.optim.Optimizer):
         ]
         params = [self.param_groups[gi]["params"][pi] for gi, pi in index]
         p_refit = self._refit_probability(self._step_count_psgd)
-        coin = torch.rand((), generator=self._coin_gen).item()
+        coin = self._next_coin()
         # The first step always refits when a scale is still to be set from data (init_scale=None); later a
         # tensor that had no gradient then is initialised at its first regular refit.
         pending = self._step_count_psgd == 0 and any(
@@ -605,7 +624,7 @@ class PSGD(torch.optim.Optimizer):
         flats = self.__dict__.setdefault("_flat_momenta", {})  # absent in optimizers pickled before it
         flat = flats.get(gi)
         if flat is not None and all(b is not None and b._base is flat for b in bufs):
-            flat.lerp_(torch.cat([x.reshape(-1) for x in gs]), 1.0 - beta)  # β·m + (1 − β)·g, one kernel
+            torch._foreach_lerp_(bufs, gs, 1.0 - beta)  # β·m + (1 − β)·g into the views: one fused op
             return flat
         if all(b is None for b in bufs):  # first step
             flat = (1.0 - beta) * torch.cat([x.reshape(-1) for x in gs])
@@ -679,6 +698,7 @@ class PSGD(torch.optim.Optimizer):
         "_preconds",
         "_step_count_psgd",
         "_coin_gen",
+        "_coins",
         "_gens",
         "_flat_momenta",
     )
@@ -701,6 +721,7 @@ class PSGD(torch.optim.Optimizer):
         sd["psgd"] = {
             "step": self._step_count_psgd,
             "coin_generator": self._coin_gen.get_state(),
+            "coins": list(self.__dict__.get("_coins", [])),
             "generators": {k: g.get_state() for k, g in self._gens.items()},
             "preconditioners": [[pc.state_dict() for pc in pcs] for pcs in self._preconds],
         }
@@ -724,6 +745,7 @@ class PSGD(torch.optim.Optimizer):
                 pc.load_state_dict(st)
         self._step_count_psgd = int(extra["step"])
         self._coin_gen.set_state(extra["coin_generator"])
+        self._coins = list(extra.get("coins", []))  # checkpoints from before the coin batches: none pending
         for key, st in extra["generators"].items():
             device = torch.device(key)
             if device.type == "cuda" and not torch.cuda.is_available():
@@ -822,7 +844,7 @@ class LRA(PSGD):
         return LRAPreconditioner(
             dim,
             min(group["rank"], dim - 1),
-            seed=self.seed + gi,
+            seed=stream_seed(self.seed, f"lra_init/{gi}"),
             lr=group["preconditioner_lr"],
             init_scale=group["init_scale"],
             dtype=dtype,

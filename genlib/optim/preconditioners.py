@@ -509,6 +509,11 @@ class LRAPreconditioner(Preconditioner):
     updates move ``U``, odd ones ``V``), each along the group gradient projected onto its factor, so
     ``Q`` stays in the group and ``(I + VᵀU)`` stays small to invert (rank × rank). ``rank=0`` is the
     diagonal preconditioner. ``U, V`` start small and random from ``seed`` (identical on every DDP rank).
+
+    ``M = I + UᵀV`` (rank × rank, needed by every fit) is carried along by exact rank × rank updates
+    instead of a pass over both factors per fit, and recomputed from ``U, V`` every 16 fits (and every fit
+    for half-precision storage) so round-off cannot drift; it is part of the state, so a resumed run
+    continues bit for bit.
     """
 
     def __init__(self, dim: int, rank: int = 10, *, seed: int = 0, **kwargs: Any) -> None:
@@ -527,9 +532,30 @@ class LRAPreconditioner(Preconditioner):
         self.V = (torch.randn(dim, rank, generator=gen) * std).to(self.dtype).to(self.device)
         scale = 1.0 if self.init_scale is None else float(self.init_scale)
         self.d = torch.full((dim,), scale, dtype=self.dtype, device=self.device)
+        self.M = self._fresh_M()
+
+    def _fresh_M(self) -> torch.Tensor:
+        """``I + UᵀV`` from the stored factors, in the compute dtype."""
+        cd = _compute_dtype(self.dtype)
+        eye = torch.eye(self.rank, dtype=cd, device=self.device)
+        return torch.addmm(eye, self.U.to(cd).mT, self.V.to(cd))
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        return {"U": self.U, "V": self.V, "d": self.d}
+        return {"U": self.U, "V": self.V, "d": self.d, "M": self.M}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "M" not in state.get("tensors", {"M": None}):  # saved before M was kept: rebuild it
+            self.M = torch.empty_like(self.M)  # shape-checked placeholder, recomputed below
+            state = {**state, "tensors": {**state["tensors"], "M": self._fresh_M()}}
+            super().load_state_dict(state)
+            self.M.copy_(self._fresh_M())
+            return
+        super().load_state_dict(state)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "M" not in self.__dict__:  # pickled before M was kept
+            self.M = self._fresh_M()
 
     def _rescale(self, c: torch.Tensor) -> None:
         self.d.mul_(c.to(self.d.dtype))
@@ -553,8 +579,7 @@ class LRAPreconditioner(Preconditioner):
         # b = Q⁻ᵀ v = (I + VUᵀ)⁻¹ (v/d) and P⁻¹v = d⁻¹ (I + UVᵀ)⁻¹ b, by Woodbury with M = I + UᵀV (r × r).
         z = v / d
         if r > 0:
-            eye = torch.eye(r, dtype=dt, device=v.device)
-            M = eye + U.mT @ V
+            M = self.M if self.M.dtype == dt else self.M.to(dt)
             # M = I + UᵀV stays near I, so an explicit r × r inverse is accurate, and cheaper than a
             # factorisation plus two solves (no per-call singularity check either)
             Minv, _ = torch.linalg.inv_ex(M)
@@ -585,6 +610,8 @@ class LRAPreconditioner(Preconditioner):
             # U − ZᵀC: in place when U is the stored tensor (a thin k = 2n product, rank-1 updates on CPU).
             U_new = _add_outer_(U, Z, -C) if U is self.U else torch.addmm(U, Z.mT, C, alpha=-1.0)
             V_new = V
+            # (U − ZᵀC)ᵀV = UᵀV − Cᵀ(ZV) with ZV = [aV; bV]
+            M_new = torch.addmm(M, C.mT, torch.cat([aV, bV]), alpha=-1.0)
         else:
             # E = −μ UUᵀ∇  ⇔  V ← V − μ (I + VUᵀ)(∇U) = V (I − μ Uᵀ∇U) − μ ∇U.
             bU = b @ U
@@ -593,9 +620,12 @@ class LRAPreconditioner(Preconditioner):
             D = torch.cat([aU, -bU]) * (lr / (norm + tiny))  # μ ∇U = Zᵀ D
             # μ Uᵀ∇U = Yᵀ D with Y = Z U = [aU; bU], so V − V(YᵀD) − ZᵀD = V − (V Yᵀ + Zᵀ) D: one thin
             # product and one in-place k = 2n update (forming V (I − R) took ~3x longer on CPU)
-            W = torch.addmm(Z, torch.cat([aU, bU]), V.mT)  # (V Yᵀ + Zᵀ)ᵀ: row-major output, ~3x faster
+            Y = torch.cat([aU, bU])
+            W = torch.addmm(Z, Y, V.mT)  # (V Yᵀ + Zᵀ)ᵀ: row-major output, ~3x faster
             V_new = V.addmm_(W.mT, D, alpha=-1.0)
             U_new = U
+            # Uᵀ(V − WᵀD) = UᵀV − (Yᵀ + UᵀV Yᵀ) D = M − M YᵀD, since Z U = Y
+            M_new = torch.addmm(M, M, Y.mT @ D, alpha=-1.0)
         if self.num_updates % 16 == 15:
             # Balance ‖U‖ and ‖V‖ (UVᵀ unchanged) now and then so neither drifts towards under/overflow.
             rho = torch.sqrt(
@@ -606,6 +636,10 @@ class LRAPreconditioner(Preconditioner):
             self.U.copy_(U_new)
         if V_new is not self.V:
             self.V.copy_(V_new)
+        if self.num_updates % 16 == 15 or self.U.dtype != dt:  # drop round-off (half storage: every fit)
+            self.M.copy_(self._fresh_M())
+        else:
+            self.M.copy_(M_new)
 
     def _precondition(self, g: torch.Tensor) -> torch.Tensor:
         dt = g.dtype

@@ -33,10 +33,13 @@ def train(opt, loss_fn, steps: int, closure: bool) -> None:
             opt.step()
 
 
-def test_rosenbrock_psgd_far_below_tuned_sgd():
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rosenbrock_psgd_far_below_tuned_sgd(seed):
     steps = 300
     x = nn.Parameter(torch.tensor([-1.2, 1.0], dtype=DT))
-    train(Dense([x], lr=1.0, curvature="hvp"), lambda: rosenbrock(x), steps, closure=True)
+    # Full Newton-size steps (lr = 1) inside a trust region: without one, ~1 probe seed in 20 diverges.
+    opt = Dense([x], lr=1.0, curvature="hvp", grad_clip_max_norm=1.0, seed=seed)
+    train(opt, lambda: rosenbrock(x), steps, closure=True)
     psgd = float(rosenbrock(x.detach()))
     # SGD's best over a grid up to its stability limit (lr = 4e-3 diverges from this start).
     sgd = []
@@ -44,9 +47,9 @@ def test_rosenbrock_psgd_far_below_tuned_sgd():
         y = nn.Parameter(torch.tensor([-1.2, 1.0], dtype=DT))
         train(torch.optim.SGD([y], lr=lr), lambda y=y: rosenbrock(y), steps, closure=False)
         sgd.append(float(rosenbrock(y.detach())))
-    assert psgd < 1e-8
+    assert psgd < 1e-6  # worst of 40 probe seeds: 7e-8
     assert min(sgd) > 1e-2  # SGD is still crawling along the valley
-    assert torch.allclose(x.detach(), torch.ones(2, dtype=DT), atol=1e-4)
+    assert torch.allclose(x.detach(), torch.ones(2, dtype=DT), atol=1e-3)
 
 
 def ill_conditioned_lstsq(seed: int = 0):
@@ -66,7 +69,7 @@ def ill_conditioned_lstsq(seed: int = 0):
 )
 def test_ill_conditioned_least_squares_psgd_far_below_tuned_sgd(family, curvature, clip):
     A, b, f_star = ill_conditioned_lstsq()
-    steps = 400
+    steps = 800
 
     def gap_after(make_opt, closure):
         x = nn.Parameter(torch.zeros(20, dtype=DT))
@@ -75,11 +78,15 @@ def test_ill_conditioned_least_squares_psgd_far_below_tuned_sgd(family, curvatur
         return float(loss().detach()) - f_star
 
     kw = {"max_skew": math.inf} if family is Kron else {}  # Kron: one triangular factor on the vector
-    psgd = gap_after(lambda p: family(p, lr=0.5, curvature=curvature, grad_clip_max_norm=clip, **kw), True)
+    # Every probe seed: at 400 steps the gap still depends on the probes (0.04-0.46 over 12 seeds); at 800
+    # PSGD has converged on all 12 (worst 6e-4).
+    kw.update(lr=0.5, curvature=curvature, grad_clip_max_norm=clip)
+    psgd = max(gap_after(lambda p, s=s: family(p, seed=s, **kw), True) for s in (0, 1, 2))
     # SGD with lr in units of 1/L up to just below the divergence threshold 2/L.
     sgd = min(gap_after(lambda p, lr=lr: torch.optim.SGD(p, lr=lr), False) for lr in (0.5, 1.0, 1.5, 1.9))
-    assert psgd < 0.1  # from an initial gap of ~20; SGD's best is still above 1
-    assert sgd > 15 * psgd
+    assert psgd < 1e-2  # from an initial gap of ~20
+    assert sgd > 0.2  # SGD's best is still crawling (0.27)
+    assert sgd > 20 * psgd
 
 
 def mlp_problem():
@@ -497,3 +504,18 @@ def test_whiten_closure_without_backward_equals_backward_then_step(family):
             assert all(p.grad is None for p in model.parameters())  # nothing accumulated into .grad
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+def test_random_streams_never_share_a_seed():
+    # Coin flips, probes and each group's LRA start draw from their own streams; with seed + k offsets
+    # seed 0's probes would replay seed 1's coin flips.
+    from genlib.optim.optimizers import stream_seed
+
+    names = ["coins", "probes"] + [f"lra_init/{gi}" for gi in range(4)]
+    seeds = [stream_seed(s, n) for s in range(200) for n in names]
+    assert len(set(seeds)) == len(seeds)
+    assert all(0 <= s < 2**63 for s in seeds)
+    # A probe stream is not a shifted copy of another seed's coin stream.
+    probes = torch.Generator().manual_seed(stream_seed(0, "probes"))
+    coins = torch.Generator().manual_seed(stream_seed(1, "coins"))
+    assert not torch.equal(torch.rand(8, generator=probes), torch.rand(8, generator=coins))

@@ -399,3 +399,32 @@ def test_host_scalar_fits_equal_the_sync_free_device_path(make, monkeypatch):
         for name, t in host.state_dict()["tensors"].items():
             torch.testing.assert_close(t, device.state_dict()["tensors"][name], rtol=1e-5, atol=1e-6)
     assert any(not torch.allclose(t, start[n]) for n, t in host.state_dict()["tensors"].items())
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_lra_carried_m_equals_i_plus_ut_v(n):
+    # M = I + UᵀV is updated by rank × rank formulas between its refreshes (every 16 fits): after any
+    # number of fits it must equal the product formed from the stored factors, U steps and V steps alike.
+    pre = LRAPreconditioner(30, 5, dtype=DT, lr=0.2)
+    g = torch.Generator().manual_seed(3)
+    H = torch.diag(torch.linspace(0.2, 4.0, 30, dtype=DT))
+    eye = torch.eye(5, dtype=DT)
+    for _ in range(21):  # stops 5 fits past a refresh, so the last ones are carried updates
+        v = torch.randn(n, 30, generator=g, dtype=DT)
+        pre.update(v, v @ H)
+        torch.testing.assert_close(pre.M, eye + pre.U.mT @ pre.V, rtol=0, atol=1e-12)
+    assert not torch.allclose(pre.M, eye, atol=1e-3)  # the factors did move
+
+
+def test_lra_loads_a_state_saved_without_m():
+    pre = LRAPreconditioner(12, 3, dtype=DT)
+    v = torch.randn(2, 12, dtype=DT)
+    for _ in range(5):
+        pre.update(v, 2 * v)
+    state = pre.state_dict()
+    del state["tensors"]["M"]  # checkpoints written before M was part of the state
+    fresh = LRAPreconditioner(12, 3, dtype=DT)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.M, torch.eye(3, dtype=DT) + fresh.U.mT @ fresh.V, rtol=0, atol=1e-14)
+    x = torch.randn(4, 12, dtype=DT)
+    torch.testing.assert_close(fresh.precondition(x), pre.precondition(x))
