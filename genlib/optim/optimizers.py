@@ -335,6 +335,19 @@ class PSGD(torch.optim.Optimizer):
             coins.extend(reversed(torch.rand(_COIN_BATCH, generator=self._coin_gen).tolist()))
         return coins.pop()
 
+    def _probes(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``v ~ N(0, I)`` shaped like each parameter: one draw for all of them when they share a device and
+        dtype (views into it; a draw per tensor costs ~10 µs each on small models)."""
+        if len({(p.device, p.dtype) for p in params}) != 1:
+            return [self._randn_like(p) for p in params]
+        flat = torch.randn(
+            sum(p.numel() for p in params),
+            generator=self._generator(params[0].device),
+            dtype=params[0].dtype,
+            device=params[0].device,
+        )
+        return [c.view_as(p) for c, p in zip(flat.split([p.numel() for p in params]), params)]
+
     def _randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self._generator(x.device), dtype=x.dtype, device=x.device)
 
@@ -363,7 +376,7 @@ class PSGD(torch.optim.Optimizer):
                 "closure returned a loss that does not require grad: it must build the graph from the "
                 "parameters (not under torch.no_grad) and must not call backward() itself"
             )
-        return loss.reshape(())
+        return loss if loss.ndim == 0 else loss.reshape(())  # a reshape is one more node to differentiate
 
     def _grad(self, loss: torch.Tensor, params: list[torch.Tensor], **kw: Any) -> tuple[torch.Tensor, ...]:
         try:
@@ -500,7 +513,7 @@ class PSGD(torch.optim.Optimizer):
                 loss = self._loss_of(out)
                 if refit:
                     g_graph = self._grad(loss, params, create_graph=True)
-                    vs = [self._randn_like(p) for p in params]
+                    vs = self._probes(params)
                     live = [k for k, g in enumerate(g_graph) if g.requires_grad]
                     if live:
                         hs = list(
@@ -532,8 +545,7 @@ class PSGD(torch.optim.Optimizer):
                 rms = math.sqrt(sq / sum(p.numel() for p in params))  # one sync per device
                 delta = math.sqrt(eps) * (1.0 + rms)
                 saved = [p.detach().clone() for p in params]
-                for p in params:
-                    p.add_(self._randn_like(p), alpha=delta)
+                torch._foreach_add_(params, self._probes(params), alpha=delta)
                 vs = [(p - s) / delta for p, s in zip(params, saved)]  # the perturbation actually applied
                 self._set_rng_states(rng)  # same dropout masks etc. as the first evaluation
                 try:
@@ -581,6 +593,11 @@ class PSGD(torch.optim.Optimizer):
         if self.flatten:
 
             def flat(xs: list[torch.Tensor | None]) -> torch.Tensor:
+                base = xs[0]._base if xs[0] is not None else None
+                if base is not None and base.numel() == sum(p.numel() for p in ps) and all(
+                    x is not None and x._base is base for x in xs
+                ):  # the probes' single draw split into views (see _probes): already this layout
+                    return base
                 return torch.cat(
                     [(x if x is not None else torch.zeros_like(p)).reshape(-1) for p, x in zip(ps, xs)]
                 )

@@ -33,6 +33,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -103,6 +104,17 @@ def psd_norm_lower_bound(S: torch.Tensor) -> torch.Tensor:
     x = S.index_select(1, j).squeeze(1)
     x = x / (torch.linalg.vector_norm(x) + _tiny(S.dtype))
     return torch.linalg.vector_norm(S @ x)
+
+
+def _small_inverse(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of a small, well-conditioned square matrix. On CPU through NumPy's LAPACK call: for
+    10 × 10 it takes ~9 µs against torch's ~14 µs dispatch."""
+    if m.device.type == "cpu" and m.dtype in (torch.float32, torch.float64):
+        try:
+            return torch.from_numpy(np.linalg.inv(m.numpy()))
+        except np.linalg.LinAlgError:  # exactly singular: same (non-raising) result as on GPU
+            pass
+    return torch.linalg.inv_ex(m)[0]
 
 
 def _add_outer_(m: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -573,25 +585,25 @@ class LRAPreconditioner(Preconditioner):
         sqrt = math.sqrt if isinstance(lr, float) else torch.sqrt
         # a = Q h and P h (rows). (Stacking two rows into one product saves nothing with MKL: measured.)
         x = d * h
-        a = x + (x @ V) @ U.mT
+        a = torch.addmm(x, x @ V, U.mT)
         aU = a @ U
-        Ph = d * (a + aU @ V.mT)
+        Ph = torch.addmm(a, aU, V.mT).mul_(d)
         # b = Q⁻ᵀ v = (I + VUᵀ)⁻¹ (v/d) and P⁻¹v = d⁻¹ (I + UVᵀ)⁻¹ b, by Woodbury with M = I + UᵀV (r × r).
         z = v / d
         if r > 0:
             M = self.M if self.M.dtype == dt else self.M.to(dt)
             # M = I + UᵀV stays near I, so an explicit r × r inverse is accurate, and cheaper than a
             # factorisation plus two solves (no per-call singularity check either)
-            Minv, _ = torch.linalg.inv_ex(M)
+            Minv = _small_inverse(M)
             b = torch.addmm(z, (z @ U) @ Minv.mT, V.mT, alpha=-1.0)
             bV = b @ V
             invPv = torch.addmm(b, bV @ Minv, U.mT, alpha=-1.0).div_(d)
         else:
             b, invPv = z, z / d
         # d: right-multiplicative diagonal step, Q ← Q·diag(1 − μ∇_d).
-        t1, t2 = Ph * h, v * invPv
+        t1, t2 = Ph.mul_(h), invPv.mul_(v)
         grad_d = _mean_rows(t1 - t2)
-        mu_d = lr / (num(_mean_rows(t1.abs() + t2.abs()).max()) + tiny)
+        mu_d = lr / (num(_mean_rows(t1.abs_().add_(t2.abs_())).max()) + tiny)
         if d is self.d and isinstance(mu_d, float):
             self.d.addcmul_(grad_d, d, value=-mu_d)  # in place: d ← d − μ ∇_d ⊙ d
         else:
