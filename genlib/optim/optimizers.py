@@ -483,6 +483,11 @@ class PSGD(torch.optim.Optimizer):
             not pc.initialized for pcs in self._preconds for pc in pcs
         )
         refit = coin < p_refit or pending
+        if p_refit != self.__dict__.get("_hinted_rate"):  # tell cache-keeping preconditioners (Kron)
+            for pcs in self._preconds:
+                for pc in pcs:
+                    pc.refit_rate = p_refit
+            self._hinted_rate = p_refit
         if not params:  # everything frozen: nothing to do but evaluate the closure
             if closure is not None:
                 with torch.enable_grad():

@@ -202,6 +202,10 @@ class Preconditioner(ABC):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.initialized = init_scale is not None
         self.num_updates = 0
+        #: Expected fits per :meth:`precondition` call, a hint for families that cache products of Q (Kron's
+        #: factor products pay off only when several calls share one fit). The optimizers set it to their
+        #: update probability; 1.0 (a fit per call, as in the Langevin sampler) by default.
+        self.refit_rate = 1.0
         self._cd_cache: dict[torch.dtype, torch.dtype] = {}  # input dtype → compute dtype
 
     # ---- family-specific pieces -------------------------------------------------------------------------
@@ -233,7 +237,8 @@ class Preconditioner(ABC):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("_cd_cache", {})  # objects pickled before the cache existed
+        self.__dict__.setdefault("_cd_cache", {})  # objects pickled before these existed
+        self.__dict__.setdefault("refit_rate", 1.0)
 
     # ---- public API -------------------------------------------------------------------------------------
     def _check_batch(self, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -777,9 +782,19 @@ class KronPreconditioner(Preconditioner):
             diag = s == 1 or s > max_size or s > max_skew * rest
             f = torch.full((s,), scale) if diag else scale * torch.eye(s)
             self.factors.append(f.to(dtype=self.dtype, device=self.device))
-        # Cache P_k = Q_kᵀQ_k only where one d³ product beats two d²·rest products per call.
-        self._use_cache = [f.ndim == 2 and f.shape[0] <= self.numel // f.shape[0] for f in self.factors]
+        # P_k = Q_kᵀQ_k (d³ to form) saves one d²·rest product per call until the next fit: worth it when
+        # d ≤ rest × (calls per fit). _cache_below[k] is the largest refit rate at which it pays.
+        self._cache_below = [
+            (self.numel // f.shape[0]) / f.shape[0] if f.ndim == 2 else -1.0 for f in self.factors
+        ]
         self._P: list[torch.Tensor | None] | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_cache_below" not in self.__dict__:  # pickled before the rate-dependent cache
+            self._cache_below = [
+                (self.numel // f.shape[0]) / f.shape[0] if f.ndim == 2 else -1.0 for f in self.factors
+            ]
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {f"Q{i}": f for i, f in enumerate(self.factors)}
@@ -831,7 +846,7 @@ class KronPreconditioner(Preconditioner):
             f.copy_(q)
 
     def _factor_P(self, i: int, dt: torch.dtype) -> torch.Tensor | None:
-        if not self._use_cache[i]:
+        if self.refit_rate > self._cache_below[i]:
             return None
         if self._P is None:
             self._P = [None] * len(self.factors)

@@ -428,3 +428,34 @@ def test_lra_loads_a_state_saved_without_m():
     torch.testing.assert_close(fresh.M, torch.eye(3, dtype=DT) + fresh.U.mT @ fresh.V, rtol=0, atol=1e-14)
     x = torch.randn(4, 12, dtype=DT)
     torch.testing.assert_close(fresh.precondition(x), pre.precondition(x))
+
+
+def test_kron_caches_a_factor_product_only_when_fits_are_rare_enough():
+    # A 40 × 8 matrix: the 8-dim factor's product always pays (d ≤ rest); the 40-dim one (rest 8) only when
+    # at most one fit per 5 calls is expected. Cached or not, P·g is the same.
+    pre = KronPreconditioner((40, 8), max_skew=math.inf, dtype=DT)
+    g = torch.Generator().manual_seed(2)
+    v = torch.randn(3, 40, 8, generator=g, dtype=DT)
+    pre.update(v, v * torch.linspace(0.5, 2.0, 8, dtype=DT) + 0.1 * v.flip(1))
+    x = torch.randn(5, 40, 8, generator=g, dtype=DT)
+    results = {}
+    for rate in (1.0, 0.25, 0.2, 0.0):
+        pre.refit_rate = rate
+        pre._invalidate()
+        results[rate] = pre.precondition(x)
+        cached = [p is not None for p in (pre._P or [None, None])]
+        assert cached == [rate <= 0.2, True], rate
+    for rate in (0.25, 0.2, 0.0):
+        torch.testing.assert_close(results[rate], results[1.0], rtol=1e-12, atol=0)
+
+
+def test_optimizers_pass_their_update_probability_to_the_preconditioners():
+    from genlib.optim import Kron
+
+    w = torch.nn.Parameter(torch.randn(40, 8, dtype=DT))
+    opt = Kron([w], update_probability=0.1, max_skew=math.inf)
+    for _ in range(3):
+        opt.zero_grad()
+        w.square().sum().backward()
+        opt.step()
+    assert opt.preconditioners[0][0].refit_rate == 0.1
