@@ -25,7 +25,14 @@ the median over blocks of the block mean (a block mixes refit and plain steps as
 does). Loss: the mean cross-entropy on all 4000 digits after the run. Ratios: step time /
 SGD's, step time / psgd_torch's, and loss − psgd_torch's loss.
 
+``--probe-seeds K`` compares losses instead of times: a single run's loss depends on its random probes ``v``
+(and psgd_torch's random starting LRA factors) by about as much as the two libraries differ, so each PSGD pair
+is trained K times per side with K different random streams (genlib's ``seed=k``, psgd_torch's global
+generator seeded ``10_000 + k``), same weights, batches and refit steps, and the mean losses are compared
+with the standard error of their difference.
+
     python -m benchmarks.psgd_step [--steps 200] [--update-probability 0.1] [--models mlp cnn tiny]
+    python -m benchmarks.psgd_step --probe-seeds 20 --models tiny   # loss: mean over 20 random streams
     python -m benchmarks.psgd_step --dense-fit     # one dense refit only, genlib vs psgd_torch
 """
 
@@ -84,13 +91,14 @@ class SharedCoins:
 
 
 def optimizers(
-    args: argparse.Namespace, model: str, coins: SharedCoins
+    args: argparse.Namespace, model: str, coins: SharedCoins, probe_seed: int = 0
 ) -> dict[str, Callable[[list[nn.Parameter]], object]]:
-    """name → factory. Names ``ours:<family>`` / ``ref:<family>`` for the PSGD pairs."""
+    """name → factory. Names ``ours:<family>`` / ``ref:<family>`` for the PSGD pairs. ``probe_seed`` seeds
+    genlib's random streams (psgd_torch draws from torch's global generator: the caller seeds it)."""
     lr, mom, plr = args.lr, args.momentum, args.preconditioner_lr
     whiten = args.curvature == "whiten"
     common = dict(lr=lr, momentum=mom, preconditioner_lr=plr, curvature=args.curvature,
-                  update_probability=coins, check_finite=False)
+                  update_probability=coins, check_finite=False, seed=probe_seed)
     ref = dict(lr_params=lr, momentum=mom, lr_preconditioner=plr, preconditioner_update_probability=0.0,
                exact_hessian_vector_product=True, preconditioner_type="whitening" if whiten else "Newton")
     import psgd_torch as pt  # benchmark-only reference, never imported by genlib
@@ -127,16 +135,7 @@ def run_all(
 
     def steps(name: str, start: int, n: int) -> None:
         model, opt, _ = runs[name]
-        for i in range(start, start + n):
-            x, y = batches[i % len(batches)]
-            if name in ("sgd", "adam"):
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x), y).backward()
-                opt.step()
-                continue
-            if name.startswith("ref:"):
-                opt.preconditioner_update_probability = coins(i)  # the same refit steps as genlib's
-            opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y))
+        train_steps(name, model, opt, batches, coins, start, n)
 
     for name in runs:
         steps(name, 0, args.warmup)
@@ -150,6 +149,39 @@ def run_all(
         with torch.no_grad():
             loss = float(F.cross_entropy(model(x_all), y_all))
         out[name] = dict(ms=1e3 * statistics.median(blocks), loss=loss)
+    return out
+
+
+def train_steps(name: str, model: nn.Module, opt, batches: list, coins: SharedCoins, start: int, n: int):
+    """``n`` steps of one optimizer from step ``start`` (psgd_torch told the shared refit decision)."""
+    for i in range(start, start + n):
+        x, y = batches[i % len(batches)]
+        if name in ("sgd", "adam"):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            continue
+        if name.startswith("ref:"):
+            opt.preconditioner_update_probability = coins(i)  # the same refit steps as genlib's
+        opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y))
+
+
+def probe_seed_losses(model_name: str, batches: list, x_all, y_all, args, coins: SharedCoins) -> dict:
+    """Family → (genlib losses, psgd_torch losses), one per random stream, after warm-up + steps."""
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    steps = args.warmup + args.steps
+    for k in range(args.probe_seeds):
+        facs = optimizers(args, model_name, coins, probe_seed=k)
+        for name, factory in facs.items():
+            if ":" not in name or (args.only and name not in args.only):
+                continue
+            model = make_model(model_name, args.seed)
+            torch.manual_seed(10_000 + k)  # psgd_torch's probes and starting factors
+            train_steps(name, model, factory(list(model.parameters())), batches, coins, 0, steps)
+            with torch.no_grad():
+                loss = float(F.cross_entropy(model(x_all), y_all))
+            side, fam = name.split(":")
+            out.setdefault(fam, ([], []))[0 if side == "ours" else 1].append(loss)
     return out
 
 
@@ -206,6 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="hvp: exact Hessian-vector products (psgd_torch 'Newton'); whiten: gradient "
                     "whitening, plain backward() + step() (psgd_torch 'whitening', which takes gradients "
                     "in its step from the closure)")
+    ap.add_argument("--probe-seeds", type=int, default=0, metavar="K",
+                    help="compare losses (no timing) as means over K random streams per side")
     ap.add_argument("--dense-fit", action="store_true",
                     help="only time one dense refit (d = 1930, one pair): genlib vs psgd_torch, then exit")
     args = ap.parse_args(argv)
@@ -217,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
         return r
     if args.steps < 10 or args.warmup < 0 or not 0 <= args.update_probability <= 1:
         raise ValueError("need --steps >= 10, --warmup >= 0 and --update-probability in [0, 1]")
+    if args.probe_seeds == 1 or args.probe_seeds < 0:
+        raise ValueError(f"--probe-seeds must be 0 (timing run) or >= 2, got {args.probe_seeds}")
     torch.set_num_threads(1)  # one thread: comparable, and what this shared CPU allows
     x_all, y_all = load_mnist()
     g = torch.Generator().manual_seed(args.seed)
@@ -229,6 +265,20 @@ def main(argv: list[str] | None = None) -> dict:
     coins = SharedCoins(args.warmup + args.steps, args.update_probability, args.seed)
     n_refits = int(sum(coins.coins[args.warmup :]))
     print(f"shared refit schedule: {n_refits} refits in the {args.steps} timed steps")
+    if args.probe_seeds:
+        for m in args.models:
+            res = probe_seed_losses(m, batches, x_all, y_all, args, coins)
+            results[m] = res
+            print(f"\n[{m}] loss after {args.warmup + args.steps} steps, mean over {args.probe_seeds} random "
+                  "streams per side (± standard error)")
+            print(f"{'family':<8}{'genlib':>16}{'psgd_torch':>16}{'difference':>18}")
+            k = args.probe_seeds
+            for fam, (ours, ref) in res.items():
+                mo, mr = statistics.fmean(ours), statistics.fmean(ref)
+                so, sr = statistics.stdev(ours) / math.sqrt(k), statistics.stdev(ref) / math.sqrt(k)
+                se = math.hypot(so, sr)
+                print(f"{fam:<8}{mo:>9.4f} ± {so:.4f}{mr:>9.4f} ± {sr:.4f}{mo - mr:>+11.4f} ± {se:.4f}")
+        return results
     for m in args.models:
         n_params = sum(p.numel() for p in make_model(m).parameters())
         wanted = lambda k: not args.only or k in args.only or k == "sgd"  # noqa: E731
