@@ -365,7 +365,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     mode.add_argument("--summarize", nargs="+", metavar="RESULTS",
                       help="merge saved results.json files (or their folders), print the tables and exit")
     ap.add_argument("--lengths", type=int, nargs="+", help="override the sequence lengths")
-    ap.add_argument("--seeds", type=int, help="number of seeds (0..n-1)")
+    ap.add_argument("--seeds", type=int, help="number of seeds (first-seed .. first-seed + n - 1)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="first seed (add seeds to an earlier study, then --summarize both)")
     ap.add_argument("--max-iters", type=int, help="iteration cap per run")
     ap.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, help="subset of optimizers")
     ap.add_argument("--workers", type=int, default=2, help="parallel processes (one torch thread each)")
@@ -390,8 +392,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         kw.update(optimizers=("psgd_lra",), ranks=(0, 1, 2, 5, 10))
     if a.lengths:
         kw["lengths"] = tuple(a.lengths)
-    if a.seeds:
-        kw["seeds"] = tuple(range(a.seeds))
+    if a.seeds is not None and a.seeds < 1:
+        ap.error(f"--seeds must be >= 1, got {a.seeds}")
+    if a.first_seed < 0:
+        ap.error(f"--first-seed must be >= 0, got {a.first_seed}")
+    if a.seeds or a.first_seed:
+        n = a.seeds or len(kw.get("seeds", XorConfig.seeds))
+        kw["seeds"] = tuple(range(a.first_seed, a.first_seed + n))
     if a.max_iters:
         kw["max_iters"] = a.max_iters
     if a.optimizers:

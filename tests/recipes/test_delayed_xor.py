@@ -98,6 +98,15 @@ def test_cli_writes_json_and_figure(tmp_path):
     merged = main(["--summarize", str(tmp_path), str(other / "results.json")])
     got = [(r["optimizer"], r["runs"], r["success_rate"]) for r in merged]
     assert got == [("adam", 1, 0.0), ("sgd", 1, 0.0)]
+    # --first-seed adds seeds to a study: adam seed 3 here, merged with seed 0 above.
+    more = tmp_path / "more"
+    main(["--lengths", "30", "--seeds", "1", "--first-seed", "3", "--max-iters", "20", "--optimizers", "adam",
+          "--workers", "1", "--out", str(more)])
+    assert [r["seed"] for r in json.loads((more / "results.json").read_text())["runs"]] == [3]
+    merged = main(["--summarize", str(tmp_path), str(more)])
+    assert [(r["optimizer"], r["runs"]) for r in merged] == [("adam", 2)]
+    with pytest.raises(SystemExit):
+        main(["--seeds", "0"])
 
 
 def test_study_reports_every_finished_run_in_order():
