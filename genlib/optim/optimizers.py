@@ -33,9 +33,12 @@ Cost: a step without a refit (probability ``1 − update_probability``) only dra
 gradients are finite (one device sync; ``check_finite=False`` skips it), preconditions and updates; refits
 add the curvature pair (one HVP, or a second closure call for ``"finite_diff"``) and one fit of Q.
 
-Reproducibility: the refit coin flips and every ``v`` come from the optimizer's own generators seeded
-by ``seed``; they, the step count and every preconditioner are in :meth:`PSGD.state_dict`, so resuming from
-a checkpoint reproduces the uninterrupted run bit for bit (on the same device).
+Reproducibility: the refit coin flips, every ``v`` and LRA's starting factors (per param group) come from
+the optimizer's own generators, one stream each, seeded by hashing ``seed`` with the stream's name
+(:func:`stream_seed`), so no stream of one seed replays another's. They, the step count and every
+preconditioner are in :meth:`PSGD.state_dict`, so resuming from a checkpoint reproduces the uninterrupted
+run bit for bit (on the same device). (Runs before 2026-11-26 seeded the streams ``seed``, ``seed + 1`` and
+``seed + group``: the same ``seed`` now gives other draws.)
 
 Distributed (DDP): all ranks keep identical Q because the coin flips and ``v`` come from identically
 seeded generators and every pair is identical across ranks:
