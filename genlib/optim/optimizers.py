@@ -16,8 +16,9 @@ Dense     full Q (or upper-triangular)                        flattened concaten
 
 Curvature sources (``curvature=``):
 
-- ``"whiten"`` (default): pairs ``(v, g)``, i.e. the preconditioner whitens the (momentum) gradient;
-  use it like any torch optimizer: ``loss.backward(); opt.step()``. Default ``lr = 1e-3``.
+- ``"whiten"`` (default): pairs ``(v, g)`` with ``g`` this step's raw gradient, so ``P ≈ E[ggᵀ]^(-1/2)``
+  whitens the gradients (the momentum, if any, is then preconditioned by it); use it like any torch
+  optimizer: ``loss.backward(); opt.step()``. Default ``lr = 1e-3``.
 - ``"hvp"``: Newton type with exact Hessian-vector products. Call ``opt.step(closure)`` where the
   closure returns the loss **without** calling ``backward()``; the optimizer takes gradients with
   ``create_graph=True`` and one HVP with ``v ~ N(0, I)`` on refit steps. Default ``lr = 1e-2``.
