@@ -561,13 +561,13 @@ class LRAPreconditioner(Preconditioner):
         return {"U": self.U, "V": self.V, "d": self.d, "M": self.M}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "M" not in state.get("tensors", {"M": None}):  # saved before M was kept: rebuild it
-            self.M = torch.empty_like(self.M)  # shape-checked placeholder, recomputed below
-            state = {**state, "tensors": {**state["tensors"], "M": self._fresh_M()}}
+        tensors = state.get("tensors", {})
+        if "M" in tensors or not {"U", "V", "d"} <= set(tensors):
             super().load_state_dict(state)
-            self.M.copy_(self._fresh_M())
             return
-        super().load_state_dict(state)
+        # Saved before M was part of the state: load the rest, then rebuild M from U and V.
+        super().load_state_dict({**state, "tensors": {**tensors, "M": self.M}})
+        self.M.copy_(self._fresh_M())
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
