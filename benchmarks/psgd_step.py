@@ -116,11 +116,17 @@ def optimizers(
         "ref:xmat": lambda ps: pt.XMat(ps, **ref),
         "ours:diag": lambda ps: gopt.Diag(ps, **common),
         "ref:diag": lambda ps: pt.LRA(ps, rank_of_approximation=0, **ref),
+        # The same diagonal preconditioner with psgd_torch's step rule (one normaliser per group; genlib's
+        # Diag normalises each tensor's step on its own), compared with ref:diag too.
+        "ours:lra0": lambda ps: gopt.LRA(ps, rank=0, **common),
     }
     if model == "tiny" and not whiten:  # dim² memory: only the tiny model (Newton only in psgd_torch)
         out["ours:dense"] = lambda ps: gopt.Dense(ps, **common)
         out["ref:dense"] = lambda ps: pt.Newton(ps, **ref)
     return out
+
+
+REFERENCE = {"ours:lra0": "ref:diag"}  # genlib optimizers compared with another family's reference
 
 
 def run_all(
@@ -181,7 +187,11 @@ def probe_seed_losses(model_name: str, batches: list, x_all, y_all, args, coins:
             with torch.no_grad():
                 loss = float(F.cross_entropy(model(x_all), y_all))
             side, fam = name.split(":")
-            out.setdefault(fam, ([], []))[0 if side == "ours" else 1].append(loss)
+            if side == "ours":
+                out.setdefault(fam, ([], []))[0].append(loss)
+            else:  # a reference run counts for every genlib optimizer compared with it
+                for ours in [f"ours:{fam}"] + [o for o, r in REFERENCE.items() if r == name]:
+                    out.setdefault(ours.split(":")[1], ([], []))[1].append(loss)
     return out
 
 
@@ -274,6 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{'family':<8}{'genlib':>16}{'psgd_torch':>16}{'difference':>18}")
             k = args.probe_seeds
             for fam, (ours, ref) in res.items():
+                if not ours or not ref:
+                    continue
                 mo, mr = statistics.fmean(ours), statistics.fmean(ref)
                 so, sr = statistics.stdev(ours) / math.sqrt(k), statistics.stdev(ref) / math.sqrt(k)
                 se = math.hypot(so, sr)
@@ -289,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\n[{m}] {n_params} parameters; SGD {sgd:.2f} ms/step")
         print(f"{'optimizer':<12}{'ms/step':>9}{'/SGD':>7}{'/ref':>7}{'loss':>9}{'-ref':>8}")
         for name, r in res.items():
-            refname = "ref:" + name.split(":")[1] if name.startswith("ours:") else None
+            refname = "ref:" + REFERENCE.get(name, name).split(":")[1] if name.startswith("ours:") else None
             rr = res.get(refname) if refname else None
             ratio = f"{r['ms'] / rr['ms']:>7.2f}" if rr else f"{'':>7}"
             dloss = f"{r['loss'] - rr['loss']:>+8.3f}" if rr else f"{'':>8}"
