@@ -106,6 +106,14 @@ def psd_norm_lower_bound(S: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(S @ x)
 
 
+def _splitmix64(x: int) -> int:
+    """SplitMix64's output function (Steele et al. 2014): a well-mixed 64-bit hash of an integer."""
+    z = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return z ^ (z >> 31)
+
+
 def _small_inverse(m: torch.Tensor) -> torch.Tensor:
     """Inverse of a small, well-conditioned square matrix. On CPU through NumPy's LAPACK call: for
     10 × 10 it takes ~9 µs against torch's ~14 µs dispatch."""
@@ -522,10 +530,12 @@ class DiagPreconditioner(Preconditioner):
 class LRAPreconditioner(Preconditioner):
     """Low-rank approximation ``Q = (I + UVᵀ)·diag(d)`` with ``U, V`` of shape ``(dim, rank)``.
 
-    ``d`` takes a (right-multiplicative) diagonal step at every update; ``U`` and ``V`` take turns (even
-    updates move ``U``, odd ones ``V``), each along the group gradient projected onto its factor, so
-    ``Q`` stays in the group and ``(I + VᵀU)`` stays small to invert (rank × rank). ``rank=0`` is the
-    diagonal preconditioner. ``U, V`` start small and random from ``seed`` (identical on every DDP rank).
+    ``d`` takes a (right-multiplicative) diagonal step at every update; ``U`` or ``V``, picked by a fair
+    coin per update as in Li's reference, moves along the group gradient projected onto its factor, so
+    ``Q`` stays in the group and ``(I + VᵀU)`` stays small to invert (rank × rank). (Strict alternation
+    ended measurably higher when whitening gradients: benchmarks/README.md.) ``rank=0`` is the diagonal
+    preconditioner. ``U, V`` start small and random from ``seed``, and the coin is a hash of ``seed`` and
+    the update count, so runs are reproducible, resume exactly and agree on every DDP rank.
 
     ``M = I + UᵀV`` (rank × rank, needed by every fit) is carried along by exact rank × rank updates
     instead of a pass over both factors per fit, and recomputed from ``U, V`` every 16 fits (and every fit
@@ -550,6 +560,11 @@ class LRAPreconditioner(Preconditioner):
         scale = 1.0 if self.init_scale is None else float(self.init_scale)
         self.d = torch.full((dim,), scale, dtype=self.dtype, device=self.device)
         self.M = self._fresh_M()
+        self._pick_key = _splitmix64(int(seed))
+
+    def _moves_u(self) -> bool:
+        """This update's coin: U (True) or V. A hash of (seed, update count): no generator state to keep."""
+        return _splitmix64(self._pick_key + self.num_updates) >> 63 == 0
 
     def _fresh_M(self) -> torch.Tensor:
         """``I + UᵀV`` from the stored factors, in the compute dtype."""
@@ -573,6 +588,7 @@ class LRAPreconditioner(Preconditioner):
         super().__setstate__(state)
         if "M" not in self.__dict__:  # pickled before M was kept
             self.M = self._fresh_M()
+        self.__dict__.setdefault("_pick_key", _splitmix64(0))
 
     def _rescale(self, c: torch.Tensor) -> None:
         self.d.mul_(c.to(self.d.dtype))
@@ -618,7 +634,7 @@ class LRAPreconditioner(Preconditioner):
         # ∇ = (aᵀa − bᵀb)/n = Zᵀ S Z / n, S = diag(1, −1), is never formed; 1/n cancels in μ/‖·‖.
         Z = torch.cat([a, b])
         an2, bn2 = num(_sq_norm(a)), num(_sq_norm(b))
-        if self.num_updates % 2 == 0:
+        if self._moves_u():
             # E = −μ ∇VVᵀ  ⇔  U ← U − μ (∇V)(I + VᵀU)  with (I + VᵀU) = Mᵀ.
             aV = a @ V
             na2, nb2 = map(num, _sq_norms_through(aV, bV, V))  # ‖aVVᵀ‖², ‖bVVᵀ‖²

@@ -459,3 +459,27 @@ def test_optimizers_pass_their_update_probability_to_the_preconditioners():
         w.square().sum().backward()
         opt.step()
     assert opt.preconditioners[0][0].refit_rate == 0.1
+
+
+def test_lra_moves_u_or_v_by_a_fair_reproducible_coin():
+    # Each fit moves exactly one factor, chosen by a coin hashed from (seed, update count): about half U,
+    # not strictly alternating, the same for the same seed and different for another.
+    def picks(seed: int) -> list[str]:
+        pre = LRAPreconditioner(20, 3, dtype=DT, seed=seed)
+        g = torch.Generator().manual_seed(0)
+        out = []
+        for k in range(60):
+            v = torch.randn(20, generator=g, dtype=DT)
+            U, V = pre.U.clone(), pre.V.clone()
+            pre.update(v, 2 * v + 0.1 * v.roll(1))
+            if k % 16 == 15:  # the balancing fit rescales both factors
+                continue
+            moved = (not torch.equal(U, pre.U), not torch.equal(V, pre.V))
+            assert moved in ((True, False), (False, True))
+            out.append("U" if moved[0] else "V")
+        return out
+
+    a = picks(0)
+    assert 0.3 < a.count("U") / len(a) < 0.7
+    assert any(x == y for x, y in zip(a, a[1:]))  # not strict alternation
+    assert picks(0) == a and picks(1) != a
