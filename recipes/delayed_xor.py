@@ -317,9 +317,15 @@ def summarize_files(paths: list[str]) -> tuple[list[dict], list[dict], int]:
     for p in paths:
         f = Path(p)
         f = f / "results.json" if f.is_dir() else f
-        data = json.loads(f.read_text())
-        records.extend(data["runs"])
-        cap = max(cap, int(data["config"]["max_iters"]))
+        if not f.is_file():
+            raise FileNotFoundError(f"--summarize: {f} does not exist (expected results.json or its folder)")
+        try:
+            data = json.loads(f.read_text())
+            runs, max_iters = data["runs"], int(data["config"]["max_iters"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"--summarize: {f} is not a delayed_xor results.json ({err!r})") from None
+        records.extend(runs)
+        cap = max(cap, max_iters)
     if not records:
         raise ValueError(f"no runs found in {paths}")
     return records, summarize(records), cap
@@ -375,7 +381,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", default="runs/delayed_xor", help="folder for results.json + loss_curves.png")
     a = ap.parse_args(argv)
     if a.summarize:
-        records, rows, cap = summarize_files(a.summarize)
+        try:
+            records, rows, cap = summarize_files(a.summarize)
+        except (OSError, ValueError) as err:
+            ap.error(str(err))
         print(format_table(rows, cap))
         print(format_runs(records))
         return rows

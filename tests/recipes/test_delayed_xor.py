@@ -109,6 +109,16 @@ def test_cli_writes_json_and_figure(tmp_path):
         main(["--seeds", "0"])
 
 
+def test_summarize_names_a_missing_or_foreign_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--summarize", str(tmp_path / "nowhere")])
+    assert "nowhere does not exist" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    with pytest.raises(SystemExit):
+        main(["--summarize", str(tmp_path / "other.json")])
+    assert "is not a delayed_xor results.json" in capsys.readouterr().err
+
+
 def test_study_reports_every_finished_run_in_order():
     cfg = XorConfig(lengths=(10,), seeds=(0, 1), optimizers=("adam", "sgd"), max_iters=3, workers=1)
     seen: list[list[tuple[str, int]]] = []
