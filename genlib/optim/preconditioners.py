@@ -798,19 +798,19 @@ class KronPreconditioner(Preconditioner):
             diag = s == 1 or s > max_size or s > max_skew * rest
             f = torch.full((s,), scale) if diag else scale * torch.eye(s)
             self.factors.append(f.to(dtype=self.dtype, device=self.device))
-        # P_k = Q_kᵀQ_k (d³ to form) saves one d²·rest product per call until the next fit: worth it when
-        # d ≤ rest × (calls per fit). _cache_below[k] is the largest refit rate at which it pays.
-        self._cache_below = [
-            (self.numel // f.shape[0]) / f.shape[0] if f.ndim == 2 else -1.0 for f in self.factors
-        ]
+        self._cache_below = self._cache_thresholds()
         self._P: list[torch.Tensor | None] | None = None
+
+    def _cache_thresholds(self) -> list[float]:
+        """Per factor, the largest refit rate at which caching ``P_k = Q_kᵀQ_k`` pays: forming it costs d³,
+        and it saves one d²·rest product per call until the next fit, so it pays when d ≤ rest × (calls
+        per fit). Diagonal factors: never (-1)."""
+        return [(self.numel // f.shape[0]) / f.shape[0] if f.ndim == 2 else -1.0 for f in self.factors]
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if "_cache_below" not in self.__dict__:  # pickled before the rate-dependent cache
-            self._cache_below = [
-                (self.numel // f.shape[0]) / f.shape[0] if f.ndim == 2 else -1.0 for f in self.factors
-            ]
+            self._cache_below = self._cache_thresholds()
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {f"Q{i}": f for i, f in enumerate(self.factors)}
