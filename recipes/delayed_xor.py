@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlib.optim import LRA
-from genlib.utils import default_device
+from genlib.utils import atomic_write_text, default_device
 
 OPTIMIZERS = ("psgd_lra", "adam", "sgd")
 
@@ -266,11 +266,14 @@ def format_table(rows: list[dict], max_iters: int) -> str:
     return "\n".join(lines)
 
 
-def save(records: list[dict], rows: list[dict], cfg: XorConfig) -> Path:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    payload = dict(config=asdict(cfg), summary=rows, runs=records, complete=True)
-    (out / "results.json").write_text(json.dumps(payload, indent=1))
+def write_results(records: list[dict], cfg: XorConfig, complete: bool) -> Path:
+    """``results.json`` under ``cfg.out``, written atomically: a study stopped mid-write keeps the last."""
+    payload = dict(config=asdict(cfg), summary=summarize(records), runs=records, complete=complete)
+    return atomic_write_text(Path(cfg.out) / "results.json", json.dumps(payload, indent=1))
+
+
+def save(records: list[dict], cfg: XorConfig) -> Path:
+    out = write_results(records, cfg, complete=True).parent
     import matplotlib
 
     matplotlib.use("Agg")
@@ -415,15 +418,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg = XorConfig(**kw)
 
     def save_partial(done: list[dict]) -> None:  # a long study keeps what it has if it is stopped
-        out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        payload = dict(config=asdict(cfg), summary=summarize(done), runs=done, complete=False)
-        (out / "results.json").write_text(json.dumps(payload, indent=1))
+        write_results(done, cfg, complete=False)
 
     records = run_study(cfg, on_result=save_partial)
     rows = summarize(records)
     print(format_table(rows, cfg.max_iters))
-    print(f"saved to {save(records, rows, cfg)}")
+    print(f"saved to {save(records, cfg)}")
     return rows
 
 
