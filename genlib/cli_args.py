@@ -1,0 +1,130 @@
+"""Argument validators shared by the recipes' command lines: one-line argparse errors that name the flag.
+
+Each validator is an argparse ``type=``: it raises :class:`argparse.ArgumentTypeError`, which argparse turns
+into ``error: argument --flag: <why>`` and exit status 2 instead of a traceback from deep inside a run::
+
+    p.add_argument("--device", type=device, default=None)
+    p.add_argument("--max-iters", type=int_at_least(1))
+    p.add_argument("--grad-clip", type=positive_float)
+
+:func:`find_data_folder` lets every image recipe's ``--data-dir`` be either the data root (the folder holding
+``digits/mnist_4k.npz``) or the folder holding the files itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "device",
+    "int_at_least",
+    "positive_float",
+    "float_in",
+    "find_data_folder",
+    "DATA_DIR_HELP",
+]
+
+# Appended to each image recipe's --data-dir help, so every recipe states the same two accepted forms.
+DATA_DIR_HELP = "the data root (holding digits/mnist_4k.npz) or the folder holding the files itself"
+
+_CUDA = re.compile(r"cuda(?::(\d+))?")
+
+
+def device(value: str) -> str:
+    """``--device``: ``cpu``, ``cuda``, ``cuda:N`` (a visible GPU) or ``auto`` (cuda when visible, else cpu).
+
+    Returns the device string (``auto`` resolved). A GPU asked for on a machine without one is refused here,
+    before any data is loaded, rather than by a CUDA error mid-run.
+    """
+    text = value.strip().lower()
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return "cpu"
+    match = _CUDA.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"--device must be cpu, cuda or cuda:N (or auto), got {value!r}")
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f"--device {value} requested but no CUDA GPU is visible; use --device cpu"
+        )
+    if match.group(1) is not None:
+        count = torch.cuda.device_count()
+        if int(match.group(1)) >= count:
+            raise argparse.ArgumentTypeError(
+                f"--device {value} requested but only {count} CUDA GPU(s) are visible "
+                f"(cuda:0 .. cuda:{count - 1})"
+            )
+    return text
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= minimum``."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value!r}")
+        return number
+
+    parse.__name__ = f"int_at_least_{minimum}"
+    return parse
+
+
+def _finite(value: str, expected: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {value!r}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """An argparse type: a finite number ``> 0`` (``inf`` and ``nan`` are refused: e.g. ``--grad-clip inf``
+    would silently switch clipping off)."""
+    number = _finite(value, "a finite number > 0")
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value!r}")
+    return number
+
+
+def float_in(low: float, high: float, low_inclusive: bool = False, high_inclusive: bool = True
+             ) -> Callable[[str], float]:
+    """An argparse type: a finite number in the interval from ``low`` to ``high`` (open or closed ends)."""
+    interval = f"{'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
+    expected = f"a number in {interval}"
+
+    def parse(value: str) -> float:
+        number = _finite(value, expected)
+        above = number >= low if low_inclusive else number > low
+        below = number <= high if high_inclusive else number < high
+        if not (above and below):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {value!r}")
+        return number
+
+    parse.__name__ = "float_in"
+    return parse
+
+
+def find_data_folder(
+    data_dir: str | os.PathLike, filename: str, subdirs: Sequence[str] = ("digits",)
+) -> Path | None:
+    """The folder holding ``filename``: ``data_dir`` itself, else the first of ``data_dir/<subdir>`` that
+    holds it (for a data root, ``digits/`` holds ``mnist_4k.npz``); ``None`` when none does."""
+    root = Path(data_dir).expanduser()
+    for folder in (root, *(root / s for s in subdirs)):
+        if (folder / filename).is_file():
+            return folder
+    return None
