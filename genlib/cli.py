@@ -21,6 +21,7 @@ RECIPES = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``genlib COMMAND [options]``; returns the exit status (argparse errors exit with status 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     names = ", ".join(RECIPES + tuple(ALIASES))
     if not argv or argv[0] in ("-h", "--help"):
@@ -37,8 +38,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"genlib: the {name!r} recipe is not part of this version yet", file=sys.stderr)
         return 2
-    result = module.main(argv[1:])
-    return int(result or 0)
+    # argparse names the program after sys.argv[0]: make each recipe's usage line read "genlib NAME ...".
+    saved_argv = sys.argv
+    sys.argv = [f"genlib {argv[0]}", *argv[1:]]
+    try:
+        result = module.main(argv[1:])
+    finally:
+        sys.argv = saved_argv
+    # A recipe's main returns its exit status; anything else (None, a legacy return value) means success.
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The ``genlib`` console script dispatches to recipes and rejects unknown commands."""
 
+import json
+
 import pytest
 
 from genlib.cli import main
@@ -15,3 +17,28 @@ def test_alias_dispatches_to_the_recipe_help(capsys):
         main(["xor", "--help"])
     assert exit_info.value.code == 0
     assert "delayed" in capsys.readouterr().out.lower()
+
+
+@pytest.mark.parametrize("command", ["sample", "quickstart", "xor", "svhn", "vctk", "vae_optimizers"])
+def test_subcommand_help_names_the_subcommand(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: genlib {command} ")
+
+
+def test_xor_summarize_returns_exit_status_zero(tmp_path, capsys):
+    run = {"optimizer": "adam", "length": 16, "seed": 0, "rank": None, "solved": True, "iterations": 40,
+           "final_running_loss": 0.05, "seconds": 0.1, "curve": []}
+    (tmp_path / "results.json").write_text(json.dumps({"config": {"max_iters": 100}, "runs": [run]}))
+    assert main(["xor", "--summarize", str(tmp_path)]) == 0
+    assert "adam" in capsys.readouterr().out
+
+
+def test_recipe_exit_status_passes_through(monkeypatch):
+    import recipes.quickstart as quickstart
+
+    monkeypatch.setattr(quickstart, "main", lambda argv: 3)
+    assert main(["quickstart"]) == 3
+    monkeypatch.setattr(quickstart, "main", lambda argv: [{"rows": 1}])  # not a status: success
+    assert main(["quickstart"]) == 0
