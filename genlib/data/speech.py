@@ -149,14 +149,60 @@ def discover_utterances(root: str | os.PathLike, corpus: str = "auto", mic: str 
     raise _no_utterances(root, VCTK_LAYOUTS + LIBRISPEECH_LAYOUTS)
 
 
+def _wav_header_frames(path: Path) -> int | None:
+    """Frames a RIFF/WAVE file's ``data`` chunk declares, or None (not RIFF/WAVE, or a streaming placeholder).
+
+    Walks the chunk list reading only headers, so the cost does not grow with the file.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if cid == b"fmt ":
+                fmt = f.read(min(size, 16))
+                if len(fmt) < 14:
+                    return None
+                block_align = int.from_bytes(fmt[12:14], "little")
+                f.seek(size - len(fmt) + (size & 1), os.SEEK_CUR)
+            elif cid == b"data":
+                # 0 and 0xFFFFFFFF are what streaming writers leave before they know the length.
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                f.seek(size + (size & 1), os.SEEK_CUR)
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Read an audio file as a mono float32 tensor ``(L,)`` at ``sample_rate`` (channels averaged)."""
+    """Read an audio file as a mono float32 tensor ``(L,)`` at ``sample_rate`` (channels averaged).
+
+    Raises ``ValueError`` naming the file when it cannot be decoded or is truncated (its header declares
+    more frames than the file holds); a silently shortened waveform would otherwise bias every statistic.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
     if not isinstance(sample_rate, int) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
-    data, sr = sf.read(path, dtype="float32", always_2d=True)
+    try:
+        header_frames = sf.info(str(path)).frames
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:  # corrupt header or stream (e.g. "flac decoder lost sync")
+        raise ValueError(f"cannot decode audio file {path} (corrupt or truncated?): {e}") from e
+    wav_frames = _wav_header_frames(path)
+    if wav_frames is not None:  # libsndfile trims a WAV's frame count to the bytes present: trust the header
+        header_frames = wav_frames
+    if len(data) < header_frames:
+        raise ValueError(
+            f"audio file {path} is truncated: its header says {header_frames} frames, "
+            f"only {len(data)} could be read"
+        )
     wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
     if sr != sample_rate:
         wave = torchaudio.functional.resample(wave, orig_freq=sr, new_freq=sample_rate)
@@ -232,8 +278,16 @@ def _spectra(sources: Sequence[Source], sample_rate: int, n_fft: int, hop_length
             if src.ndim != 1 or src.is_complex():
                 raise ValueError(f"sources[{i}] must be a real 1-D waveform, got shape {tuple(src.shape)}")
             wave = src.to(torch.float32)
+            where = f"sources[{i}]"
         else:
-            wave = load_audio(src.path if isinstance(src, Utterance) else src, sample_rate)
+            path = src.path if isinstance(src, Utterance) else src
+            wave = load_audio(path, sample_rate)
+            where = f"sources[{i}] ({path})"
+        if wave.shape[0] <= n_fft // 2:  # name the file here: stft's own error cannot
+            what = "no samples (empty audio)" if wave.shape[0] == 0 else f"only {wave.shape[0]} samples"
+            raise ValueError(
+                f"{where} has {what} at {sample_rate} Hz; the STFT needs more than n_fft/2 = {n_fft // 2}"
+            )
         out.append(stft(wave, n_fft=n_fft, hop_length=hop_length))
     return out
 

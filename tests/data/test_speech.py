@@ -248,3 +248,51 @@ def test_dataset_bad_input(waves):
         SpeechFrames([])
     with pytest.raises(ValueError, match="real 1-D waveform"):
         SpeechFrames([torch.zeros(2, 4000)])
+
+
+# ---------------------------------------------------------------- corrupt and odd files
+
+
+def _truncate(path: Path, keep: float) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def test_truncated_wav_names_the_file_and_the_frame_counts(tmp_path):
+    path = tmp_path / "p225" / "p225_001.wav"
+    _write(path, sr=16000, seconds=1.0)
+    _truncate(path, 1 / 3)
+    with pytest.raises(ValueError, match=r"(?s)p225_001\.wav.*truncated.*16000 frames.*only \d+ could"):
+        load_audio(path)
+
+
+def test_truncated_flac_names_the_file(tmp_path):
+    path = tmp_path / "19-198-0000.flac"
+    _write(path, sr=16000, seconds=1.0)
+    _truncate(path, 1 / 2)
+    with pytest.raises(ValueError, match=r"19-198-0000\.flac"):
+        load_audio(path)
+
+
+def test_intact_multichunk_wav_is_not_flagged(tmp_path):
+    # A LIST chunk before 'data' and a 24-bit stereo body: the header walk must find the right chunk.
+    path = tmp_path / "x.wav"
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (8000, 2))
+    sf.write(path, x, 16000, subtype="PCM_24")
+    with sf.SoundFile(path, "r+") as f:
+        f.title = "a title that adds a LIST chunk"
+    assert load_audio(path).shape == (8000,)
+
+
+def test_zero_sample_file_in_a_corpus_is_named_before_the_stft(tmp_path):
+    good = tmp_path / "p225" / "p225_001.wav"
+    empty = tmp_path / "p225" / "p225_002.wav"
+    _write(good, sr=16000, seconds=0.5)
+    sf.write(empty, np.zeros(0), 16000)
+    utts = discover_vctk(tmp_path)
+    for build in (lambda: SpeechFrames(utts), lambda: SpeechWindows(utts, n_windows=2, frames=4)):
+        with pytest.raises(ValueError, match=r"sources\[1\] \(.*p225_002\.wav\) has no samples"):
+            build()
+    with pytest.raises(ValueError, match=r"sources\[0\] has only 100 samples"):
+        SpeechFrames([torch.zeros(100)])
