@@ -112,12 +112,25 @@ def load_digits_sklearn(image_size: int | None = None) -> tuple[torch.Tensor, to
     return images.contiguous(), torch.from_numpy(bunch.target.astype(np.int64))
 
 
-def load_mnist_npz(path: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """An MNIST ``.npz`` with ``images`` uint8 ``(N, 28, 28)`` and ``labels`` ``(N,)`` in 0..9.
+def _bad_values(values: np.ndarray, bad: np.ndarray, limit: int = 5) -> str:
+    """``"11, -1 (3 of 4000 entries)"``: a few distinct offending values and how many there are."""
+    shown = np.unique(values[bad])[:limit].tolist()
+    return f"{', '.join(repr(v) for v in shown)} ({int(bad.sum())} of {values.size} entries)"
 
-    ``path`` defaults to ``digits/mnist_4k.npz`` under :func:`default_data_root` (4000 real digits, 400 per
-    class). Returns ``(images (N, 1, 28, 28), labels (N,))``.
+
+def load_mnist_npz(
+    path: str | os.PathLike | None = None, *, num_classes: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An MNIST ``.npz``: ``images`` ``(N, 28, 28)``, integer ``labels`` ``(N,)`` in ``0..num_classes-1``.
+
+    ``images`` are uint8 (0..255) or floats already in [0, 1]. ``path`` defaults to ``digits/mnist_4k.npz``
+    under :func:`default_data_root` (4000 real digits, 400 per class). Returns ``(images (N, 1, 28, 28)``
+    float32 in [0, 1], ``labels (N,)`` int64). Raises ``ValueError`` naming the file and the offending values
+    for any other dtype, shape or range: a label 11 or -1 would otherwise surface much later as an
+    index error inside a loss, or silently as an "unlabelled" example.
     """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     path = Path(path) if path is not None else default_data_root() / "digits" / "mnist_4k.npz"
     if not path.is_file():
         raise FileNotFoundError(
@@ -128,11 +141,31 @@ def load_mnist_npz(path: str | os.PathLike | None = None) -> tuple[torch.Tensor,
         if missing:
             raise ValueError(f"{path} lacks arrays {sorted(missing)}; it has {sorted(f.files)}")
         images, labels = f["images"], f["labels"]
-    if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"{path}: 'images' must be uint8 (N, H, W), got {images.dtype} {images.shape}")
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f"{path}: 'images' must have shape (N, 28, 28), got {images.shape}")
+    if images.dtype == np.uint8:
+        x = _uint8_to_float(images)
+    elif np.issubdtype(images.dtype, np.floating):
+        bad = ~((images >= 0) & (images <= 1))  # also catches NaN
+        if bad.any():
+            raise ValueError(
+                f"{path}: float 'images' must lie in [0, 1] (or be uint8 0..255), found "
+                f"{_bad_values(images, bad)}"
+            )
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    else:
+        raise ValueError(f"{path}: 'images' must be uint8 or float in [0, 1], got dtype {images.dtype}")
     if labels.shape != (images.shape[0],):
         raise ValueError(f"{path}: 'labels' must have shape ({images.shape[0]},), got {labels.shape}")
-    return _uint8_to_float(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: 'labels' must be an integer array, got dtype {labels.dtype}")
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise ValueError(
+            f"{path}: 'labels' must lie in [0, {num_classes}) (num_classes={num_classes}), found "
+            f"{_bad_values(labels, bad)}"
+        )
+    return x.unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
 def load_svhn(

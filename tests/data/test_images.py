@@ -66,9 +66,48 @@ def test_mnist_npz_errors(tmp_path):
     np.savez(tmp_path / "nolabels.npz", images=np.zeros((3, 28, 28), np.uint8))
     with pytest.raises(ValueError, match=r"lacks arrays \['labels'\]"):
         load_mnist_npz(tmp_path / "nolabels.npz")
-    np.savez(tmp_path / "float.npz", images=np.zeros((3, 28, 28)), labels=np.zeros(3))
-    with pytest.raises(ValueError, match="must be uint8"):
-        load_mnist_npz(tmp_path / "float.npz")
+    np.savez(tmp_path / "int16.npz", images=np.zeros((3, 28, 28), np.int16), labels=np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match=r"int16\.npz: 'images' must be uint8 or float"):
+        load_mnist_npz(tmp_path / "int16.npz")
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (np.array([0, 11, 3, -1]), r"bad\.npz: 'labels' must lie in \[0, 10\).*-1, 11 \(2 of 4 entries\)"),
+        (np.array([0.0, 1.0, 2.0, 3.0]), r"bad\.npz: 'labels' must be an integer array, got dtype float64"),
+        (np.array([True, False, True, True]), r"must be an integer array, got dtype bool"),
+        (np.zeros((4, 1), np.int64), r"'labels' must have shape \(4,\)"),
+    ],
+)
+def test_mnist_npz_rejects_bad_labels_naming_file_and_values(tmp_path, labels, match):
+    np.savez(tmp_path / "bad.npz", images=np.zeros((4, 28, 28), np.uint8), labels=labels)
+    with pytest.raises(ValueError, match=match):
+        load_mnist_npz(tmp_path / "bad.npz")
+
+
+def test_mnist_npz_num_classes_bounds_the_labels(tmp_path):
+    np.savez(tmp_path / "ok.npz", images=np.zeros((3, 28, 28), np.uint8), labels=np.array([0, 1, 4]))
+    assert load_mnist_npz(tmp_path / "ok.npz")[1].tolist() == [0, 1, 4]
+    with pytest.raises(ValueError, match=r"\[0, 3\) \(num_classes=3\).*4 \(1 of 3"):
+        load_mnist_npz(tmp_path / "ok.npz", num_classes=3)
+    with pytest.raises(ValueError, match="num_classes must be a positive int"):
+        load_mnist_npz(tmp_path / "ok.npz", num_classes=0)
+
+
+def test_mnist_npz_images_float_in_unit_interval_or_uint8_28x28(tmp_path):
+    labels = np.array([1, 2])
+    x = np.random.default_rng(0).uniform(0, 1, (2, 28, 28))
+    np.savez(tmp_path / "float.npz", images=x, labels=labels)
+    got, _ = load_mnist_npz(tmp_path / "float.npz")
+    assert got.dtype == torch.float32 and torch.equal(got[:, 0], torch.from_numpy(x.astype(np.float32)))
+    x[1, 3, 4], x[0, 0, 0] = 255.0, np.nan
+    np.savez(tmp_path / "float255.npz", images=x, labels=labels)
+    with pytest.raises(ValueError, match=r"float255\.npz: float 'images' must lie in \[0, 1\].*255\.0.*nan"):
+        load_mnist_npz(tmp_path / "float255.npz")
+    np.savez(tmp_path / "32.npz", images=np.zeros((2, 32, 32), np.uint8), labels=labels)
+    with pytest.raises(ValueError, match=r"32\.npz: 'images' must have shape \(N, 28, 28\), got \(2, 32"):
+        load_mnist_npz(tmp_path / "32.npz")
 
 
 @needs_crops
