@@ -13,9 +13,18 @@ below 0.1 (a running mean, so one lucky batch does not count); it fails when ``m
 Modes: default (lengths 32 and 55, 3 seeds, 20k-iteration cap); ``--quick`` (~1 min CPU smoke: length 16, one
 seed); ``--full`` (10 seeds at 32/55/64/112 with the paper's 100k cap: GPU / overnight); ``--rank-study``
 (PSGD-LRA with rank 0/1/2/5/10). Seeds run in parallel processes, one torch thread each (``--workers``).
-Writes ``results.json`` (after every finished run, marked ``"complete": false`` until the study ends) and
-``loss_curves.png`` under ``--out``; ``--summarize DIR...`` merges saved studies
+Writes ``results.json`` (atomically, after every finished run, marked ``"complete": false`` until the study
+ends) and ``loss_curves.png`` under ``--out``; ``--summarize DIR...`` merges saved studies
 (e.g. one invocation per optimizer or length) into one table plus one line per run.
+
+Continuing a study. Rerunning with an ``--out`` that already holds a ``results.json`` (say, after the study
+was killed) continues that study: the runs already saved there are kept and skipped, and only the missing
+ones run and are appended. Settings that only add runs (more ``--seeds`` / ``--first-seed``, more
+``--lengths``, more ``--optimizers``, other PSGD ranks) extend the study; the saved ``config`` then lists
+the union. Settings that change what a run means (``max_iters``, ``batch_size``, ``hidden``, the solved
+criterion, learning rates, momentum, gradient clip, ``curve_every``) must match the saved ones: otherwise
+the rerun is refused with the changed settings named (saved, now); use another ``--out`` for them.
+``--workers`` and ``--device`` may change freely.
 
     python -m recipes.delayed_xor --quick
 """
@@ -35,10 +44,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlib.cli_args import device as device_arg
+from genlib.cli_args import int_at_least
 from genlib.optim import LRA
 from genlib.utils import atomic_write_text, default_device
 
 OPTIMIZERS = ("psgd_lra", "adam", "sgd")
+# The settings that change what a run means: a saved study continues only when all of them match. The
+# others either choose which runs make up the study (lengths, seeds, optimizers, ranks) or do not touch
+# results (workers, device, out).
+RUN_SETTINGS = ("max_iters", "batch_size", "hidden", "solved_loss", "solved_window", "psgd_lr",
+                "psgd_preconditioner_lr", "adam_lr", "sgd_lr", "sgd_momentum", "grad_clip", "curve_every")
+STUDY_SETTINGS = ("lengths", "seeds", "optimizers", "ranks")
 
 
 @dataclass
@@ -203,16 +220,33 @@ def _run_star(args: tuple) -> dict:
     return run_one(*args)
 
 
-def run_study(cfg: XorConfig, on_result: Callable[[list[dict]], None] | None = None) -> list[dict]:
+def run_key(record: dict) -> tuple:
+    """What identifies a run within a study: ``(optimizer, length, seed, rank)``, rank ``None`` for
+    optimizers other than PSGD-LRA."""
+    rank = record["rank"] if record["optimizer"] == "psgd_lra" else None
+    rank = None if rank is None else int(rank)
+    return record["optimizer"], int(record["length"]), int(record["seed"]), rank
+
+
+def run_study(
+    cfg: XorConfig, on_result: Callable[[list[dict]], None] | None = None, done: list[dict] | None = None
+) -> list[dict]:
     """All runs of ``cfg`` (``cfg.workers`` processes), in a fixed order. ``on_result(records_so_far)`` is
-    called after each finished run (in order), e.g. to save partial results of a long study."""
+    called after each finished run (in order), e.g. to save partial results of a long study.
+
+    ``done``: runs finished earlier (e.g. loaded by :func:`load_saved_study`); they are not run again, lead
+    the returned list and are part of every ``records_so_far``."""
+    records: list[dict] = list(done or [])
+    finished = {run_key(r) for r in records}
     tasks = []
     for opt in cfg.optimizers:
         for rank in cfg.ranks if opt == "psgd_lra" else (None,):
             for length in cfg.lengths:
                 for seed in cfg.seeds:
-                    tasks.append((cfg, opt, length, seed, 10 if rank is None else rank))
-    records: list[dict] = []
+                    if (opt, length, seed, rank) not in finished:
+                        tasks.append((cfg, opt, length, seed, 10 if rank is None else rank))
+    if not tasks:
+        return records
 
     def collect(results) -> list[dict]:
         for r in results:
@@ -266,6 +300,41 @@ def format_table(rows: list[dict], max_iters: int) -> str:
     return "\n".join(lines)
 
 
+def _union(saved: list, now: tuple) -> tuple:
+    """The saved values, then the new ones not among them (order kept, so the saved study reads the same)."""
+    return tuple(saved) + tuple(v for v in now if v not in saved)
+
+
+def load_saved_study(cfg: XorConfig) -> tuple[list[dict], XorConfig]:
+    """The runs already saved in ``cfg.out/results.json`` and the config that continues that study.
+
+    Returns ``([], cfg)`` when there is no saved study. The continuing config is ``cfg`` with lengths,
+    seeds, optimizers and ranks widened to include the saved ones, so ``results.json`` keeps describing
+    every run it holds. Raises ``ValueError`` when the file is not a delayed_xor study or when a setting in
+    :data:`RUN_SETTINGS` differs, naming each such setting with its saved and new value.
+    """
+    path = Path(cfg.out) / "results.json"
+    if not path.exists():
+        return [], cfg
+    try:
+        data = json.loads(path.read_text())
+        saved, runs = data["config"], data["runs"]
+        keys = [run_key(r) for r in runs]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--out {cfg.out}: {path} is not a readable delayed_xor results.json ({err!r}); "
+                         "move it away or choose another --out") from None
+    now = asdict(cfg)
+    changed = [f"{k} (saved {saved.get(k, 'not recorded')!r}, now {now[k]!r})"
+               for k in RUN_SETTINGS if saved.get(k) != now[k]]
+    if changed:
+        raise ValueError(f"--out {cfg.out} holds a study with other settings: {'; '.join(changed)}. Rerun "
+                         "with the saved settings to continue it, or choose another --out")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"--out {cfg.out}: {path} lists a run twice; it was not written by this recipe")
+    widened = {k: _union(list(saved.get(k, ())), getattr(cfg, k)) for k in STUDY_SETTINGS}
+    return list(runs), XorConfig(**{**now, **widened})
+
+
 def write_results(records: list[dict], cfg: XorConfig, complete: bool) -> Path:
     """``results.json`` under ``cfg.out``, written atomically: a study stopped mid-write keeps the last."""
     payload = dict(config=asdict(cfg), summary=summarize(records), runs=records, complete=complete)
@@ -284,16 +353,19 @@ def save(records: list[dict], cfg: XorConfig) -> Path:
     names = sorted({(r["optimizer"], r["rank"]) for r in records}, key=str)
     colors = {n: f"C{i}" for i, n in enumerate(names)}
     for ax, length in zip(axes[0], lengths):
+        labelled = set()  # one legend entry per optimizer (a continued study need not share a first seed)
         for r in records:
             if r["length"] == length and r["curve"]:
                 n = (r["optimizer"], r["rank"])
                 label = r["optimizer"] if r["rank"] is None else f"{r['optimizer']} r={r['rank']}"
                 xs = [cfg.curve_every * (i + 1) for i in range(len(r["curve"]))]
                 ax.semilogy(xs, r["curve"], color=colors[n], alpha=0.7, lw=0.8,
-                            label=label if r["seed"] == cfg.seeds[0] else None)
+                            label=None if n in labelled else label)
+                labelled.add(n)
         ax.axhline(cfg.solved_loss, color="k", ls=":", lw=0.8)
         ax.set(title=f"delayed XOR, L={length}", xlabel="iteration", ylabel="logistic loss")
-        ax.legend(fontsize=7)
+        if labelled:  # runs stopped before their first saved loss leave nothing to label
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "loss_curves.png", dpi=120)
     plt.close(fig)
@@ -364,7 +436,8 @@ def bench_rnn(length: int = 32, batch: int = 128, hidden: int = 30, reps: int = 
     return out
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> int:
+    """Run (or continue) a study, summarize saved ones, or time the RNN; returns the exit status."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="~1 min CPU smoke: L=16, 1 seed, 3k-iteration cap")
@@ -373,15 +446,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     mode.add_argument("--bench-rnn", action="store_true", help="time the RNN loop vs nn.RNN and exit")
     mode.add_argument("--summarize", nargs="+", metavar="RESULTS",
                       help="merge saved results.json files (or their folders), print the tables and exit")
-    ap.add_argument("--lengths", type=int, nargs="+", help="override the sequence lengths")
-    ap.add_argument("--seeds", type=int, help="number of seeds (first-seed .. first-seed + n - 1)")
-    ap.add_argument("--first-seed", type=int, default=0,
+    ap.add_argument("--lengths", type=int_at_least(10), nargs="+",
+                    help="override the sequence lengths (>= 10)")
+    ap.add_argument("--seeds", type=int_at_least(1),
+                    help="number of seeds (first-seed .. first-seed + n - 1)")
+    ap.add_argument("--first-seed", type=int_at_least(0), default=0,
                     help="first seed (add seeds to an earlier study, then --summarize both)")
-    ap.add_argument("--max-iters", type=int, help="iteration cap per run")
+    ap.add_argument("--max-iters", type=int_at_least(1), help="iteration cap per run")
     ap.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, help="subset of optimizers")
-    ap.add_argument("--workers", type=int, default=2, help="parallel processes (one torch thread each)")
-    ap.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', ...")
-    ap.add_argument("--out", default="runs/delayed_xor", help="folder for results.json + loss_curves.png")
+    ap.add_argument("--workers", type=int_at_least(1), default=2,
+                    help="parallel processes (one torch thread each)")
+    ap.add_argument("--device", type=device_arg, default="auto",
+                    help="auto (cuda when visible, else cpu), cpu, cuda or cuda:N")
+    ap.add_argument("--out", default="runs/delayed_xor",
+                    help="folder for results.json + loss_curves.png; a saved study there is continued")
     a = ap.parse_args(argv)
     if a.summarize:
         try:
@@ -390,11 +468,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ap.error(str(err))
         print(format_table(rows, cap))
         print(format_runs(records))
-        return rows
+        return 0
     if a.bench_rnn:
         for k, v in bench_rnn().items():
             print(f"{k:<14}{v:8.2f} ms")
-        return []
+        return 0
     kw: dict = dict(workers=a.workers, device=a.device, out=a.out)
     if a.quick:
         kw.update(lengths=(16,), seeds=(0,), max_iters=3000)
@@ -404,28 +482,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
         kw.update(optimizers=("psgd_lra",), ranks=(0, 1, 2, 5, 10))
     if a.lengths:
         kw["lengths"] = tuple(a.lengths)
-    if a.seeds is not None and a.seeds < 1:
-        ap.error(f"--seeds must be >= 1, got {a.seeds}")
-    if a.first_seed < 0:
-        ap.error(f"--first-seed must be >= 0, got {a.first_seed}")
     if a.seeds or a.first_seed:
         n = a.seeds or len(kw.get("seeds", XorConfig.seeds))
         kw["seeds"] = tuple(range(a.first_seed, a.first_seed + n))
-    if a.max_iters:
+    if a.max_iters is not None:
         kw["max_iters"] = a.max_iters
     if a.optimizers:
         kw["optimizers"] = tuple(a.optimizers)
     cfg = XorConfig(**kw)
+    try:
+        done, study = load_saved_study(cfg)
+    except ValueError as err:
+        ap.error(str(err))
+    if done:
+        print(f"continuing the study in {cfg.out}: {len(done)} saved run(s) kept, not run again")
 
-    def save_partial(done: list[dict]) -> None:  # a long study keeps what it has if it is stopped
-        write_results(done, cfg, complete=False)
+    def save_partial(records: list[dict]) -> None:  # a long study keeps what it has if it is stopped
+        write_results(records, study, complete=False)
 
-    records = run_study(cfg, on_result=save_partial)
-    rows = summarize(records)
-    print(format_table(rows, cfg.max_iters))
-    print(f"saved to {save(records, cfg)}")
-    return rows
+    records = run_study(cfg, on_result=save_partial, done=done)
+    print(format_table(summarize(records), cfg.max_iters))
+    print(f"saved to {save(records, study)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

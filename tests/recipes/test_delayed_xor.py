@@ -1,6 +1,7 @@
 """Delayed-XOR recipe: the data generator's contract, the RNN's recurrence, and a tiny PSGD-LRA run."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -9,12 +10,15 @@ from torch import nn
 from recipes.delayed_xor import (
     XorConfig,
     XorRNN,
+    load_saved_study,
     logistic_loss,
     main,
     make_batch,
     run_one,
     run_study,
     summarize,
+    summarize_files,
+    write_results,
 )
 
 
@@ -83,30 +87,123 @@ def test_psgd_lra_solves_short_delayed_xor_within_cap():
     assert rows[0]["success_rate"] == 0.5 and rows[0]["median_iters_solved"] == rec["iterations"]
 
 
-def test_cli_writes_json_and_figure(tmp_path):
+TINY = ["--lengths", "10", "--max-iters", "5", "--optimizers", "adam", "--workers", "1"]
+
+
+def _runs(out) -> list[dict]:
+    return json.loads((out / "results.json").read_text())["runs"]
+
+
+def test_cli_writes_json_and_figure(tmp_path, capsys):
     # A capped run that cannot solve L=30 in 30 iterations: recorded as a failure, files written.
-    rows = main(["--lengths", "30", "--seeds", "1", "--max-iters", "30", "--optimizers", "adam",
-                 "--workers", "1", "--out", str(tmp_path)])
-    assert rows[0]["success_rate"] == 0.0
+    assert main(["--lengths", "30", "--seeds", "1", "--max-iters", "30", "--optimizers", "adam",
+                 "--workers", "1", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
+    assert data["summary"][0]["success_rate"] == 0.0
     assert data["runs"][0]["iterations"] == 30 and not data["runs"][0]["solved"] and data["complete"]
     assert (tmp_path / "loss_curves.png").stat().st_size > 0
     # --summarize merges saved studies (one folder per optimizer, say) back into one table.
     other = tmp_path / "sgd"
     main(["--lengths", "30", "--seeds", "1", "--max-iters", "20", "--optimizers", "sgd",
           "--workers", "1", "--out", str(other)])
-    merged = main(["--summarize", str(tmp_path), str(other / "results.json")])
+    records, merged, cap = summarize_files([str(tmp_path), str(other / "results.json")])
     got = [(r["optimizer"], r["runs"], r["success_rate"]) for r in merged]
-    assert got == [("adam", 1, 0.0), ("sgd", 1, 0.0)]
+    assert got == [("adam", 1, 0.0), ("sgd", 1, 0.0)] and cap == 30
+    capsys.readouterr()
+    assert main(["--summarize", str(tmp_path), str(other)]) == 0  # an exit status, not the rows
+    assert "sgd" in capsys.readouterr().out
     # --first-seed adds seeds to a study: adam seed 3 here, merged with seed 0 above.
     more = tmp_path / "more"
     main(["--lengths", "30", "--seeds", "1", "--first-seed", "3", "--max-iters", "20", "--optimizers", "adam",
           "--workers", "1", "--out", str(more)])
-    assert [r["seed"] for r in json.loads((more / "results.json").read_text())["runs"]] == [3]
-    merged = main(["--summarize", str(tmp_path), str(more)])
+    assert [r["seed"] for r in _runs(more)] == [3]
+    _, merged, _ = summarize_files([str(tmp_path), str(more)])
     assert [(r["optimizer"], r["runs"]) for r in merged] == [("adam", 2)]
     with pytest.raises(SystemExit):
         main(["--seeds", "0"])
+
+
+def test_killed_study_continues_keeping_the_saved_runs(tmp_path, capsys):
+    out = tmp_path / "study"
+    # A study of 3 seeds killed after its first run: results.json holds 1 run, marked incomplete. The
+    # saved run carries a marker value that a re-run would not reproduce.
+    main([*TINY, "--seeds", "1", "--out", str(out)])
+    data = json.loads((out / "results.json").read_text())
+    data["runs"][0]["seconds"] = 1234.5
+    data["complete"] = False
+    (out / "results.json").write_text(json.dumps(data))
+    assert main([*TINY, "--seeds", "3", "--out", str(out)]) == 0
+    assert "1 saved run(s) kept" in capsys.readouterr().out
+    data = json.loads((out / "results.json").read_text())
+    assert [(r["seed"], r["seconds"] == 1234.5) for r in data["runs"]] == [(0, True), (1, False), (2, False)]
+    assert data["complete"] and data["config"]["seeds"] == [0, 1, 2]
+    # Adding runs (another optimizer) continues the study: nothing saved is lost or re-run.
+    main([*TINY[:-4], "--optimizers", "sgd", "--workers", "1", "--seeds", "1", "--out", str(out)])
+    runs = _runs(out)
+    assert [(r["optimizer"], r["seed"]) for r in runs] == [("adam", 0), ("adam", 1), ("adam", 2), ("sgd", 0)]
+    assert runs[0]["seconds"] == 1234.5
+    assert json.loads((out / "results.json").read_text())["config"]["optimizers"] == ["adam", "sgd"]
+    # The same command again runs nothing and keeps every run.
+    main([*TINY, "--seeds", "3", "--out", str(out)])
+    assert _runs(out) == runs
+
+
+def test_rerun_with_settings_that_change_a_run_is_refused(tmp_path, capsys):
+    main([*TINY, "--seeds", "1", "--out", str(tmp_path)])
+    before = (tmp_path / "results.json").read_text()
+    with pytest.raises(SystemExit) as info:
+        main([*TINY, "--seeds", "1", "--max-iters", "7", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "max_iters (saved 5, now 7)" in err and "Traceback" not in err
+    assert (tmp_path / "results.json").read_text() == before
+
+
+def test_foreign_results_file_in_out_is_not_overwritten(tmp_path, capsys):
+    (tmp_path / "results.json").write_text('{"something": "else"}')
+    with pytest.raises(SystemExit) as info:
+        main([*TINY, "--seeds", "1", "--out", str(tmp_path)])
+    assert info.value.code == 2 and "not a readable delayed_xor results.json" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == '{"something": "else"}'
+
+
+def test_load_saved_study_names_every_changed_setting(tmp_path):
+    cfg = XorConfig(lengths=(10,), seeds=(0,), optimizers=("adam",), max_iters=5, workers=1,
+                    out=str(tmp_path))
+    write_results([], cfg, complete=False)
+    changed = XorConfig(**{**asdict(cfg), "adam_lr": 0.1, "batch_size": 64, "workers": 2, "device": "cpu"})
+    named = r"batch_size \(saved 128, now 64\).*adam_lr \(saved 0.001, now 0.1\)"
+    with pytest.raises(ValueError, match=named):
+        load_saved_study(changed)
+    more = XorConfig(**{**asdict(cfg), "lengths": (12,), "seeds": (0, 1), "workers": 2})
+    runs, study = load_saved_study(more)
+    assert runs == [] and study.lengths == (10, 12) and study.seeds == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max-iters", "0"], "argument --max-iters: must be an integer >= 1, got '0'"),
+        (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+        (["--workers", "0"], "argument --workers: must be an integer >= 1"),
+        (["--lengths", "5"], "argument --lengths: must be an integer >= 10"),
+    ],
+)
+def test_bad_flags_are_one_line_argparse_errors(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--out", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_device_cuda_without_a_gpu_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as info:
+        main([*TINY, "--device", "cuda", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert "--device cuda requested but no CUDA GPU is visible" in capsys.readouterr().err
 
 
 def test_summarize_names_a_missing_or_foreign_file(tmp_path, capsys):
@@ -126,3 +223,13 @@ def test_study_reports_every_finished_run_in_order():
     order = [("adam", 0), ("adam", 1), ("sgd", 0), ("sgd", 1)]
     assert [(r["optimizer"], r["seed"]) for r in records] == order
     assert seen == [order[: k + 1] for k in range(4)]
+
+
+def test_study_skips_the_runs_already_done():
+    cfg = XorConfig(lengths=(10,), seeds=(0, 1), optimizers=("adam",), max_iters=3, workers=1)
+    old = dict(optimizer="adam", length=10, seed=0, rank=None, solved=False, iterations=3,
+               final_running_loss=0.7, seconds=99.0, curve=[])
+    seen: list[int] = []
+    records = run_study(cfg, on_result=lambda done: seen.append(len(done)), done=[old])
+    assert records[0] is old and [r["seed"] for r in records] == [0, 1]
+    assert seen == [2]  # one new run; the saved one leads every records_so_far
