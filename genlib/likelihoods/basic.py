@@ -6,10 +6,9 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Normal
 
 from genlib.likelihoods.base import Likelihood, positive
-from genlib.likelihoods.distributions import UnitIntervalBernoulli
+from genlib.likelihoods.distributions import StableNormal, UnitIntervalBernoulli
 from genlib.utils import check_positive
 
 __all__ = ["Gaussian", "Bernoulli"]
@@ -29,8 +28,9 @@ class Gaussian(Likelihood):
             would otherwise shrink to 0 and the likelihood diverge).
 
     Learned and decoder ``sigma`` are ``min_sigma + positive(s)`` with ``s`` the parameter or channel
-    (``positive`` is ``exp`` with an overflow-safe linear tail). The distribution is
-    ``torch.distributions.Normal``; ``mean`` is ``mu``.
+    (``positive`` is ``exp`` with an overflow-safe linear tail). The distribution is a
+    ``torch.distributions.Normal`` (:class:`~genlib.likelihoods.distributions.StableNormal`, which squares
+    ``(x - mu) / sigma`` so large residuals under a large ``sigma`` stay finite); ``mean`` is ``mu``.
     """
 
     def __init__(
@@ -70,12 +70,12 @@ class Gaussian(Likelihood):
             raise RuntimeError(f"sigma is a tensor only for sigma='learned' (this Gaussian is {self.mode!r})")
         return self.min_sigma + positive(self.log_sigma)
 
-    def distribution(self, raw: Tensor) -> Normal:
+    def distribution(self, raw: Tensor) -> StableNormal:
         loc = raw[:, 0]
         if self.mode == "fixed":
-            return Normal(loc, torch.full_like(loc, self.fixed_sigma))
+            return StableNormal(loc, torch.full_like(loc, self.fixed_sigma))
         if self.mode == "decoder":
-            return Normal(loc, self.min_sigma + positive(raw[:, 1]))
+            return StableNormal(loc, self.min_sigma + positive(raw[:, 1]))
         data_shape = tuple(loc.shape[1:])
         try:
             fits = torch.broadcast_shapes(self.log_sigma.shape, data_shape) == data_shape
@@ -86,7 +86,7 @@ class Gaussian(Likelihood):
                 f"learned sigma of shape {tuple(self.log_sigma.shape)} does not broadcast to the data shape "
                 f"{data_shape}; set sigma_shape to () or a shape that broadcasts to it"
             )
-        return Normal(loc, self.sigma.expand_as(loc))
+        return StableNormal(loc, self.sigma.expand_as(loc))
 
     def extra_repr(self) -> str:
         s = f"sigma={self.fixed_sigma}" if self.mode == "fixed" else f"sigma={self.mode!r}"

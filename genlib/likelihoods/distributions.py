@@ -17,6 +17,12 @@ Conventions for spectral data:
 - A magnitude of exactly 0 is read as the smallest normal float of its dtype: continuous magnitude densities
   give exact zeros probability zero (and an infinite log-density), and real STFTs hold exact zeros only in
   digital silence, where this keeps the loss and its gradients finite.
+
+Numerics: squares are taken after dividing by the scale and products of powers are summed in log space, so
+every result the dtype can represent comes out finite and accurate to its precision (e.g. a float32
+Itakura-Saito score at ``|x| = 1e-30`` or ``1e20``). Where the true value itself overflows the dtype, the
+result is clamped: ``log_prob`` at ``-finfo.max`` (gradient zero there) and ``magnitude_mean`` /
+``variance`` of a polar model at ``finfo.max``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import math
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Distribution, Gamma, Normal, VonMises, constraints
+from torch.distributions import Bernoulli, Distribution, Gamma, LogNormal, Normal, VonMises, constraints
 from torch.distributions.utils import broadcast_all, lazy_property
 
 __all__ = [
@@ -33,6 +39,7 @@ __all__ = [
     "magnitude",
     "UnitIntervalBernoulli",
     "StableVonMises",
+    "StableNormal",
     "MagnitudeMixin",
     "GammaMagnitude",
     "ItakuraSaitoMagnitude",
@@ -44,6 +51,7 @@ __all__ = [
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
+_LOG_PI = math.log(math.pi)
 _EMPTY = torch.Size()
 
 
@@ -104,6 +112,36 @@ def _modulus(value: Tensor) -> Tensor:
     """``|x|`` for complex input, ``x`` for real magnitudes; floored at the dtype's smallest normal number."""
     r = value.abs() if value.is_complex() else value
     return r.clamp_min(torch.finfo(r.dtype).tiny)
+
+
+def _floor_log_prob(log_p: Tensor) -> Tensor:
+    """``log_p`` clamped at ``-finfo.max``: only values whose true value overflows the dtype are changed."""
+    return log_p.clamp_min(torch.finfo(log_p.dtype).min)
+
+
+def _exp_clamped(log_x: Tensor) -> Tensor:
+    """``exp(log_x)``, clamped at ``finfo.max`` where the true value overflows the dtype."""
+    return torch.exp(log_x).clamp_max(torch.finfo(log_x.dtype).max)
+
+
+def _log_expm1(y: Tensor) -> Tensor:
+    """``log(exp(y) - 1)`` for ``y > 0`` without overflow: ``y + log(-expm1(-y))``."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+class StableNormal(Normal):
+    """``torch.distributions.Normal`` whose ``log_prob`` squares ``(x - mu) / sigma``, not ``x - mu``.
+
+    ``Normal`` divides ``(x - mu)^2`` by ``2 sigma^2``, so in float32 it returns ``-inf`` once
+    ``|x - mu| > 1.8e19`` even when ``sigma`` is large enough for the log-density to be an ordinary number.
+    Where ``((x - mu) / sigma)^2`` itself overflows, ``log_prob`` is clamped at ``-finfo.max``.
+    """
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        z = (value - self.loc) / self.scale
+        return _floor_log_prob(-0.5 * z.square() - torch.log(self.scale) - 0.5 * _LOG_2PI)
 
 
 # -- von Mises helpers -------------------------------------------------------------------------------------
@@ -217,7 +255,7 @@ class GammaMagnitude(MagnitudeMixin, Gamma):
     """
 
     def log_prob(self, value: Tensor) -> Tensor:
-        return super().log_prob(self._magnitude_of(value))
+        return _floor_log_prob(super().log_prob(self._magnitude_of(value)))
 
     @property
     def magnitude_precision(self) -> Tensor:
@@ -246,6 +284,12 @@ class ItakuraSaitoMagnitude(MagnitudeMixin, Distribution):
 
     ``mean`` is the magnitude mean ``E[r] = sqrt(v / alpha) Gamma(alpha + 1/2) / Gamma(alpha)``
     (``sqrt(pi v) / 2`` at ``alpha = 1``); ``sqrt(v)`` is the RMS magnitude. ``rsample()`` draws magnitudes.
+
+    *Evaluation.* With ``t = r / sqrt(v)`` the density is
+    ``log p(r) = alpha log alpha - lgamma(alpha) + log 2 + (2 alpha - 1) log t - log(v) / 2 - alpha t^2``:
+    ``r^2`` is never formed (it over- or underflows float32 for ``r > 1.8e19`` or ``r < 1.1e-19``), so
+    the score is exact wherever it is representable; where ``alpha t^2`` overflows it is clamped at
+    ``-finfo.max``.
     """
 
     arg_constraints = {"power": constraints.positive, "concentration": constraints.positive}
@@ -261,9 +305,15 @@ class ItakuraSaitoMagnitude(MagnitudeMixin, Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         r = self._magnitude_of(value)
-        # Clamp the power at `tiny` (r^2 underflows before r); log r = log(P) / 2 keeps both terms consistent.
-        p = r.square().clamp_min(torch.finfo(r.dtype).tiny)
-        return self._power_dist.log_prob(p) + math.log(2.0) + 0.5 * torch.log(p)
+        a, v = self.concentration, self.power
+        log_v = torch.log(v)
+        log_t = torch.log(r) - 0.5 * log_v  # not log(r / sqrt(v)): the ratio may underflow
+        t = r / torch.sqrt(v)
+        log_p = (
+            torch.xlogy(a, a) - torch.lgamma(a) + math.log(2.0) + (2 * a - 1) * log_t - 0.5 * log_v
+            - a * t.square()
+        )
+        return _floor_log_prob(log_p)
 
     def rsample(self, sample_shape: torch.Size = _EMPTY) -> Tensor:
         return self._power_dist.rsample(sample_shape).sqrt()
@@ -367,15 +417,39 @@ class PolarVonMises(_ComplexDensity):
             theta = self.phase.sample(sample_shape).expand(shape)
             return torch.polar(r, theta.to(r.dtype))
 
+    def _log_moments(self) -> tuple[Tensor, Tensor]:
+        """``(log E[r], log Var[r])``, in closed form for log-normal and Gamma magnitudes.
+
+        A log-normal's ``E[r] = exp(m + s^2 / 2)`` and ``Var[r] = (exp(s^2) - 1) exp(2m + s^2)`` overflow
+        float32 from ``s ~ 9`` even where the quantities derived from them (``E[x]``, the precision) are
+        representable, so they are combined in log space.
+        """
+        d = self.magnitude
+        if isinstance(d, LogNormal):
+            s2 = d.scale.square()
+            return d.loc + 0.5 * s2, _log_expm1(s2) + 2 * d.loc + s2
+        if isinstance(d, Gamma):
+            log_a, log_b = torch.log(d.concentration), torch.log(d.rate)
+            return log_a - log_b, log_a - 2 * log_b
+        return torch.log(d.mean), torch.log(d.variance)
+
     @property
     def magnitude_mean(self) -> Tensor:
-        """``E[|x|]``."""
+        """``E[|x|]`` (clamped at ``finfo.max`` where the true value overflows the dtype)."""
+        if isinstance(self.magnitude, (LogNormal, Gamma)):
+            return _exp_clamped(self._log_moments()[0]).expand(self.batch_shape)
         return self.magnitude.mean.expand(self.batch_shape)
 
     @property
     def magnitude_precision(self) -> Tensor:
         """``E[r]^2 / Var[r]``: ``alpha`` for a Gamma magnitude, ``1 / (exp(s^2) - 1)`` for a log-normal."""
-        return (self.magnitude.mean.square() / self.magnitude.variance).expand(self.batch_shape)
+        d = self.magnitude
+        if isinstance(d, Gamma):
+            return d.concentration.expand(self.batch_shape)
+        if isinstance(d, LogNormal):
+            return torch.expm1(d.scale.square()).reciprocal().expand(self.batch_shape)
+        log_mean, log_var = self._log_moments()
+        return torch.exp(2 * log_mean - log_var).expand(self.batch_shape)
 
     @property
     def phase_loc(self) -> Tensor:
@@ -389,15 +463,24 @@ class PolarVonMises(_ComplexDensity):
 
     @property
     def mean(self) -> Tensor:
-        return torch.polar(
-            self.magnitude_mean * mean_resultant_length(self.concentration), self.loc.expand(self.batch_shape)
-        )
+        """The complex ``E[x] = E[r] A(kappa) e^(i mu)`` (modulus clamped at ``finfo.max`` on overflow)."""
+        log_mean, _ = self._log_moments()
+        a = mean_resultant_length(self.concentration)
+        # Log space, since E[r] may overflow where E[r] A does not; A = 0 (kappa = 0) is kept out of the log
+        # so that no inf meets a zero gradient.
+        pos = a > 0
+        modulus = torch.where(pos, _exp_clamped(log_mean + torch.log(torch.where(pos, a, 1.0))), 0.0)
+        modulus = modulus.expand(self.batch_shape)
+        return torch.polar(modulus, self.loc.expand(self.batch_shape).to(modulus.dtype))
 
     @property
     def variance(self) -> Tensor:
-        m, v = self.magnitude.mean, self.magnitude.variance
-        a = mean_resultant_length(self.concentration)
-        return (v + m.square() * (1 - a.square())).expand(self.batch_shape)
+        """``E|x - E x|^2 = Var[r] + E[r]^2 (1 - A^2)`` (clamped at ``finfo.max`` on overflow)."""
+        log_mean, log_var = self._log_moments()
+        spread = 1 - mean_resultant_length(self.concentration).square()
+        pos = spread > 0  # 0 once A(kappa) rounds to 1: keep log(0) out of the graph (NaN gradients)
+        log_phase = torch.where(pos, 2 * log_mean + torch.log(torch.where(pos, spread, 1.0)), -math.inf)
+        return _exp_clamped(torch.logaddexp(log_var, log_phase)).expand(self.batch_shape)
 
     def resynthesize(self, phase: Tensor | None = None) -> Tensor:
         """``E[|x|] exp(i phase)``, with the model's phase location ``mu`` when ``phase`` is None."""
@@ -442,10 +525,12 @@ class CircularComplexNormal(_ComplexDensity):
         return Normal(torch.zeros_like(self.scale), self.scale / math.sqrt(2.0), validate_args=False)
 
     def log_prob(self, value: Tensor) -> Tensor:
+        """``-|x - mu|^2 / sigma^2 - log(pi sigma^2)``, dividing by ``sigma`` before squaring (no overflow
+        while the result is representable; clamped at ``-finfo.max`` where it is not)."""
         self._check(value)
         d = value - self.loc
-        parts = self._parts()
-        return parts.log_prob(d.real) + parts.log_prob(d.imag)
+        zr, zi = d.real / self.scale, d.imag / self.scale
+        return _floor_log_prob(-(zr.square() + zi.square()) - _LOG_PI - 2 * torch.log(self.scale))
 
     def rsample(self, sample_shape: torch.Size = _EMPTY) -> Tensor:
         shape = self._extended_shape(sample_shape)

@@ -95,7 +95,9 @@ class LogNormalVonMises(_Spectral):
     ``mu = raw[:, 2]`` (radians), ``kappa = positive(raw[:, 3])`` (``>= 0``). Returns
     :class:`~genlib.likelihoods.distributions.PolarVonMises`: ``magnitude_mean = exp(m + s^2 / 2)``,
     ``phase_loc``, ``phase_concentration``, ``magnitude_precision = 1 / (exp(s^2) - 1)``; ``mean`` is the
-    complex ``E[x]``.
+    complex ``E[x]``. These are evaluated in log space, so they are exact wherever the dtype holds them;
+    ``magnitude_mean`` (hence :meth:`resynthesize`), ``mean`` and ``variance`` are clamped at ``finfo.max``
+    where the true value overflows (float32: ``m + s^2 / 2 > 88.7``, e.g. ``m = 0`` with ``raw[:, 1] > 2.6``).
     """
 
     n_params = 4
