@@ -114,8 +114,28 @@ class VAE(Configurable, nn.Module):
     def _log_px_z(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return _sum_event(self.likelihood.log_prob(x, self.decoder(z)))
 
+    def _check_batch(self, x: torch.Tensor) -> None:
+        """Clear errors for an empty batch and for data whose precision differs from the model's."""
+        if not isinstance(x, torch.Tensor):
+            return  # encode's check_tensor names the problem
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"x must hold at least one example (shape (B, ...)), got {tuple(x.shape)}")
+        if x.is_floating_point() or x.is_complex():
+            x_dtype = x.real.dtype  # complex64 STFT frames pair with a float32 model
+            model_dtypes = sorted({str(p.dtype) for p in self.parameters() if p.is_floating_point()})
+            if model_dtypes and str(x_dtype) not in model_dtypes:
+                raise ValueError(
+                    f"x has dtype {x.dtype} but the model's parameters are {', '.join(model_dtypes)}: cast x "
+                    f"(x.to({model_dtypes[0]})) or the whole model (model.to({x_dtype}))"
+                )
+
     def elbo(self, x: torch.Tensor) -> ELBOTerms:
-        """One-sample reparameterised ELBO terms per example; minimise ``.loss``."""
+        """One-sample reparameterised ELBO terms per example; minimise ``.loss``.
+
+        Raises ``ValueError`` for an empty batch (the mean loss would be NaN) and when ``x``'s precision
+        differs from the model's (a float64 batch needs a float64 model, ``model.double()``).
+        """
+        self._check_batch(x)
         mu, logvar = self.encode(x)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         rec = self._log_px_z(x, z)

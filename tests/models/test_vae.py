@@ -198,3 +198,20 @@ def test_bad_construction_and_input():
         vae.log_likelihood(torch.zeros(2, 4), n_importance=0)
     with pytest.raises(RuntimeError, match=r"encoder must return a pair \(mu, logvar\)"):
         VAE(nn.Linear(4, 2), MLPDecoder(2, (4,), hidden=(8,)), lik).elbo(torch.zeros(2, 4))
+
+
+def test_elbo_names_dtype_mismatch_and_works_for_a_float64_model():
+    vae = VAE(MLPEncoder((4,), 2, (8,)), MLPDecoder(2, (4,), hidden=(8,)), FixedGaussian(1.0))
+    x64 = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"x has dtype torch\.float64 but .* parameters are torch\.float32"):
+        vae.elbo(x64)
+    terms = vae.double().elbo(x64)
+    assert terms.loss.dtype == torch.float64 and torch.isfinite(terms.elbo).all()
+    with pytest.raises(ValueError, match=r"x has dtype torch\.float32 but .* parameters are torch\.float64"):
+        vae.elbo(x64.float())
+
+
+def test_elbo_rejects_an_empty_batch():
+    vae = VAE(MLPEncoder((4,), 2, (8,)), MLPDecoder(2, (4,), hidden=(8,)), FixedGaussian(1.0))
+    with pytest.raises(ValueError, match=r"x must hold at least one example .*got \(0, 4\)"):
+        vae.elbo(torch.zeros(0, 4))
