@@ -1,10 +1,14 @@
-"""Small shared helpers: device choice, seeding, atomic checkpoints and argument validation."""
+"""Small shared helpers: device choice, seeding, atomic checkpoints, strict JSON and argument validation."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import pickle
 import random
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,6 +22,11 @@ __all__ = [
     "atomic_save",
     "atomic_write_text",
     "load_checkpoint",
+    "CorruptCheckpointError",
+    "UnsafeCheckpointError",
+    "json_safe",
+    "json_dumps",
+    "write_json",
     "check_tensor",
     "check_positive",
     "check_int",
@@ -67,12 +76,75 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that is empty, truncated or not a torch file at all (the message names it)."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file whose pickle would import or call code (refused; the message names it)."""
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> Any:
-    """Load a checkpoint written by :func:`atomic_save`, with a clear error when the file is missing."""
+    """Load a checkpoint written by :func:`atomic_save` without running any code from the file.
+
+    Only tensors, plain containers and scalars are unpickled (``torch.load(weights_only=True)``), which is
+    all genlib writes: a file whose pickle asks for anything else (e.g. ``os.system``) raises
+    :class:`UnsafeCheckpointError` before anything from it runs. An empty, truncated or foreign file raises
+    :class:`CorruptCheckpointError`; a missing one ``FileNotFoundError``. Every message names the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (expected a file written by genlib)")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    # torch.save writes a zip archive whose central directory comes last: an empty, truncated or random
+    # file fails this check, and a raw (non-torch) pickle is never handed to an unpickler.
+    if not zipfile.is_zipfile(path):
+        size = path.stat().st_size
+        what = "empty" if size == 0 else f"{size} bytes but not a torch zip archive (truncated or foreign)"
+        raise CorruptCheckpointError(f"checkpoint {path} is damaged: {what}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - the names only make the message more precise
+            names = []
+        asked = f" (it imports {', '.join(names)})" if names else ""
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: its pickle asks for code a genlib checkpoint never holds{asked}; "
+            "it was not written by genlib, or was altered. Nothing from it was run."
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError, OSError) as err:
+        raise CorruptCheckpointError(f"checkpoint {path} is damaged: {err}") from err
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` as strict-JSON data: NaN / ±inf become ``None`` (JSON has no such numbers), tuples lists,
+    NumPy scalars and one-element tensors Python numbers, paths and devices strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic) or (isinstance(obj, torch.Tensor) and obj.numel() == 1):
+        return json_safe(obj.item())
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (os.PathLike, torch.device)):
+        return str(obj)
+    raise ValueError(f"cannot write a {type(obj).__name__} as JSON: {obj!r:.100}")
+
+
+def json_dumps(obj: Any, indent: int | None = None) -> str:
+    """``json.dumps`` of :func:`json_safe` (``obj``): strict JSON that any parser reads (no bare ``NaN``)."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Write ``obj`` as strict JSON (:func:`json_dumps`) to ``path`` atomically; returns the path."""
+    return atomic_write_text(path, json_dumps(obj, indent=indent) + "\n")
 
 
 def check_tensor(
