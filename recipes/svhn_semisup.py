@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from genlib.cli_args import DATA_DIR_HELP, find_data_folder
+from genlib.cli_args import device as device_arg
 from genlib.data.images import (
     SemiSupervisedData,
     default_data_root,
@@ -294,11 +296,14 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="MNIST-4k, MLP nets, a few CPU minutes")
-    p.add_argument("--data-dir", default=None, help="SVHN .mat folder (full) / mnist_4k.npz folder (quick)")
+    p.add_argument("--data-dir", default=None,
+                   help="SVHN train/test_32x32.mat (full) or mnist_4k.npz (quick): " + DATA_DIR_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/svhn_semisup")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    p.add_argument("--iters", type=int, default=None, help="override the number of training iterations")
+    p.add_argument("--device", type=device_arg, default=None,
+                   help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="override the number of training iterations (0: evaluate the untrained model)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam")
     p.add_argument("--augment", action="store_true",
@@ -329,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.augment:
         cfg.train.augment = cfg.augment
     SemiSupervisedConfig(**asdict(cfg.train))  # re-validate the overrides
+    if args.data_dir is not None:  # the data root or the folder holding the files; load_data wants the latter
+        wanted, sub = ("train_32x32.mat", "svhn") if cfg.dataset == "svhn" else ("mnist_4k.npz", "digits")
+        folder = find_data_folder(args.data_dir, wanted, subdirs=(sub,))
+        if folder is None:
+            p.error(f"--data-dir {args.data_dir} holds no {wanted} (looked in it and in its {sub}/ folder)")
+        args.data_dir = str(folder)
     device = torch.device(args.device) if args.device else default_device()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -367,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         images = vae.decode(z).mean.clamp(0, 1).cpu()
     save_image_grid(images, out / "samples.png", nrow=per_class * 2, labels=y_s.tolist(),
                     title="class-conditional samples p(x|z), z ~ p(z|y)")
-    save_loss_curves({k: history[k] for k in ("iter", "loss", "ebm_loss", "class_loss")},
-                     out / "loss_curves.png")
+    if history["iter"]:  # --iters 0 trains nothing: no curves to draw
+        save_loss_curves({k: history[k] for k in ("iter", "loss", "ebm_loss", "class_loss")},
+                         out / "loss_curves.png")
     vae.save(out / "vae.pt")
 
     results = {

@@ -71,3 +71,56 @@ def test_ablation_runs_every_variant_from_one_shared_model(tmp_path):
 def test_bad_t_a_is_rejected():
     with pytest.raises(SystemExit):
         main(["--quick", "--iters", "40", "--t-a", "40"])
+
+
+def _fast_quick(monkeypatch):
+    """--quick with a one-epoch supervised baseline, so a smoke run takes seconds."""
+    import dataclasses
+
+    from recipes import svhn_semisup
+
+    quick = svhn_semisup.Config.quick
+    monkeypatch.setattr(svhn_semisup.Config, "quick",
+                        classmethod(lambda cls: dataclasses.replace(quick(), baseline_epochs=1)))
+
+
+@pytest.mark.skipif(not _have_mnist(), reason="needs digits/mnist_4k.npz under the shared data folder")
+def test_zero_iterations_reports_the_untrained_model_without_crashing(tmp_path, monkeypatch):
+    _fast_quick(monkeypatch)
+    out = tmp_path / "run"
+    assert main(["--quick", "--iters", "0", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["train"]["n_iters"] == 0 and res["eval_iter"] == []
+    assert 0.0 <= res["latent_classifier_accuracy"] <= 1.0
+    assert (out / "samples.png").stat().st_size > 0 and not (out / "loss_curves.png").exists()
+
+
+@pytest.mark.skipif(not _have_mnist(), reason="needs digits/mnist_4k.npz under the shared data folder")
+@pytest.mark.parametrize("sub", ["", "digits"])
+def test_data_dir_is_the_data_root_or_the_folder_holding_the_file(tmp_path, monkeypatch, sub):
+    from recipes import svhn_semisup
+
+    seen = []
+
+    def stop(cfg, data_dir, seed):
+        seen.append(data_dir)
+        raise KeyboardInterrupt  # the folder is all this test needs; stop before any training
+
+    monkeypatch.setattr(svhn_semisup, "load_data", stop)
+    root = default_data_root()
+    with pytest.raises(KeyboardInterrupt):
+        main(["--quick", "--data-dir", str(root / sub), "--no-progress", "--out", str(tmp_path)])
+    assert (root / "digits").samefile(seen[0])
+
+
+def test_bad_data_dir_and_device_are_argparse_errors(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as e:
+        main(["--quick", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "holds no mnist_4k.npz" in capsys.readouterr().err
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    for device, message in (("tpu", "--device must be cpu, cuda or cuda:N"),
+                            ("cuda", "--device cuda requested but no CUDA GPU is visible")):
+        with pytest.raises(SystemExit) as e:
+            main(["--quick", "--device", device, "--out", str(tmp_path / "o")])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
