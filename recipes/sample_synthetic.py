@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from genlib.cli_args import device as device_arg
+from genlib.cli_args import float_in, int_at_least
 from genlib.data.synthetic import save_synthetic_dataset
 from genlib.models import VAE
 from genlib.priors import LatentEBMPrior
@@ -83,16 +85,21 @@ def main(argv: list[str] | None = None) -> int:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     p.add_argument("--checkpoint", default=None, help="VAE.save file with a LatentEBMPrior")
-    p.add_argument("--samples-per-class", type=int, default=Config.samples_per_class, help="L")
+    # Numeric flags are checked here, so a bad value is an error naming the flag, not a sampler field.
+    p.add_argument("--samples-per-class", type=int_at_least(1), default=Config.samples_per_class,
+                   help="L, draws per class (>= 1)")
     p.add_argument("--sampler", choices=("langevin", "psgd"), default=Config.sampler)
-    p.add_argument("--langevin-steps", type=int, default=Config.langevin_steps)
-    p.add_argument("--entropy-keep", type=float, default=Config.entropy_keep,
+    p.add_argument("--langevin-steps", type=int_at_least(0), default=Config.langevin_steps,
+                   help="Langevin steps per draw (>= 0)")
+    p.add_argument("--entropy-keep", type=float_in(0, 1), default=Config.entropy_keep,
                    help="fraction of the draws the entropy filter keeps, in (0, 1]")
     p.add_argument("--coreset", choices=("craig", "adacore", "random", "none"), default=Config.coreset)
-    p.add_argument("--coreset-fraction", type=float, default=Config.coreset_fraction)
-    p.add_argument("--seed", type=int, default=Config.seed)
+    p.add_argument("--coreset-fraction", type=float_in(0, 1), default=Config.coreset_fraction,
+                   help="share of the filtered draws the coreset keeps, in (0, 1]")
+    p.add_argument("--seed", type=int_at_least(0), default=Config.seed)
     p.add_argument("--out", default=Config.out)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, default=None,
+                   help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--quick", action="store_true",
                    help="no --checkpoint needed: train a small MNIST-4k model first; L = 100")
     args = p.parse_args(argv)

@@ -59,5 +59,33 @@ def test_cli_alias_and_bad_inputs(tmp_path, capsys):
     with pytest.raises(ValueError, match="LatentEBMPrior"):
         main(["--checkpoint", _checkpoint(tmp_path, prior=False), "--out", str(tmp_path / "o"),
               "--device", "cpu"])
-    with pytest.raises(ValueError, match="entropy_keep"):
+    with pytest.raises(SystemExit):  # refused by argparse, naming --entropy-keep (see below)
         main(["--checkpoint", _checkpoint(tmp_path), "--entropy-keep", "2", "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--langevin-steps", "-1", "an integer >= 0"),
+        ("--samples-per-class", "0", "an integer >= 1"),
+        ("--entropy-keep", "2", "a number in (0, 1]"),
+        ("--entropy-keep", "nan", "a number in (0, 1]"),
+        ("--coreset-fraction", "0", "a number in (0, 1]"),
+        ("--seed", "-3", "an integer >= 0"),
+    ],
+)
+def test_every_numeric_flag_is_checked_by_argparse_naming_the_flag(tmp_path, capsys, flag, value, expected):
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", _checkpoint(tmp_path), flag, value, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {flag}: must be {expected}" in err
+    assert "n_steps" not in err and not (tmp_path / "o").exists()
+
+
+def test_device_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, message in (("tpu", "--device must be cpu, cuda or cuda:N"),
+                            ("cuda", "--device cuda requested but no CUDA GPU is visible")):
+        with pytest.raises(SystemExit) as e:
+            main(["--checkpoint", _checkpoint(tmp_path), "--device", device, "--out", str(tmp_path / "o")])
+        assert e.value.code == 2 and message in capsys.readouterr().err
