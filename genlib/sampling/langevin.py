@@ -145,14 +145,20 @@ def _step(
 
 
 class _Trace:
-    """Accumulates per-step means on the device; one transfer at the end."""
+    """Accumulates per-step means on the device; one transfer at the end.
 
-    def __init__(self, z0: torch.Tensor):
+    With ``max_norm`` it also keeps, on the device, the first step at which some chain's norm exceeded it or
+    went non-finite, so that :meth:`check_blowup` costs one sync per run rather than one per step.
+    """
+
+    def __init__(self, z0: torch.Tensor, max_norm: float | None = None):
         self.z0 = z0
         self.energy: list[torch.Tensor] = []
         self.grad_norm: list[torch.Tensor] = []
         self.displacement: list[torch.Tensor] = []
         self.acceptance: list[torch.Tensor] = []
+        self.max_norm = max_norm
+        self.first_blowup = torch.full((), -1, dtype=torch.long, device=z0.device)
 
     def record(self, st: _State, accept_prob: torch.Tensor | None = None) -> None:
         self.energy.append(-st.log_prob.mean())
@@ -160,6 +166,24 @@ class _Trace:
         self.displacement.append((st.z - self.z0).flatten(1).norm(dim=1).mean())
         if accept_prob is not None:
             self.acceptance.append(accept_prob.mean())
+        if self.max_norm is not None:
+            # `not <=` also flags NaN; torch.where keeps the first offending step without a host sync.
+            out = ~(st.z.flatten(1).norm(dim=1) <= self.max_norm).all()
+            step = len(self.energy) - 1
+            self.first_blowup = torch.where(out & (self.first_blowup < 0), step, self.first_blowup)
+
+    def check_blowup(self, step_size: float) -> None:
+        """``RuntimeError`` if a chain left ``|z| <= max_norm`` (or became non-finite) during the run."""
+        if self.max_norm is None:
+            return
+        t = int(self.first_blowup)
+        if t >= 0:
+            where = "in z0" if t == 0 else f"at step {t} of {len(self.energy) - 1}"
+            raise RuntimeError(
+                f"Langevin chains blew up {where}: a chain's norm exceeded max_norm={self.max_norm:g} or "
+                f"became non-finite with step_size={step_size:g}; use a smaller step_size (or mala=True), "
+                f"or raise max_norm if states this large are expected (validate=False skips the check)"
+            )
 
     def finish(
         self, step_size: float, temperature: float, mala: bool, n_warmup: int = 0
@@ -194,6 +218,8 @@ def langevin(
     mala: bool = False,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
+    validate: bool = True,
+    max_norm: float = 1e6,
 ) -> tuple[torch.Tensor, LangevinDiagnostics]:
     """Run ``z0.shape[0]`` independent Langevin chains on ``log_prob_fn`` and return ``(z, diagnostics)``.
 
@@ -207,28 +233,35 @@ def langevin(
         mala: Metropolis-adjust every step (per-chain accept/reject), making ``p^(1/T)`` exactly invariant.
         generator: random source for the noise (and the accept/reject uniforms).
         callback: called as ``callback(t, z_t)`` after every step ``t = 1..n_steps`` (e.g. to track moments).
+        validate: check, once at the end of the run, that no chain's norm ``||z_i||`` exceeded ``max_norm``
+            or became non-finite at any step (a chain can run away to 1e11 with finite values). The check is
+            kept on the device until then (one sync per run); ``False`` skips it.
+        max_norm: the bound on each chain's Euclidean norm used by ``validate``.
 
     Returns:
         The final states (detached, ``z0``'s shape) and a :class:`LangevinDiagnostics`.
 
     Raises:
-        RuntimeError: an unadjusted chain produced a non-finite log-prob or gradient (step too large).
+        RuntimeError: an unadjusted chain produced a non-finite log-prob or gradient (step too large), or
+            (with ``validate``) a chain blew up past ``max_norm``; the message names the step and step size.
     """
     z0 = _check_z0(z0)
     check_int(n_steps, "n_steps", 0)
     step_size = check_positive(step_size, "step_size")
     temperature = check_positive(temperature, "temperature")
+    max_norm = check_positive(max_norm, "max_norm")
     precond = _Identity()
     st = _state(log_prob_fn, z0, precond)
     if not (bool(torch.isfinite(st.log_prob).all()) and bool(torch.isfinite(st.grad).all())):
         raise ValueError("log_prob_fn is not finite at z0 (log-prob or its gradient is NaN/Inf)")
-    trace = _Trace(z0)
+    trace = _Trace(z0, max_norm if validate else None)
     trace.record(st)
     for t in range(n_steps):
         st, acc = _step(log_prob_fn, st, precond, step_size, temperature, mala, generator, t)
         trace.record(st, acc)
         if callback is not None:
             callback(t + 1, st.z)
+    trace.check_blowup(step_size)
     return st.z, trace.finish(step_size, temperature, mala)
 
 
@@ -244,11 +277,14 @@ class LangevinSampler:
     step_size: float = 0.08
     temperature: float = 1.0
     mala: bool = False
+    validate: bool = True
+    max_norm: float = 1e6
 
     def __post_init__(self) -> None:
         check_int(self.n_steps, "n_steps", 0)
         check_positive(self.step_size, "step_size")
         check_positive(self.temperature, "temperature")
+        check_positive(self.max_norm, "max_norm")
 
     def run(
         self,
@@ -267,4 +303,6 @@ class LangevinSampler:
             self.mala,
             generator=generator,
             callback=callback,
+            validate=self.validate,
+            max_norm=self.max_norm,
         )

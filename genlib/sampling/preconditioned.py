@@ -93,6 +93,9 @@ class PreconditionedLangevin:
             update averages one pair per chain (low noise) and, with PSGD's normalised step, the flat
             directions of an ill-conditioned energy are fitted at a rate of roughly ``μ`` per update.
         preconditioner_kwargs: other constructor arguments of the preconditioner (e.g. ``rank`` for LRA).
+        validate: at the end of each run, raise ``RuntimeError`` (naming the step and step size) if a chain's
+            norm exceeded ``max_norm`` or became non-finite at any step; one sync per run. ``False`` skips it.
+        max_norm: the bound on each chain's Euclidean norm used by ``validate``.
     """
 
     def __init__(
@@ -107,6 +110,8 @@ class PreconditionedLangevin:
         updates_per_step: int = 1,
         preconditioner_lr: float = 0.5,
         preconditioner_kwargs: dict[str, Any] | None = None,
+        validate: bool = True,
+        max_norm: float = 1e6,
     ):
         if isinstance(preconditioner, str):
             if preconditioner not in _FAMILIES:
@@ -131,6 +136,8 @@ class PreconditionedLangevin:
         self.updates_per_step = check_int(updates_per_step, "updates_per_step", 1)
         self.preconditioner_lr = check_positive(preconditioner_lr, "preconditioner_lr")
         self.preconditioner_kwargs = dict(preconditioner_kwargs or {})
+        self.validate = bool(validate)
+        self.max_norm = check_positive(max_norm, "max_norm")
 
     def reset(self) -> None:
         """Forget a preconditioner built from a family name (the next run fits a fresh one)."""
@@ -190,7 +197,7 @@ class PreconditionedLangevin:
         st = _state(log_prob_fn, z0, precond)
         if not (bool(torch.isfinite(st.log_prob).all()) and bool(torch.isfinite(st.grad).all())):
             raise ValueError("log_prob_fn is not finite at z0 (log-prob or its gradient is NaN/Inf)")
-        trace = _Trace(z0)
+        trace = _Trace(z0, self.max_norm if self.validate else None)
         trace.record(st)
         for t in range(self.warmup_steps):
             self.fit(log_prob_fn, st.z, self.updates_per_step, generator)
@@ -205,6 +212,7 @@ class PreconditionedLangevin:
             trace.record(st, acc)
             if callback is not None:
                 callback(t + 1, st.z)
+        trace.check_blowup(s)
         return st.z, trace.finish(s, temp, self.mala, n_warmup=self.warmup_steps)
 
     def __repr__(self) -> str:

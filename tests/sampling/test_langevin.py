@@ -145,3 +145,23 @@ def test_moment_error_is_small_for_exact_samples_only():
     assert c_err > 1.0
     with pytest.raises(ValueError, match="cov"):
         gaussian_moment_error(exact, mean, cov[:2, :2])
+
+
+def repulsive_log_prob(z):
+    """log p = |z|^2: every step multiplies z by (1 + 2 s), so chains run away while staying finite."""
+    return z.square().sum(1)
+
+
+def test_runaway_chains_raise_naming_the_step_and_step_size():
+    z0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match=r"(?s)blew up at step \d+ of 37.*step_size=0\.5.*smaller"):
+        langevin(repulsive_log_prob, z0, n_steps=37, step_size=0.5)
+    with pytest.raises(RuntimeError, match="max_norm=100"):
+        LangevinSampler(n_steps=10, step_size=0.5, max_norm=100.0).run(repulsive_log_prob, z0)
+    # validate=False skips the check: the chains end far out, but finite (which the old code let through)
+    z, _ = langevin(repulsive_log_prob, z0, n_steps=37, step_size=0.5, validate=False)
+    assert torch.isfinite(z).all() and z.norm(dim=1).max() > 1e9
+    # a well-behaved run under the same bound does not raise
+    langevin(diag_gaussian_log_prob, torch.randn(8, 4), n_steps=20, step_size=0.1, max_norm=100.0)
+    with pytest.raises(ValueError, match="max_norm"):
+        langevin(diag_gaussian_log_prob, torch.randn(8, 4), max_norm=0.0)

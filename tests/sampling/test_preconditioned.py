@@ -164,3 +164,15 @@ def test_bad_arguments_are_rejected():
         PreconditionedLangevin("dense").run(lambda z: -z.square().sum((1, 2)), torch.zeros(4, 2, 3))
     with pytest.raises(ValueError, match="v must have"):
         energy_hvp(lambda z: -z.square().sum(1), torch.zeros(4, 2), torch.zeros(4, 3))
+
+
+def test_runaway_chains_raise_naming_the_step_and_step_size():
+    def repulsive(z):  # log p = |z|^2 / 2: PSGD fits P = |H|^-1 = I, each step multiplies z by 1 + s
+        return 0.5 * z.square().sum(1)
+
+    z0 = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    kw = dict(n_steps=60, step_size=0.5, warmup_steps=0, fit_steps=5)
+    with pytest.raises(RuntimeError, match=r"(?s)blew up at step \d+ of 60.*step_size=0\.5.*smaller"):
+        PreconditionedLangevin("diag", **kw).run(repulsive, z0)
+    z, _ = PreconditionedLangevin("diag", validate=False, **kw).run(repulsive, z0)
+    assert torch.isfinite(z).all() and z.norm(dim=1).max() > 1e8
