@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from genlib.cli_args import DATA_DIR_HELP, find_data_folder, int_at_least
+from genlib.cli_args import device as device_arg
 from genlib.data import load_digits_sklearn, load_mnist_npz
 from genlib.data.images import load_svhn_semi_supervised, semi_supervised_split
 from genlib.data.synthetic import WeightedTensorDataset, combine_real_and_synthetic, save_synthetic_dataset
@@ -117,11 +119,13 @@ def downstream_accuracy(cfg: Config, train_data, x_test: torch.Tensor, y_test: t
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=None,
-                   help="folder with mnist_4k.npz or SVHN .mat files (default: sklearn digits)")
+                   help="mnist_4k.npz or SVHN train/test_32x32.mat (default: sklearn digits): "
+                   + DATA_DIR_HELP)
     p.add_argument("--n-labeled", type=int, default=Config.n_labeled, help="balanced: a multiple of 10")
-    p.add_argument("--seed", type=int, default=Config.seed)
+    p.add_argument("--seed", type=int_at_least(0), default=Config.seed)
     p.add_argument("--out", default=Config.out)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, default=None,
+                   help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--quick", action="store_true", help="smoke config: 500 iterations, L = 100")
     p.add_argument("--iters", type=int, default=None, help="override the semi-supervised iterations")
     p.add_argument("--classifier-epochs", type=int, default=None, help="override the downstream epochs")
@@ -129,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.n_labeled <= 0 or args.n_labeled % 10:
         p.error(f"--n-labeled must be a positive multiple of 10 (balanced classes), got {args.n_labeled}")
+    if args.data_dir is not None:  # the data root or the folder holding the files; load_data wants the latter
+        folder = (find_data_folder(args.data_dir, "train_32x32.mat", subdirs=("svhn",))
+                  or find_data_folder(args.data_dir, "mnist_4k.npz", subdirs=("digits",)))
+        if folder is None:
+            p.error(f"--data-dir {args.data_dir} holds neither mnist_4k.npz nor SVHN's train_32x32.mat "
+                    "(looked in it and in its digits/ and svhn/ folders)")
+        args.data_dir = str(folder)
     cfg = Config(data_dir=args.data_dir, n_labeled=args.n_labeled, seed=args.seed, out=args.out)
     if args.quick:
         cfg.quick()

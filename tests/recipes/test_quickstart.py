@@ -72,3 +72,36 @@ def test_runs_on_svhn_mat_files(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert all(0.0 <= a <= 1.0 for a in res["downstream_accuracy"].values())
     assert SyntheticDataset(out / "synthetic.pt").x.shape[1:] == (3, 32, 32)
+
+
+def test_data_dir_accepts_the_root_or_the_folder_and_flags_are_checked(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    import recipes.quickstart as quickstart
+    from genlib.data.images import default_data_root
+
+    root = default_data_root()
+    if not (root / "digits" / "mnist_4k.npz").is_file():
+        pytest.skip("shared MNIST-4k not present")
+    seen = []
+
+    def stop(cfg):
+        seen.append(cfg.data_dir)
+        raise KeyboardInterrupt  # the resolved folder is all this test needs: stop before training
+
+    monkeypatch.setattr(quickstart, "load_data", stop)
+    for data_dir in (root, root / "digits"):
+        with pytest.raises(KeyboardInterrupt):
+            main(["--data-dir", str(data_dir), "--out", str(tmp_path / "o"), "--device", "cpu"])
+        assert (root / "digits").samefile(seen[-1])
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "the data root (holding digits/mnist_4k.npz) or the folder holding the files itself" in help_text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv, message in ((["--data-dir", str(tmp_path)], "holds neither mnist_4k.npz nor SVHN"),
+                          (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+                          (["--device", "cuda"], "--device cuda requested but no CUDA GPU is visible")):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--out", str(tmp_path / "o")])
+        assert e.value.code == 2 and message in capsys.readouterr().err
