@@ -41,7 +41,10 @@ def trained(mnist):
     """The reference classifier, trained once for the whole module (and its training time)."""
     x_tr, y_tr, _, _ = mnist
     t0 = time.perf_counter()
-    clf = train_reference_classifier(x_tr, y_tr, epochs=3, width=16, lr=2e-3, seed=0, device="cpu")
+    # Smaller and shorter than the defaults (width 32, 15 epochs) to keep this file fast on a slow CPU.
+    clf = train_reference_classifier(
+        x_tr, y_tr, epochs=2, width=16, batch_size=32, lr=3e-3, seed=0, device="cpu"
+    )
     return clf, time.perf_counter() - t0
 
 
@@ -146,8 +149,8 @@ def test_frechet_distance_orders_real_blurred_and_noise(mnist, trained):
 def test_frechet_distance_of_a_set_with_itself_is_zero(mnist, trained):
     _, _, x_te, _ = mnist
     clf, _ = trained
-    fd_real = feature_frechet_distance(clf, x_te[:500], x_te[500:])
-    assert feature_frechet_distance(clf, x_te[:500], x_te[:500]) == pytest.approx(0.0, abs=1e-6 * fd_real)
+    # Far below the smallest meaningful distance (real vs real is ~1 for these features).
+    assert feature_frechet_distance(clf, x_te[:500], x_te[:500]) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_frechet_distance_needs_two_images_and_warns_below_feature_dim():
