@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from genlib.cli_args import DATA_DIR_HELP, find_data_folder, int_at_least
+from genlib.cli_args import device as device_arg
 from genlib.data import load_digits_sklearn, load_mnist_npz
 from genlib.likelihoods import Bernoulli
 from genlib.models import VAE
@@ -31,7 +33,7 @@ from genlib.viz import save_image_grid, save_loss_curves
 
 @dataclass
 class Config:
-    data_dir: str | None = None  # a folder with digits/mnist_4k.npz; None = scikit-learn's bundled digits
+    data_dir: str | None = None  # the data root or the folder holding mnist_4k.npz; None = sklearn's digits
     latent_dim: int = 8
     hidden: tuple[int, ...] = (256, 256)
     steps: int = 400
@@ -61,7 +63,11 @@ def load_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     if cfg.data_dir is None:
         images, _ = load_digits_sklearn()
     else:
-        images, _ = load_mnist_npz(Path(cfg.data_dir) / "digits" / "mnist_4k.npz")
+        folder = find_data_folder(cfg.data_dir, "mnist_4k.npz", subdirs=("digits",))
+        if folder is None:
+            raise FileNotFoundError(f"--data-dir {cfg.data_dir} holds no mnist_4k.npz (looked in it and in "
+                                    "its digits/ folder)")
+        images, _ = load_mnist_npz(folder / "mnist_4k.npz")
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))
     images = images[perm]
     return images[cfg.n_test :], images[: cfg.n_test]
@@ -103,17 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     parser.add_argument(
-        "--data-dir", default=None, help="folder holding digits/mnist_4k.npz (default: sklearn digits)"
+        "--data-dir", default=None, help="mnist_4k.npz (default: sklearn digits): " + DATA_DIR_HELP
     )
     parser.add_argument("--steps", type=int, default=Config.steps)
-    parser.add_argument("--seed", type=int, default=Config.seed)
+    parser.add_argument("--seed", type=int_at_least(0), default=Config.seed)
     parser.add_argument("--out", default=Config.out)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", type=device_arg, default=None,
+                        help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="smoke config: 100 steps")
     args = parser.parse_args(argv)
     if args.steps <= 0:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
     steps = 100 if args.quick else args.steps
+    if args.data_dir is not None and find_data_folder(args.data_dir, "mnist_4k.npz", ("digits",)) is None:
+        parser.error(f"--data-dir {args.data_dir} holds no mnist_4k.npz (looked in it and its digits/)")
     cfg = Config(data_dir=args.data_dir, steps=steps, seed=args.seed, out=args.out)
     if args.device:
         cfg.device = args.device

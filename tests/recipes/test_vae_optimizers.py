@@ -17,3 +17,26 @@ def test_vae_optimizers_trains_every_optimizer_past_the_coin_flip_model(tmp_path
         assert r["test_log_px"] >= r["test_elbo"] - 0.5
     for name in ("loss_curves.png", "samples_adam.png", "samples_psgd-lra.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_data_dir_is_the_data_root_or_the_folder_and_bad_flags_exit_2(tmp_path, capsys, monkeypatch):
+    import pytest
+    import torch
+
+    from genlib.data.images import default_data_root
+    from recipes.vae_optimizers import Config, load_data
+
+    root = default_data_root()
+    if not (root / "digits" / "mnist_4k.npz").is_file():
+        pytest.skip("shared MNIST-4k not present")
+    a, _ = load_data(Config(data_dir=str(root)))
+    b, _ = load_data(Config(data_dir=str(root / "digits")))
+    assert a.shape[1:] == (1, 28, 28) and torch.equal(a, b)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv, message in ((["--data-dir", str(tmp_path)], "holds no mnist_4k.npz"),
+                          (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+                          (["--device", "cuda"], "--device cuda requested but no CUDA GPU is visible")):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--out", str(tmp_path / "o")])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
