@@ -59,6 +59,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from genlib.cli_args import device as device_arg
+from genlib.cli_args import int_at_least, positive_float
 from genlib.data import default_data_root
 from genlib.data.speech import (
     SpeechFrames,
@@ -414,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         "--optimizer", choices=("psgd-lra", "adam"), default=None, help="default psgd-lra (adam with --quick)"
     )
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the chosen optimizer")
-    parser.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: off)")
+    parser.add_argument("--grad-clip", type=positive_float, default=None,
+                        help="clip the gradient norm to this finite value > 0 (default: off)")
     parser.add_argument("--n-test-utterances", type=int, default=None, help="per test speaker")
     parser.add_argument(
         "--max-librispeech-utterances", type=int, default=None,
@@ -427,8 +430,9 @@ def main(argv: list[str] | None = None) -> int:
         "under VGGish, comparable to published FAD; default: Resemblyzer (offline, not comparable)",
     )
     parser.add_argument("--out", default=Config.out)
-    parser.add_argument("--seed", type=int, default=Config.seed)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--seed", type=int_at_least(0), default=Config.seed)
+    parser.add_argument("--device", type=device_arg, default=None,
+                        help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help=f"CPU smoke config: {QUICK}")
     args = parser.parse_args(argv)
     cfg = Config(out=args.out, seed=args.seed)

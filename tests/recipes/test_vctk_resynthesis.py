@@ -190,3 +190,22 @@ def test_vggish_checkpoint_switches_the_fad_embedding(tmp_path):
     ref, row = payload["reference"], payload["results"]["gamma-fc"]
     assert ref["fad_gt_phase"] < 1e-6  # the real speech against itself
     assert math.isfinite(row["fad_gt_phase"]) and row["fad_gt_phase"] > ref["fad_gt_phase"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--grad-clip", "inf"], "argument --grad-clip: must be a finite number > 0, got 'inf'"),
+        (["--grad-clip", "nan"], "argument --grad-clip: must be a finite number > 0"),
+        (["--grad-clip", "-1"], "argument --grad-clip: must be a finite number > 0"),
+        (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+        (["--device", "cuda"], "--device cuda requested but no CUDA GPU is visible"),
+    ],
+)
+def test_grad_clip_and_device_are_one_line_argparse_errors(capsys, monkeypatch, tmp_path, argv, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        vr.main([*argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
