@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from genlib.cli_args import DATA_DIR_HELP, find_data_folder
+from genlib.cli_args import DATA_DIR_HELP, find_data_folder, int_at_least
 from genlib.cli_args import device as device_arg
 from genlib.data.images import (
     SemiSupervisedData,
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="MNIST-4k, MLP nets, a few CPU minutes")
     p.add_argument("--data-dir", default=None,
                    help="SVHN train/test_32x32.mat (full) or mnist_4k.npz (quick): " + DATA_DIR_HELP)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--out", default="runs/svhn_semisup")
     p.add_argument("--device", type=device_arg, default=None,
                    help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--augment", action="store_true",
                    help="Algorithm 2 steps 7-8: train on entropy-filtered CRAIG coresets of own samples")
     p.add_argument("--ablation", action="store_true", help="the Table 5.1 analogue (see above)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="ablation seeds")
+    p.add_argument("--seeds", type=int_at_least(0), nargs="+", default=None, help="ablation seeds")
     p.add_argument("--ls", type=int, nargs="+", default=None, help="ablation samples per class L")
     p.add_argument("--t-a", type=int, default=None, help="iteration T_a of the first augmentation")
     args = p.parse_args(argv)

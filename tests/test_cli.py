@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from genlib.cli import main
+from genlib.cli import RECIPES, main
 
 
 def test_unknown_command_is_rejected_with_the_valid_names(capsys):
@@ -42,3 +42,12 @@ def test_recipe_exit_status_passes_through(monkeypatch):
     assert main(["quickstart"]) == 3
     monkeypatch.setattr(quickstart, "main", lambda argv: [{"rows": 1}])  # not a status: success
     assert main(["quickstart"]) == 0
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_main_is_typed_to_return_an_exit_status(name):
+    import importlib
+    import typing
+
+    module = importlib.import_module(f"recipes.{name}")
+    assert typing.get_type_hints(module.main)["return"] is int

@@ -118,9 +118,10 @@ def test_bad_data_dir_and_device_are_argparse_errors(tmp_path, capsys, monkeypat
         main(["--quick", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and "holds no mnist_4k.npz" in capsys.readouterr().err
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    for device, message in (("tpu", "--device must be cpu, cuda or cuda:N"),
-                            ("cuda", "--device cuda requested but no CUDA GPU is visible")):
+    for argv, message in ((["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+                          (["--device", "cuda"], "--device cuda requested but no CUDA GPU is visible"),
+                          (["--seed", "-1"], "argument --seed: must be an integer >= 0")):
         with pytest.raises(SystemExit) as e:
-            main(["--quick", "--device", device, "--out", str(tmp_path / "o")])
+            main(["--quick", *argv, "--out", str(tmp_path / "o")])
         assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
