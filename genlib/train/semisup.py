@@ -42,7 +42,7 @@ from genlib.train.augment import (
     pseudo_label,
     select_synthetic,
 )
-from genlib.train.checkpoint import Checkpointer
+from genlib.train.checkpoint import Checkpointer, normalize_settings
 from genlib.train.classify import needs_closure, weighted_cross_entropy
 from genlib.train.logger import MetricsLogger
 from genlib.utils import check_int, check_positive, check_tensor, default_device
@@ -152,8 +152,14 @@ class SemiSupervisedTrainer:
         device: default :func:`genlib.utils.default_device`.
         checkpoint_dir: folder for atomic checkpoints every ``config.checkpoint_every`` iterations; when it
             holds one, :meth:`fit` resumes from it (models, optimizers, generator, RNGs, history), so an
-            interrupted run repeated with the same arguments ends as if uninterrupted.
-        logger: a :class:`~genlib.train.MetricsLogger` receiving each evaluation record.
+            interrupted run repeated with the same arguments ends as if uninterrupted. A checkpoint of other
+            settings (the config except ``n_iters``, ``eval_every``, ``checkpoint_every`` and ``progress``;
+            the optimizer class; ``settings``) or past ``config.n_iters`` is refused, naming what differs.
+        logger: a :class:`~genlib.train.MetricsLogger` receiving each evaluation record (rewound to the
+            resumed iteration, so rows of an interrupted run are not logged twice).
+        settings: what else the run depends on, recorded in and checked against the checkpoints: data
+            (folder, split), model architecture, optimizer name and options (see
+            :class:`~genlib.train.Checkpointer`).
 
     ``history`` (returned by :meth:`fit`) has per-iteration lists ``iter``, ``loss`` (-ELBO),
     ``reconstruction``, ``kl``, ``ebm_loss``, ``class_loss``, and per-evaluation lists ``eval_iter``,
@@ -170,6 +176,7 @@ class SemiSupervisedTrainer:
         device: torch.device | str | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         logger: MetricsLogger | None = None,
+        settings: dict[str, Any] | None = None,
     ):
         if not isinstance(vae, VAE):
             raise ValueError(f"vae must be a genlib.models.VAE, got {type(vae).__name__}")
@@ -203,8 +210,11 @@ class SemiSupervisedTrainer:
                     "curvature mode (step() after backward()) with SemiSupervisedTrainer"
                 )
         self.generator = torch.Generator().manual_seed(config.seed)
+        if settings is not None and not isinstance(settings, dict):
+            raise ValueError(f"settings must be a dict of name -> value, got {type(settings).__name__}")
+        self._run_settings = dict(settings or {})
         self.checkpointer = (
-            Checkpointer(checkpoint_dir, every=config.checkpoint_every, keep=2)
+            Checkpointer(checkpoint_dir, every=config.checkpoint_every, keep=2, settings=self._settings())
             if checkpoint_dir is not None
             else None
         )
@@ -317,6 +327,12 @@ class SemiSupervisedTrainer:
         sel = None if self.selection is None else asdict(self.selection)
         return {"history": self.history, "config": asdict(self.config), "selection": sel}
 
+    def _settings(self) -> dict[str, Any]:
+        """What a checkpoint must match to be continued (not the iteration target, cadences, progress)."""
+        skip = {"n_iters", "eval_every", "checkpoint_every", "progress"}
+        train = {k: v for k, v in asdict(self.config).items() if k not in skip}
+        return {"train": train, "optimizer_class": type(self.opt_model).__name__, **self._run_settings}
+
     def _check_data(
         self, x_unlabeled: torch.Tensor, x_labeled: torch.Tensor, y_labeled: torch.Tensor
     ) -> None:
@@ -361,12 +377,17 @@ class SemiSupervisedTrainer:
                 raise ValueError("eval_data must be a pair (x, y) of tensors")
             check_tensor(eval_data[0], "eval_data[0]", floating=True)
         if self.checkpointer is not None:
-            resumed = self.checkpointer.resume(**self._state())
+            self.checkpointer.settings = normalize_settings(self._settings())  # config may change per fit
+            # a trainer that has trained already holds newer state than any checkpoint it wrote
+            resumed = None if self.iteration else self.checkpointer.resume(
+                max_step=cfg.n_iters, max_step_name="n_iters", **self._state())
             if resumed is not None and resumed.step > self.iteration:
                 self.iteration = resumed.step
                 self.history = {k: list(v) for k, v in resumed.extra["history"].items()}
                 sel = resumed.extra.get("selection")
                 self.selection = None if sel is None else Selection(**sel)
+            if self.logger is not None:
+                self.logger.rewind(self.iteration, key="iter")
         start = self.iteration
         n_u, n_l = x_unlabeled.shape[0], x_labeled.shape[0]
         b_u = min(cfg.batch_size, n_u)
