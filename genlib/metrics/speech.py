@@ -7,13 +7,16 @@ Policy for inputs where a metric is undefined (stated once, applied everywhere h
   lengths differ (re-synthesis keeps the length; pad or trim explicitly first), a sample rate the metric
   does not support;
 - a valid signal on which the metric is undefined -- all-zero (silent) input, PESQ finding no speech, or
-  input too short (PESQ needs >= 0.25 s; STOI needs >= 30 non-silent 25.6 ms frames) -- returns ``nan``
-  and emits an :class:`UndefinedMetricWarning`, so a batch evaluation is never killed by one silent clip.
+  input too short (PESQ needs >= 0.25 s; STOI needs >= 30 non-silent 25.6 ms frames at 10 kHz, so at least
+  ``STOI_MIN_SECONDS`` = 0.3968 s of signal) -- returns ``nan`` and emits an
+  :class:`UndefinedMetricWarning`, for PESQ and STOI alike, so a batch evaluation is never killed by one
+  silent or short clip.
   Average batches with ``numpy.nanmean`` and report how many were NaN.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -28,12 +31,16 @@ from genlib.utils import check_tensor
 __all__ = [
     "UndefinedMetricWarning",
     "PESQ_MAX",
+    "STOI_MIN_SECONDS",
     "pesq",
     "pesq_batch",
     "stoi",
     "lsd",
     "spectral_convergence",
 ]
+
+# STOI works on 30 frames of 256 samples, hop 128, at 10 kHz: (30 - 1) * 128 + 256 = 3968 samples.
+STOI_MIN_SECONDS = 3968 / 10000
 
 # Highest score each PESQ mode can give (a signal against itself).
 PESQ_MAX = {"wb": 4.644, "nb": 4.549}
@@ -105,18 +112,26 @@ def pesq_batch(
 def stoi(ref: object, deg: object, sr: int = 16000, extended: bool = False) -> float:
     """STOI (``extended=False``) or ESTOI (``extended=True``) of ``deg`` against ``ref``, via pystoi.
 
-    pystoi resamples to 10 kHz and drops silent frames itself; when too few frames remain the score is
-    ``nan`` with a warning (module docstring) instead of pystoi's placeholder 1e-5.
+    pystoi resamples to 10 kHz and drops silent frames itself. Signals shorter than ``STOI_MIN_SECONDS``,
+    or with too few non-silent frames left, score ``nan`` with an :class:`UndefinedMetricWarning` (as
+    :func:`pesq` does; module docstring) instead of pystoi's placeholder 1e-5 or a NumPy ``AxisError``.
     """
     if not isinstance(sr, int) or sr <= 0:
         raise ValueError(f"sr must be a positive int (Hz), got {sr!r}")
     r, d = _pair(ref, deg)
     name = "ESTOI" if extended else "STOI"
+    min_len = math.ceil(STOI_MIN_SECONDS * sr)
+    if len(r) < min_len:
+        why = f"too few non-silent frames: {len(r)} samples, {name} needs at least {min_len} at {sr} Hz"
+        return _undefined(name, why)
     if not r.any() or not d.any():
         return _undefined(name, "ref or deg is all zeros")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        score = float(pystoi.stoi(r, d, sr, extended=extended))
+        try:
+            score = float(pystoi.stoi(r, d, sr, extended=extended))
+        except np.exceptions.AxisError:  # pystoi's STFT of a (near-)empty signal after silence removal
+            return _undefined(name, "too few non-silent frames")
     if any("Not enough STFT frames" in str(w.message) for w in caught):
         return _undefined(name, "too few non-silent frames")
     return score

@@ -125,3 +125,21 @@ def test_bad_input_raises_clear_errors(clean):
         pesq(list(clean), clean)
     with pytest.raises(ValueError, match="same number of signals"):
         pesq_batch([clean], [clean, clean])
+
+
+@pytest.mark.parametrize("n", [1, 100, 400, 3000])
+def test_too_short_signals_give_nan_with_warning_for_stoi_and_pesq_alike(clean, n):
+    x = clean[8000 : 8000 + n]
+    for metric in (stoi, lambda r, d: stoi(r, d, extended=True), pesq):
+        with pytest.warns(UndefinedMetricWarning, match=r"undefined \((too few non-silent|signals have)"):
+            assert np.isnan(metric(x, x))
+    # the minimum is 0.3968 s whatever the rate
+    with pytest.warns(UndefinedMetricWarning, match="needs at least 3175 at 8000 Hz"):
+        assert np.isnan(stoi(clean[:3000], clean[:3000], sr=8000))
+
+
+def test_stoi_on_clip_that_is_almost_all_silence_gives_nan_not_axis_error():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(300), np.zeros(16000)])
+    with pytest.warns(UndefinedMetricWarning, match="too few non-silent frames"):
+        assert np.isnan(stoi(x, x + 1e-3 * rng.standard_normal(len(x))))
