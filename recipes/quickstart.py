@@ -10,7 +10,8 @@ Default data: scikit-learn's bundled 8x8 digits (1797 images; 50 labels, 400 hel
 it at a folder with ``mnist_4k.npz`` (or ``digits/mnist_4k.npz``, e.g. ``../shared/data``) or SVHN's
 ``train_32x32.mat`` / ``test_32x32.mat``. Writes to ``--out``: ``results.json``, ``synthetic.pt`` (the
 selected dataset, loadable with ``genlib.data.SyntheticDataset``), ``samples.png``,
-``samples_by_entropy.png``, ``selected.png``, ``loss_curves.png`` and ``checkpoints/`` (re-running resumes).
+``samples_by_entropy.png``, ``selected.png``, ``loss_curves.png`` and ``checkpoints/`` (re-running resumes;
+a rerun in the same ``--out`` with other settings, e.g. another ``--seed``, is refused, naming them).
 
     python -m recipes.quickstart            # about 40 s on a 2-core CPU
     python -m recipes.quickstart --quick    # smoke run, about 20 s
@@ -19,7 +20,6 @@ selected dataset, loadable with ``genlib.data.SyntheticDataset``), ``samples.png
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +45,7 @@ from genlib.train import (
     select_synthetic,
     train_classifier,
 )
-from genlib.utils import default_device, seed_everything
+from genlib.utils import default_device, seed_everything, write_json
 from genlib.viz import save_entropy_grid, save_image_grid, save_loss_curves
 
 
@@ -108,6 +108,14 @@ def build_vae(cfg: Config, image_shape: tuple[int, ...]) -> VAE:
     return VAE(enc, dec, likelihood, prior)
 
 
+def training_settings(cfg: Config) -> dict:
+    """What the semi-supervised checkpoint depends on besides ``cfg.train`` (which the trainer adds): a
+    rerun in the same ``--out`` that changes any of these is refused instead of reusing the old model."""
+    data_dir = None if cfg.data_dir is None else str(Path(cfg.data_dir).resolve())
+    return {"data_dir": data_dir, "n_labeled": cfg.n_labeled, "n_test": cfg.n_test, "seed": cfg.seed,
+            "latent_dim": cfg.latent_dim, "hidden": cfg.hidden, "ebm_hidden": cfg.ebm_hidden}
+
+
 def downstream_accuracy(cfg: Config, train_data, x_test: torch.Tensor, y_test: torch.Tensor) -> float:
     """A fresh MLP classifier trained on ``train_data`` (same seed and budget for every variant)."""
     model = MLPClassifier(tuple(x_test.shape[1:]), 10, hidden=cfg.hidden, dropout=0.2)
@@ -164,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {len(x_l)} labelled, {len(x_u)} unlabelled, {len(x_t)} test images of shape "
           f"{tuple(x_l.shape[1:])}; device {cfg.device}")
     vae = build_vae(cfg, tuple(x_l.shape[1:]))
-    trainer = SemiSupervisedTrainer(vae, cfg.train, device=cfg.device, checkpoint_dir=out / "checkpoints")
+    trainer = SemiSupervisedTrainer(vae, cfg.train, device=cfg.device, checkpoint_dir=out / "checkpoints",
+                                    settings=training_settings(cfg))
     history = trainer.fit(x_u, x_l, y_l, eval_data=(x_t, y_t))
     latent_acc = trainer.accuracy(x_t, y_t)
     vae.save(out / "vae.pt")
@@ -210,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": seconds,
         "config": asdict(cfg),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "results.json", results)
 
     print(f"\n4. downstream MLP classifier, test accuracy ({len(x_t)} held-out real images):")
     for name, acc in accuracy.items():

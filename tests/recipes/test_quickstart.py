@@ -105,3 +105,18 @@ def test_data_dir_accepts_the_root_or_the_folder_and_flags_are_checked(tmp_path,
         with pytest.raises(SystemExit) as e:
             main([*argv, "--out", str(tmp_path / "o")])
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_rerun_in_the_same_out_with_another_seed_is_refused_by_name(tmp_path):
+    import pytest
+
+    base = ["--quick", "--iters", "20", "--classifier-epochs", "1", "--out", str(tmp_path), "--device", "cpu",
+            "--no-progress"]
+    assert main(base) == 0
+    res = json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    with pytest.raises(ValueError, match=r"'seed': \(0, 1\).*use another --out"):
+        main([*base, "--seed", "1"])
+    with pytest.raises(ValueError, match="at step 20, more than n_iters 10"):
+        main([*base, "--iters", "10"])
+    # nothing of the refused runs was written over the first run's results
+    assert json.loads((tmp_path / "results.json").read_text()) == res
