@@ -4,9 +4,11 @@ A trained :class:`~genlib.models.VAE` with a :class:`~genlib.priors.LatentEBMPri
 labelled data, but naive augmentation hurts: many draws are ambiguous or off-class. The pipeline::
 
     y (L per class) -> z ~ p(z|y)   short-run Langevin (plain or PSGD-preconditioned)   generate_labelled
+                    -> sample_logits = F(z)           the latent classifier at the draw (eq. 5.14)
                     -> x~ = mean of p(x|z)
                     -> z^ = mu(x~), logits = F(z^)   the latent classifier on the re-encoded sample
-    logits, y       -> EntropyFilter (h2 / h1; keep a fraction or a threshold; argmax must agree with y)
+    logits, y       -> EntropyFilter (h2 / h1 of F(z) or F(z^); keep a fraction or a threshold;
+                       optionally the argmax must agree with y)
                     -> coreset: Craig / AdaCore / Random on softmax - onehot(y),    select_synthetic
                        per class, 10 % of the filtered draws
                     -> (x~, y, weights): weights = coreset cluster sizes
@@ -19,6 +21,7 @@ weighted cross-entropy of the selection to its loss; ``recipes/sample_synthetic.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,7 +45,7 @@ __all__ = [
 ]
 
 Coreset = Literal["craig", "adacore", "random"]
-
+EntropyOn = Literal["sample", "decoded"]
 
 
 def _fraction(value: Any, name: str) -> float:
@@ -60,10 +63,15 @@ class AugmentConfig:
         samples_per_class: ``L``, class-conditional draws per class at each (re)selection.
         entropy: confidence score of :class:`~genlib.select.EntropyFilter` (``"h2"`` entropy, ``"h1"``
             logsumexp), or ``None`` for no filter (the "naive" augmentation of Table 5.1).
-        entropy_keep: keep this fraction of the draws, the most confident (or give ``entropy_threshold``).
-        entropy_threshold: keep draws with ``h2 <= threshold`` (``h1 >= threshold``) instead.
-        require_agreement: also drop draws whose latent classifier disagrees with the class they were
-            drawn for (a filter step only: ignored when ``entropy`` is ``None``).
+        entropy_on: which logits the filter scores: ``"sample"``, ``F(z)`` at the Langevin draw (eq. 5.14,
+            the paper's), or ``"decoded"``, ``F(mu(x~))`` on the re-encoded image (also catches draws the
+            decoder renders as another class).
+        entropy_keep: keep this fraction of the draws, the most confident (or give ``entropy_threshold``);
+            ``1.0`` keeps every draw unless ``require_agreement`` drops some.
+        entropy_threshold: keep draws with ``h2 <= threshold`` (``h1 >= threshold``) instead (the paper:
+            ``h2 < 1e-6``).
+        require_agreement: also drop draws whose scored logits' argmax disagrees with the class they were
+            drawn for (a filter step only: ignored when ``entropy`` is ``None``; not in the paper).
         coreset: ``"craig"``, ``"adacore"``, ``"random"``, or ``None`` to keep every filtered draw.
         coreset_fraction: share of the filtered draws the coreset keeps (per class).
         pseudo_label_threshold: when set, unlabelled real data whose latent-classifier entropy (h2, nats)
@@ -76,9 +84,10 @@ class AugmentConfig:
 
     samples_per_class: int = 100
     entropy: Literal["h2", "h1"] | None = "h2"
+    entropy_on: EntropyOn = "decoded"
     entropy_keep: float | None = 0.5
     entropy_threshold: float | None = None
-    require_agreement: bool = True
+    require_agreement: bool = False
     coreset: Coreset | None = "craig"
     coreset_fraction: float = 0.1
     pseudo_label_threshold: float | None = None
@@ -91,6 +100,8 @@ class AugmentConfig:
         check_int(self.samples_per_class, "samples_per_class")
         if self.entropy not in ("h2", "h1", None):
             raise ValueError(f"entropy must be 'h2', 'h1' or None, got {self.entropy!r}")
+        if self.entropy_on not in ("sample", "decoded"):
+            raise ValueError(f"entropy_on must be 'sample' or 'decoded', got {self.entropy_on!r}")
         if self.entropy is not None and (self.entropy_keep is None) == (self.entropy_threshold is None):
             raise ValueError("give exactly one of entropy_keep (in (0, 1]) or entropy_threshold")
         if self.entropy_keep is not None:
@@ -119,13 +130,15 @@ class AugmentConfig:
 
 @dataclass
 class Generated:
-    """Class-conditional draws: images ``x`` (the decoder's mean), intended classes ``y``, latents ``z``
-    and the latent classifier's ``logits`` on the re-encoded images (``F(mu(x))``)."""
+    """Class-conditional draws: images ``x`` (the decoder's mean), intended classes ``y``, latents ``z``,
+    the latent classifier's ``logits`` on the re-encoded images (``F(mu(x))``) and at the draws themselves
+    (``sample_logits`` = ``F(z)``)."""
 
     x: torch.Tensor
     y: torch.Tensor
     z: torch.Tensor
     logits: torch.Tensor
+    sample_logits: torch.Tensor
 
 
 @dataclass
@@ -153,15 +166,39 @@ def _ebm_vae(vae: Any) -> VAE:
 
 
 @torch.no_grad()
-def latent_logits(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """The latent classifier's logits ``F(mu(x))`` ``(N, K)`` on the CPU (eval mode, restored)."""
+def latent_logits(
+    vae: VAE,
+    x: torch.Tensor,
+    batch_size: int = 1000,
+    *,
+    n_samples: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The latent classifier's logits ``(N, K)`` on the CPU (eval mode, restored).
+
+    ``n_samples = 0``: ``F(mu(x))``, the classifier at the posterior mean. ``n_samples = S > 0``: eq. 5.8,
+    ``log E_q(z|x) softmax F(z)`` estimated from ``S`` reparameterised draws (log-probabilities, usable as
+    logits); ``generator`` makes the draws reproducible (default: a fixed seed, so evaluating twice gives
+    the same answer and the global RNG is left alone).
+    """
     vae = _ebm_vae(vae)
+    check_int(n_samples, "n_samples", 0)
     device = next(vae.parameters()).device
+    if n_samples and generator is None:
+        generator = torch.Generator().manual_seed(0)
     was_training = vae.training
     vae.eval()
+    out = []
     try:
-        out = [vae.prior.logits(vae.encode(x[s : s + batch_size].to(device))[0]).cpu()
-               for s in range(0, x.shape[0], batch_size)]
+        for s in range(0, x.shape[0], batch_size):
+            mu, logvar = vae.encode(x[s : s + batch_size].to(device))
+            if not n_samples:
+                out.append(vae.prior.logits(mu).cpu())
+                continue
+            eps = torch.randn((n_samples, *mu.shape), generator=generator, dtype=mu.dtype).to(device)
+            z = mu + torch.exp(0.5 * logvar) * eps  # (S, B, d)
+            log_p = vae.prior.logits(z.flatten(0, 1)).log_softmax(-1).unflatten(0, (n_samples, -1))
+            out.append((log_p.logsumexp(0) - math.log(n_samples)).cpu())
     finally:
         vae.train(was_training)
     return torch.cat(out) if out else torch.empty(0, vae.prior.n_classes)
@@ -205,8 +242,11 @@ def generate_labelled(
             zs.append(z.cpu())
     finally:
         vae.train(was_training)
-    x = torch.cat(xs)
-    return Generated(x=x, y=y, z=torch.cat(zs), logits=latent_logits(vae, x, batch_size))
+    x, z = torch.cat(xs), torch.cat(zs)
+    with torch.no_grad():
+        sample_logits = torch.cat([prior.logits(z[s : s + batch_size].to(device)).cpu()
+                                   for s in range(0, z.shape[0], batch_size)])
+    return Generated(x=x, y=y, z=z, logits=latent_logits(vae, x, batch_size), sample_logits=sample_logits)
 
 
 def _coreset(name: Coreset, fraction: float, seed: int) -> Craig | AdaCore | RandomSelector:
@@ -226,14 +266,16 @@ def select_synthetic(generated: Generated, config: AugmentConfig, *, seed: int =
     """
     if not isinstance(config, AugmentConfig):
         raise ValueError(f"config must be an AugmentConfig, got {type(config).__name__}")
+    # The coreset works on the training gradient's logits, those of the re-encoded draw (F(mu(x~))).
     logits, y = generated.logits, generated.y
+    scored = generated.sample_logits if config.entropy_on == "sample" else logits
     n = y.numel()
     counts = {"generated": n}
     keep = torch.arange(n)
     if config.entropy is not None:
         filt = EntropyFilter(config.entropy, threshold=config.entropy_threshold,
                              keep_fraction=config.entropy_keep, require_agreement=config.require_agreement)
-        keep, _ = filt.fit_select(logits, y)
+        keep, _ = filt.fit_select(scored, y)
     counts["filtered"] = keep.numel()
     weights = torch.ones(keep.numel())
     if config.coreset is not None and keep.numel() > 0:
@@ -245,7 +287,7 @@ def select_synthetic(generated: Generated, config: AugmentConfig, *, seed: int =
     counts["pseudo_labeled"] = 0
     return Selection(
         x=generated.x[keep], y=y[keep], weights=weights, indices=keep,
-        entropy=confidence_scores(logits[keep], "h2"), counts=counts,
+        entropy=confidence_scores(scored[keep], "h2"), counts=counts,
     )
 
 

@@ -4,14 +4,17 @@ One iteration of :class:`SemiSupervisedTrainer` (Pang & Wu, 2021)::
 
     x_u ~ unlabelled batch, (x_l, y_l) ~ labelled batch
     z+  ~ q(z|x_u)                                   reparameterised posterior samples
-    z-  = short-run Langevin on p(z) from N(0, I)    T_LD steps (genlib.sampling)
+    z-  = short-run Langevin on p(z)                 T_LD steps (genlib.sampling), chains started at
+                                                     N(0, I), at q(z|x_u) (Algorithm 2 step 2) or
+                                                     persistent (config.negative_init)
     encoder / decoder:  minimise -ELBO(x_u)          reconstruction + KL(q || N(0, I)) - E_q logsumexp F(z)
     EBM score F:        minimise prior.ebm_loss(z+, z-)   (the maximum-likelihood gradient of the prior)
     both:               minimise w * CE(softmax F(z_l), y_l),  z_l ~ q(z|x_l)
 
 ``F`` gets no gradient from the ELBO's ``-logsumexp F(z)`` term: its learning signal is the EBM's
 maximum-likelihood gradient plus the labels, as in the paper. The latent classifier is
-``argmax softmax F(mu(x))``.
+``argmax softmax F(mu(x))``, or with ``classifier_samples = S`` the paper's eq. 5.8,
+``argmax E_q(z|x) softmax F(z)`` from ``S`` posterior draws.
 
 With ``config.augment`` (an :class:`~genlib.train.augment.AugmentConfig`; Algorithm 2, steps 7-8), after
 ``start_iter`` iterations and every ``reselect_every`` after that the trainer draws ``L`` samples per class
@@ -26,7 +29,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -39,6 +42,7 @@ from genlib.train.augment import (
     Selection,
     augment_config_from,
     generate_labelled,
+    latent_logits,
     pseudo_label,
     select_synthetic,
 )
@@ -65,6 +69,14 @@ class SemiSupervisedConfig:
         ebm_lr: learning rate of the EBM score ``F``.
         langevin_steps: ``T_LD``, short-run Langevin steps for the prior samples ``z-``.
         langevin_step_size: Langevin step size (``s²/2`` in the paper's notation; 0.08 for ``s = 0.4``).
+        negative_init: where the prior chains ``z-`` start: ``"noise"`` (``N(0, I)``, the short-run choice
+            of Pang et al. 2020), ``"posterior"`` (a draw of ``q(z|x_u)`` for each unlabelled example,
+            Algorithm 2 step 2), or ``"persistent"`` (a buffer of ``persistent_chains`` chains continued
+            across iterations, ``persistent_reset`` of each batch restarted from ``N(0, I)``).
+        persistent_chains: size of the persistent buffer.
+        persistent_reset: share of each batch of persistent chains restarted from noise.
+        classifier_samples: ``0``: the latent classifier is ``F(mu(x))``; ``S > 0``: eq. 5.8's
+            ``E_q softmax F(z)`` from ``S`` posterior draws (evaluation only; training uses one draw).
         class_weight: weight of the labelled cross-entropy.
         score_penalty: ``a * mean(logsumexp F(z±)²)`` added to the EBM loss
             (:meth:`~genlib.priors.LatentEBMPrior.ebm_loss`); lets ``F`` train at higher rates without
@@ -86,6 +98,10 @@ class SemiSupervisedConfig:
     ebm_lr: float = 3e-5  # higher rates let F run away from what short-run Langevin can follow
     langevin_steps: int = 60
     langevin_step_size: float = 0.08
+    negative_init: Literal["noise", "posterior", "persistent"] = "noise"
+    persistent_chains: int = 10000
+    persistent_reset: float = 0.05
+    classifier_samples: int = 0
     class_weight: float = 1.0
     score_penalty: float = 0.0
     grad_clip: float | None = 10.0
@@ -105,6 +121,15 @@ class SemiSupervisedConfig:
         check_positive(self.ebm_lr, "ebm_lr", allow_zero=True)
         check_int(self.langevin_steps, "langevin_steps", 0)
         check_positive(self.langevin_step_size, "langevin_step_size")
+        if self.negative_init not in ("noise", "posterior", "persistent"):
+            raise ValueError(
+                f"negative_init must be 'noise', 'posterior' or 'persistent', got {self.negative_init!r}"
+            )
+        check_int(self.persistent_chains, "persistent_chains")
+        check_positive(self.persistent_reset, "persistent_reset", allow_zero=True)
+        if self.persistent_reset > 1:
+            raise ValueError(f"persistent_reset must lie in [0, 1], got {self.persistent_reset!r}")
+        check_int(self.classifier_samples, "classifier_samples", 0)
         check_positive(self.class_weight, "class_weight", allow_zero=True)
         check_positive(self.score_penalty, "score_penalty", allow_zero=True)
         if self.grad_clip is not None:
@@ -115,24 +140,19 @@ class SemiSupervisedConfig:
 
 
 @torch.no_grad()
-def latent_accuracy(vae: VAE, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Accuracy of the latent classifier ``argmax softmax F(mu(x))`` on ``(x, y)`` (eval mode, restored)."""
+def latent_accuracy(
+    vae: VAE, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500, *, n_samples: int = 0
+) -> float:
+    """Accuracy of the latent classifier on ``(x, y)`` (eval mode, restored): ``argmax F(mu(x))``, or with
+    ``n_samples = S > 0`` eq. 5.8's ``argmax E_q(z|x) softmax F(z)`` (see
+    :func:`~genlib.train.augment.latent_logits`)."""
     if not isinstance(vae.prior, LatentEBMPrior):
         raise ValueError(f"vae.prior must be a LatentEBMPrior, got {type(vae.prior).__name__}")
     check_tensor(x, "x", floating=True)
     if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
         raise ValueError(f"y must be a tensor of shape ({x.shape[0]},), got {getattr(y, 'shape', y)!r}")
-    was_training = vae.training
-    vae.eval()
-    device = next(vae.parameters()).device
-    correct = 0
-    try:
-        for s in range(0, x.shape[0], batch_size):
-            mu, _ = vae.encode(x[s : s + batch_size].to(device))
-            pred = vae.prior.logits(mu).argmax(-1).cpu()
-            correct += int((pred == y[s : s + batch_size].cpu()).sum())
-    finally:
-        vae.train(was_training)
+    pred = latent_logits(vae, x, batch_size, n_samples=n_samples).argmax(-1)
+    correct = int((pred == y.cpu()).sum())
     return correct / max(x.shape[0], 1)
 
 
@@ -220,6 +240,8 @@ class SemiSupervisedTrainer:
         )
         self.logger = logger
         self.iteration = 0  # iterations done; fit() continues from here
+        self._chains: torch.Tensor | None = None  # persistent prior chains (negative_init="persistent")
+        self._chain_idx: torch.Tensor | None = None
         self.selection: Selection | None = None  # the current synthetic (+ pseudo-labelled) training set
         self.history: dict[str, list[float]] = {
             k: []
@@ -247,7 +269,10 @@ class SemiSupervisedTrainer:
             p.grad = None
 
         # EBM: positive samples from q (detached), negative from short-run Langevin from N(0, I).
-        z_neg = prior.sample(x_u.shape[0], sampler=self.sampler, generator=self.generator)
+        z_neg = prior.sample(x_u.shape[0], sampler=self.sampler, generator=self.generator,
+                             z0=self._negative_start(mu, logvar))
+        if cfg.negative_init == "persistent":
+            self._chains[self._chain_idx] = z_neg.detach().to(self._chains)
         ebm_loss = prior.ebm_loss(z_pos.detach(), z_neg, score_penalty=cfg.score_penalty)
         # Labels: cross-entropy of p(y|z) at posterior samples of labelled x; trains encoder and F.
         mu_l, logvar_l = vae.encode(x_l)
@@ -275,6 +300,23 @@ class SemiSupervisedTrainer:
             "class_loss": class_loss.item(),
             "aug_loss": float("nan") if aug_loss is None else aug_loss.item(),
         }
+
+    def _negative_start(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor | None:
+        """Initial states of the prior chains (``None``: the prior's own ``N(0, I)``)."""
+        cfg = self.config
+        if cfg.negative_init == "noise":
+            return None
+        if cfg.negative_init == "posterior":
+            eps = torch.randn(mu.shape, generator=self.generator, dtype=mu.dtype).to(mu.device)
+            return (mu + torch.exp(0.5 * logvar) * eps).detach()
+        n, d = mu.shape
+        if self._chains is None:
+            self._chains = torch.randn(cfg.persistent_chains, d, generator=self.generator)
+        self._chain_idx = torch.randint(cfg.persistent_chains, (n,), generator=self.generator)
+        z0 = self._chains[self._chain_idx].clone()
+        reset = torch.rand(n, generator=self.generator) < cfg.persistent_reset
+        z0[reset] = torch.randn(int(reset.sum()), d, generator=self.generator)
+        return z0.to(device=mu.device, dtype=mu.dtype)
 
     # ------------------------------------------------------------------ steps 7-8: augmentation
     def _augmentation_loss(self) -> torch.Tensor | None:
@@ -325,7 +367,8 @@ class SemiSupervisedTrainer:
 
     def _extra(self) -> dict[str, Any]:
         sel = None if self.selection is None else asdict(self.selection)
-        return {"history": self.history, "config": asdict(self.config), "selection": sel}
+        return {"history": self.history, "config": asdict(self.config), "selection": sel,
+                "chains": self._chains}
 
     def _settings(self) -> dict[str, Any]:
         """What a checkpoint must match to be continued (not the iteration target, cadences, progress)."""
@@ -386,6 +429,7 @@ class SemiSupervisedTrainer:
                 self.history = {k: list(v) for k, v in resumed.extra["history"].items()}
                 sel = resumed.extra.get("selection")
                 self.selection = None if sel is None else Selection(**sel)
+                self._chains = resumed.extra.get("chains")
             if self.logger is not None:
                 self.logger.rewind(self.iteration, key="iter")
         start = self.iteration
@@ -407,7 +451,7 @@ class SemiSupervisedTrainer:
                 self.history[k].append(v)
             last = it + 1 == cfg.n_iters
             if eval_data is not None and (last or (cfg.eval_every and (it + 1) % cfg.eval_every == 0)):
-                acc = latent_accuracy(self.vae, eval_data[0], eval_data[1])
+                acc = latent_accuracy(self.vae, eval_data[0], eval_data[1], n_samples=cfg.classifier_samples)
                 self.history["eval_iter"].append(it + 1)
                 self.history["eval_accuracy"].append(acc)
                 bar.set_postfix(loss=f"{rec['loss']:.1f}", acc=f"{acc:.3f}")
@@ -419,4 +463,4 @@ class SemiSupervisedTrainer:
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Latent-classifier accuracy ``argmax softmax F(mu(x))`` on ``(x, y)``."""
-        return latent_accuracy(self.vae, x, y)
+        return latent_accuracy(self.vae, x, y, n_samples=self.config.classifier_samples)

@@ -34,12 +34,14 @@ def _generated(n_per_class: int = 40, k: int = 3, seed: int = 0) -> Generated:
     logits = torch.randn(y.numel(), k, generator=g) * 2.0
     logits[torch.arange(y.numel()), y] += 1.0  # mostly agreeing with the drawn class
     x = torch.randn(y.numel(), 5, generator=g)
-    return Generated(x=x, y=y, z=torch.randn(y.numel(), 2, generator=g), logits=logits)
+    sample_logits = torch.randn(y.numel(), k, generator=g) * 3.0
+    return Generated(x=x, y=y, z=torch.randn(y.numel(), 2, generator=g), logits=logits,
+                     sample_logits=sample_logits)
 
 
 def test_entropy_filter_keeps_the_most_confident_agreeing_draws():
     gen = _generated()
-    cfg = AugmentConfig(40, entropy_keep=0.5, coreset=None)
+    cfg = AugmentConfig(40, entropy_keep=0.5, coreset=None, require_agreement=True)
     sel = select_synthetic(gen, cfg)
     h = confidence_scores(gen.logits, "h2")
     agree = gen.logits.argmax(1) == gen.y
@@ -52,6 +54,42 @@ def test_entropy_filter_keeps_the_most_confident_agreeing_draws():
     n = len(ranked)
     assert sel.counts == {"generated": 120, "filtered": n, "selected": n, "pseudo_labeled": 0}
     assert torch.allclose(sel.entropy, h[sel.indices])
+
+
+def test_entropy_on_sample_scores_the_langevin_draw_and_keep_one_is_no_filter():
+    gen = _generated()
+    # eq. 5.14: threshold on the entropy of F(z) at the draw, not of the re-encoded image
+    h = confidence_scores(gen.sample_logits, "h2")
+    t = float(h.median())
+    sel = select_synthetic(gen, AugmentConfig(40, entropy_on="sample", entropy_keep=None, entropy_threshold=t,
+                                              coreset=None))
+    assert sel.indices.tolist() == torch.nonzero(h <= t).squeeze(1).tolist()
+    assert torch.allclose(sel.entropy, h[sel.indices])
+    # keeping the whole fraction without the agreement rule keeps every draw
+    everything = select_synthetic(gen, AugmentConfig(40, entropy_keep=1.0, coreset=None))
+    assert everything.indices.tolist() == list(range(120))
+    agreeing = select_synthetic(gen, AugmentConfig(40, entropy_keep=1.0, coreset=None, require_agreement=True))
+    assert agreeing.indices.tolist() == torch.nonzero(gen.logits.argmax(1) == gen.y).squeeze(1).tolist()
+    with pytest.raises(ValueError, match="entropy_on"):
+        AugmentConfig(entropy_on="image")
+
+
+def test_latent_logits_expectation_under_q():
+    vae = _vae()
+    x = torch.randn(7, 8)
+    plain = latent_logits(vae, x)
+    with torch.no_grad():
+        mu, logvar = vae.encode(x)
+        assert torch.allclose(plain, vae.prior.logits(mu), atol=1e-6)
+        g = torch.Generator().manual_seed(3)
+        eps = torch.randn((5, *mu.shape), generator=g)
+        probs = torch.stack([vae.prior.logits(mu + (0.5 * logvar).exp() * e).softmax(-1) for e in eps]).mean(0)
+    # eq. 5.8: log of the average softmax over posterior draws, reproducible through the generator
+    est = latent_logits(vae, x, n_samples=5, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(est.exp(), probs, atol=1e-5)
+    assert torch.equal(latent_logits(vae, x, n_samples=5), latent_logits(vae, x, n_samples=5))
+    with pytest.raises(ValueError, match="n_samples"):
+        latent_logits(vae, x, n_samples=-1)
 
 
 def test_naive_keeps_everything_and_craig_weights_sum_to_class_sizes():
@@ -99,6 +137,8 @@ def test_generate_labelled_draws_from_each_class_region():
     with torch.no_grad():
         assert torch.allclose(gen.x, vae.decode(gen.z).mean, atol=1e-6)
     assert torch.allclose(gen.logits, latent_logits(vae, gen.x), atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(gen.sample_logits, prior.logits(gen.z), atol=1e-6)
 
 
 def test_pseudo_label_keeps_low_entropy_rows_with_argmax_labels():
