@@ -14,8 +14,9 @@ Prints the latent classifier's test accuracy (``argmax softmax F(mu(x))``) next 
 classifier trained on the same labels, and writes to ``--out``: ``results.json``, ``metrics.jsonl/csv``,
 ``samples.png`` (class-conditional prior samples, Langevin on p(z|y), decoded), ``loss_curves.png``,
 ``vae.pt`` (the trained model, for ``genlib sample``) and ``checkpoints/`` (re-running the same command
-resumes). ``--augment`` switches on Algorithm 2's steps 7-8 (entropy filter + CRAIG coreset of the model's own
-class-conditional samples from iteration T_a on).
+resumes; a rerun in the same ``--out`` with other settings is refused, naming them). ``--augment`` switches
+on Algorithm 2's steps 7-8 (entropy filter + CRAIG coreset of the model's own class-conditional samples from
+iteration T_a on).
 
 Ablation (the dissertation's Table 5.1 analogue)::
 
@@ -68,7 +69,8 @@ from genlib.train import (
     set_rng_state,
     train_classifier,
 )
-from genlib.utils import atomic_write_text, default_device, seed_everything
+from genlib.train.checkpoint import check_settings_file
+from genlib.utils import atomic_write_text, default_device, json_dumps, seed_everything, write_json
 from genlib.viz import save_image_grid, save_loss_curves
 
 
@@ -96,6 +98,12 @@ class Config:
     augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(samples_per_class=1000, start_iter=40000, reselect_every=2000)
     )
+    # Generation (samples.png, genlib sample, augmentation draws): the prior's sampler. Lower temperature
+    # (eq. 5.19) and longer chains than training's: measured in benchmarks/sample_quality.py; T = 1 with the
+    # training chains' steps is the paper's choice.
+    generation_steps: int = 200
+    generation_step_size: float = 0.08
+    generation_temperature: float = 0.25
     ablation_ls: tuple[int, ...] = (500, 1000, 2000)
     ablation_seeds: tuple[int, ...] = (0, 1, 2)
     pseudo_label_threshold: float = 0.1  # nats of entropy, for the "PL" variant
@@ -109,11 +117,11 @@ class Config:
         return cls(
             dataset="mnist4k", n_labeled=100, latent_dim=16, ebm_hidden=(128, 128), baseline_epochs=100,
             train=SemiSupervisedConfig(
-                n_iters=750, batch_size=100, lr=1e-3, ebm_lr=1e-3, score_penalty=0.1, langevin_steps=20,
-                langevin_step_size=0.08, class_weight=5.0, grad_clip=10.0, eval_every=125,
-                checkpoint_every=250,
+                n_iters=2000, batch_size=100, lr=1e-3, ebm_lr=1e-3, score_penalty=0.1, langevin_steps=20,
+                langevin_step_size=0.08, class_weight=5.0, grad_clip=10.0, eval_every=250,
+                checkpoint_every=500,
             ),
-            augment=AugmentConfig(samples_per_class=100, start_iter=500, reselect_every=125),
+            augment=AugmentConfig(samples_per_class=100, start_iter=1000, reselect_every=250),
             ablation_ls=(100, 300),
             ablation_seeds=(0, 1),
             downstream_epochs=50,
@@ -126,6 +134,26 @@ OPTIMIZERS = {
     "adam": torch.optim.Adam,
     "psgd-kron": lambda params, lr: Kron(params, lr=lr, momentum=0.9),
 }
+
+
+def run_settings(cfg: Config, args: argparse.Namespace, seed: int) -> dict:
+    """What a checkpoint depends on besides the trainer's own config (which the trainer adds): data, split,
+    model sizes, optimizer. A rerun in the same ``--out`` that changes any of them is refused by name."""
+    data_dir = None if args.data_dir is None else str(Path(args.data_dir).resolve())
+    model = {k: getattr(cfg, k) for k in ("latent_dim", "ebm_hidden", "enc_hidden", "sigma")}
+    return {"dataset": cfg.dataset, "data_dir": data_dir, "n_labeled": cfg.n_labeled, "n_test": cfg.n_test,
+            "seed": seed, "optimizer": args.optimizer, "model": model}
+
+
+def ablation_settings(cfg: Config, args: argparse.Namespace) -> dict:
+    """What the ablation's saved records depend on: everything but the seeds and Ls (records are keyed by
+    them, so a rerun may add some), the single run's knobs and the cadences."""
+    train = {k: v for k, v in asdict(cfg.train).items()
+             if k not in ("seed", "augment", "progress", "eval_every", "checkpoint_every")}
+    rest = {k: v for k, v in asdict(cfg).items()
+            if k not in ("train", "ablation_seeds", "ablation_ls", "baseline_epochs")}
+    data_dir = None if args.data_dir is None else str(Path(args.data_dir).resolve())
+    return {"data_dir": data_dir, "optimizer": args.optimizer, "train": train, **rest}
 
 
 def load_data(cfg: Config, data_dir: str | None, seed: int) -> SemiSupervisedData:
@@ -151,7 +179,8 @@ def make_classifier(cfg: Config, image_shape: tuple[int, ...]) -> torch.nn.Modul
 def build(cfg: Config, image_shape: tuple[int, ...]) -> tuple[VAE, torch.nn.Module]:
     """The VAE with the latent EBM prior, and the supervised-only baseline classifier."""
     prior = LatentEBMPrior(cfg.latent_dim, 10, hidden=cfg.ebm_hidden, activation="gelu",
-                           n_steps=cfg.train.langevin_steps, step_size=cfg.train.langevin_step_size)
+                           n_steps=cfg.generation_steps, step_size=cfg.generation_step_size,
+                           temperature=cfg.generation_temperature)
     if cfg.dataset == "svhn":
         c, h, _ = image_shape
         enc = WideResNetEncoder(c, cfg.latent_dim, depth=28, widen_factor=2, image_size=h)
@@ -198,6 +227,8 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
         raise ValueError(f"augment.start_iter (T_a = {t_a}) must lie in (0, n_iters = {cfg.train.n_iters})")
     # One record per (seed, L, variant), saved atomically after each branch: a re-run skips finished ones.
     progress_path = out / "ablation_progress.json"
+    # the records hold only for the settings they were made with: a rerun with others is refused by name
+    check_settings_file(out / "ablation_settings.json", ablation_settings(cfg, args), guards=progress_path)
     done: dict[str, dict] = json.loads(progress_path.read_text()) if progress_path.is_file() else {}
 
     for seed in cfg.ablation_seeds:
@@ -217,7 +248,8 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
         vae, _ = build(cfg, tuple(x_l.shape[1:]))
         base_cfg = replace(cfg.train, n_iters=t_a, seed=seed, eval_every=0, augment=None)
         trainer = SemiSupervisedTrainer(vae, base_cfg, optimizer=OPTIMIZERS[args.optimizer], device=device,
-                                        checkpoint_dir=out / "checkpoints" / f"seed{seed}_base")
+                                        checkpoint_dir=out / "checkpoints" / f"seed{seed}_base",
+                                        settings=run_settings(cfg, args, seed))
         trainer.fit(x_u, x_l, y_l)
         print(f"seed {seed}: T_a = {t_a} iterations, latent classifier {trainer.accuracy(x_t, y_t):.4f}")
         rng = get_rng_state()  # every branch starts from the same random state, whatever ran before it
@@ -246,7 +278,7 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
             print(f"  L={L:<5} {name:<11} latent {rec['latent']:.4f}  "
                   f"downstream {rec['downstream']:.4f}{note}")
             done[f"{seed}/{L}/{name}"] = rec
-            atomic_write_text(progress_path, json.dumps(done, indent=1))
+            atomic_write_text(progress_path, json_dumps(done, indent=1))
 
     Table = dict[str, dict[int, list[float]]]  # variant -> L -> one value per seed
     tables: dict[str, Table] = {"latent": {}, "downstream": {}, "labels_right": {}}
@@ -289,7 +321,7 @@ def run_ablation(cfg: Config, args: argparse.Namespace, device: torch.device, ou
     result = {k: {name: {str(L): v for L, v in row.items()} for name, row in t.items()}
               for k, t in tables.items()}
     result["config"] = asdict(cfg)
-    (out / "ablation.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "ablation.json", result)
     return result
 
 
@@ -358,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     logger = MetricsLogger(out, resume=True)
     trainer = SemiSupervisedTrainer(vae, cfg.train, optimizer=OPTIMIZERS[args.optimizer], device=device,
                                     checkpoint_dir=out / "checkpoints",
-                                    logger=logger)
+                                    logger=logger, settings=run_settings(cfg, args, args.seed))
     history = trainer.fit(x_u, x_l, y_l, eval_data=(x_t, y_t))
     acc_latent = trainer.accuracy(x_t, y_t)
     seconds = time.perf_counter() - t0
@@ -396,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         "selection_counts": None if trainer.selection is None else trainer.selection.counts,
         "config": asdict(cfg),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "results.json", results)
     print(f"test accuracy: latent EBM classifier {acc_latent:.4f} | supervised-only {acc_sup:.4f} "
           f"({len(x_l)} labels; {seconds:.0f} s) -> {out}")
     return 0

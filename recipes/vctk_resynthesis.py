@@ -24,9 +24,10 @@ compare rows only.
 Writes ``results.json``, ``spectrograms.png`` (ground truth vs each row), ``precision_<row>.png`` (Fig. 6.3:
 the magnitude precision E[r]^2 / Var r of every Gamma / log-normal decoder) and ``loss_curves.png``.
 Training saves ``train_<row>_<epoch>.pt`` atomically every ``checkpoint_every`` epochs; rerunning with the
-same ``--out`` continues each row from the newest one (settings must match), so a long run that stops or
-diverges loses at most that many epochs (``--grad-clip`` guards Adam against the divergence it showed on
-long runs).
+same ``--out`` continues each row from the newest intact one (the two newest are kept), so a long run that
+stops or diverges loses at most that many epochs (``--grad-clip`` guards Adam against the divergence it
+showed on long runs). A rerun with other settings (anything but --epochs, the evaluation options, --rows and
+--device) is refused, naming each change.
 
     python -m recipes.vctk_resynthesis --quick                    # Gamma FC vs IS FC, a few CPU minutes
     python -m recipes.vctk_resynthesis --rows all                 # every row (meant for a GPU)
@@ -47,7 +48,6 @@ Measured on a CPU (benchmarks/vctk_resynthesis.md):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import time
@@ -86,7 +86,8 @@ from genlib.models import VAE
 from genlib.nn import Conv1dFrameDecoder, Conv1dFrameEncoder, LogPowerFeatures, MLPDecoder, MLPEncoder
 from genlib.optim import LRA, ExponentialDecaySchedule
 from genlib.train import Checkpointer
-from genlib.utils import default_device, load_checkpoint, seed_everything
+from genlib.train.checkpoint import normalize_settings
+from genlib.utils import default_device, seed_everything, write_json
 from genlib.viz import save_loss_curves, save_precision_map, save_spectrograms
 
 SR = 16000
@@ -256,28 +257,18 @@ def train(
     """Minibatch ELBO training on ``(N, F)`` frames or ``(N, F, T)`` windows; mean loss per epoch.
 
     With ``checkpoints``, the model, optimizer, losses and RNG states are saved every ``cfg.checkpoint_every``
-    epochs and at the end, and training continues from the newest one it finds (a finished run returns at
-    once): an interrupted or diverged run loses at most that many epochs.
+    epochs and at the end, and training continues from the newest intact one it finds (a finished run
+    returns at once): an interrupted or diverged run loses at most that many epochs. A checkpoint made with
+    other settings (:func:`_training_setup`) or more epochs than ``cfg.epochs`` is refused, naming them.
     """
     opt = make_optimizer(cfg, vae.parameters())
     losses: list[float] = []
-    setup = _training_setup(cfg)
-    latest = checkpoints.latest() if checkpoints is not None else None
-    if latest is not None:
-        saved = load_checkpoint(latest)["extra"]  # settings checked before anything is loaded into the model
-        changed = {k: (v, setup.get(k)) for k, v in saved["setup"].items() if setup.get(k) != v}
-        if changed:
-            raise ValueError(
-                f"{latest} was trained with other settings (saved, now): {changed}; "
-                "use another --out, or delete the file to start over"
-            )
-        if len(saved["losses"]) > cfg.epochs:
-            raise ValueError(
-                f"{latest} holds {len(saved['losses'])} epochs, more than --epochs {cfg.epochs}: "
-                "raise --epochs or use another --out"
-            )
-        checkpoints.resume(path=latest, map_location=next(vae.parameters()).device, vae=vae, optimizer=opt)
-        losses = list(saved["losses"])
+    if checkpoints is not None:
+        checkpoints.settings = normalize_settings(_training_setup(cfg))
+        resumed = checkpoints.resume(map_location=next(vae.parameters()).device, max_step=cfg.epochs,
+                                     max_step_name="--epochs", vae=vae, optimizer=opt)
+        if resumed is not None:
+            losses = list(resumed.extra["losses"])
     vae.train()
     for epoch in tqdm(range(len(losses) + 1, cfg.epochs + 1), desc="epochs", leave=False):
         perm = torch.randperm(len(data), device=data.device)
@@ -297,8 +288,8 @@ def train(
             total += loss.item()
         losses.append(total / math.ceil(len(data) / batch_size))
         if checkpoints is not None:
-            checkpoints.maybe_save(epoch, force=epoch == cfg.epochs, extra={"setup": setup, "losses": losses},
-                                   vae=vae, optimizer=opt)  # fmt: skip
+            checkpoints.maybe_save(epoch, force=epoch == cfg.epochs, extra={"losses": losses}, vae=vae,
+                                   optimizer=opt)  # fmt: skip
     vae.eval()
     return losses
 
@@ -509,7 +500,9 @@ def main(argv: list[str] | None = None) -> int:
         vae = build_vae(cfg, row, n_freq).to(device)
         untrained = elbo_per_frame(vae, row, specs)
         start = time.perf_counter()
-        checkpoints = Checkpointer(out, every=cfg.checkpoint_every, keep=1, prefix=f"train_{name}")
+        # keep 2: an intact older checkpoint to fall back to if the newest is damaged
+        checkpoints = Checkpointer(out, every=cfg.checkpoint_every, keep=2, prefix=f"train_{name}",
+                                   settings=_training_setup(cfg))
         if row.net == "fc":
             curves[name] = train(cfg, vae, frames, cfg.batch_size, checkpoints)
         else:
@@ -554,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     curves["epoch"] = list(range(1, cfg.epochs + 1))
     save_loss_curves(curves, out / "loss_curves.png")
     payload = {"config": asdict(cfg), "fad_embedding": embed_name, "reference": reference, "results": results}
-    (out / "results.json").write_text(json.dumps(payload, indent=2))
+    write_json(out / "results.json", payload)  # undefined scores (NaN) as null
     print(f"\nsaved {out / 'results.json'}, spectrograms.png, precision_<row>.png, loss_curves.png")
     return 0
 

@@ -28,6 +28,7 @@ Trustworthy resume:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -39,12 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from genlib.utils import CorruptCheckpointError, atomic_save, json_safe, load_checkpoint
+from genlib.utils import CorruptCheckpointError, atomic_save, json_safe, load_checkpoint, write_json
 
 __all__ = [
     "Checkpointer",
     "Resumed",
     "SettingsMismatchError",
+    "check_settings_file",
     "get_rng_state",
     "normalize_settings",
     "set_rng_state",
@@ -94,6 +96,41 @@ def settings_diff(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple
         for k in list(saved) + [k for k in now if k not in saved]
         if saved.get(k, _UNSET) != now.get(k, _UNSET)
     }
+
+
+def _mismatch_message(where: str, changed: dict[str, tuple[Any, Any]], folder: Path) -> str:
+    listed = ", ".join(f"{k!r}: {v!r}" for k, v in changed.items())
+    return (f"{where} was trained with other settings (saved, now): {{{listed}}}; use another --out, or "
+            f"delete {folder} to start over")
+
+
+def check_settings_file(
+    path: str | os.PathLike, settings: dict[str, Any], *, guards: str | os.PathLike | None = None
+) -> None:
+    """Tie saved results to the settings that produced them, for results that are not checkpoints.
+
+    The first call writes ``settings`` to the JSON file ``path`` (atomically); later calls raise
+    :class:`SettingsMismatchError` naming every setting that differs as (saved, now). ``guards`` is the
+    results file the settings vouch for (e.g. a study's progress records): when it exists but ``path``
+    does not, its settings are unknown and the call refuses too.
+    """
+    path = Path(path)
+    now = normalize_settings(settings)
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is damaged ({err}); delete {path.parent} to start over") from None
+        changed = settings_diff(saved, now)
+        if changed:
+            raise SettingsMismatchError(_mismatch_message(str(guards or path), changed, path.parent))
+        return
+    if guards is not None and Path(guards).is_file():
+        raise SettingsMismatchError(
+            f"{guards} has no record of its settings ({path.name} is missing), so it cannot be told apart "
+            f"from another run's; use another --out, or delete {path.parent} to start over"
+        )
+    write_json(path, now)
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -298,11 +335,7 @@ class Checkpointer:
             )
         changed = settings_diff(saved, self.settings)
         if changed:
-            listed = ", ".join(f"{k!r}: {v!r}" for k, v in changed.items())
-            raise SettingsMismatchError(
-                f"{path} was trained with other settings (saved, now): {{{listed}}}; use another --out, or "
-                f"delete {self.directory} to start over"
-            )
+            raise SettingsMismatchError(_mismatch_message(str(path), changed, self.directory))
 
     def resume(
         self,

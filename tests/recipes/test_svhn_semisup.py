@@ -125,3 +125,52 @@ def test_bad_data_dir_and_device_are_argparse_errors(tmp_path, capsys, monkeypat
             main(["--quick", *argv, "--out", str(tmp_path / "o")])
         assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not _have_mnist(), reason="needs digits/mnist_4k.npz under the shared data folder")
+def test_rerun_with_other_settings_is_refused_by_name(tmp_path):
+    out = tmp_path / "run"
+    base = ["--quick", "--iters", "20", "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert main(base) == 0
+    strict = {"parse_constant": lambda c: pytest.fail(f"bare {c} in a JSON file")}
+    res = json.loads((out / "results.json").read_text(), **strict)
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, **strict)
+    with pytest.raises(ValueError, match="at step 20, more than n_iters 10"):
+        main([*base, "--iters", "10"])
+    with pytest.raises(ValueError, match=r"'optimizer': \('adam', 'psgd-kron'\)"):
+        main([*base, "--optimizer", "psgd-kron"])
+    with pytest.raises(ValueError, match=r"'seed': \(0, 7\)"):
+        main([*base, "--seed", "7"])
+    assert json.loads((out / "results.json").read_text()) == res  # the refused runs wrote nothing
+
+
+@pytest.mark.skipif(not _have_mnist(), reason="needs digits/mnist_4k.npz under the shared data folder")
+def test_ablation_records_are_tied_to_their_settings(tmp_path, monkeypatch):
+    import recipes.svhn_semisup as svhn
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop  # a study interrupted right after it started (before its first branch)
+
+    monkeypatch.setattr(svhn, "load_data", stop)
+    out = tmp_path / "abl"
+    args = ["--quick", "--ablation", "--iters", "40", "--t-a", "30", "--seeds", "0", "--ls", "10",
+            "--out", str(out)]
+    with pytest.raises(Stop):
+        main(args)
+    with pytest.raises(ValueError, match=r"'augment.start_iter': \(30, 20\)"):
+        main([*args, "--t-a", "20"])
+    with pytest.raises(ValueError, match=r"'optimizer': \('adam', 'psgd-kron'\)"):
+        main([*args, "--optimizer", "psgd-kron"])
+    with pytest.raises(ValueError, match=r"'train.n_iters': \(40, 50\)"):
+        main([*args, "--iters", "50"])
+    with pytest.raises(Stop):  # more seeds and Ls only add records: allowed
+        main([*args, "--seeds", "0", "1", "--ls", "10", "20"])
+    # records without their settings cannot be vouched for
+    (out / "ablation_settings.json").unlink()
+    (out / "ablation_progress.json").write_text("{}")
+    with pytest.raises(ValueError, match="has no record of its settings"):
+        main(args)
