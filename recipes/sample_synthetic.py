@@ -19,7 +19,6 @@ and write
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from genlib.priors import LatentEBMPrior
 from genlib.sampling import LangevinSampler, PreconditionedLangevin
 from genlib.select.entropy import confidence_scores
 from genlib.train.augment import AugmentConfig, generate_labelled, select_synthetic
-from genlib.utils import default_device, seed_everything
+from genlib.utils import default_device, seed_everything, write_json
 from genlib.viz import save_entropy_grid, save_image_grid
 
 
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": asdict(cfg),
         "augment": asdict(augment),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     c = selection.counts
     print(f"generated {c['generated']} -> entropy filter {c['filtered']} -> {augment.describe()} "
           f"{c['selected']} (weights sum {summary['weights_sum']:.0f}); latent classifier agrees with the "

@@ -12,7 +12,6 @@ saves a sample grid and loss curves next to ``results.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from genlib.likelihoods import Bernoulli
 from genlib.models import VAE
 from genlib.nn import MLPDecoder, MLPEncoder
 from genlib.optim import LRA, ExponentialDecaySchedule, Kron
-from genlib.utils import default_device, seed_everything
+from genlib.utils import default_device, seed_everything, write_json
 from genlib.viz import save_image_grid, save_loss_curves
 
 
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         print(f"{name:<12}{r['test_elbo']:>12.2f}{r['test_log_px']:>16.2f}{r['seconds']:>10.1f}")
     save_loss_curves(curves, out / "loss_curves.png")
-    (out / "results.json").write_text(json.dumps({"config": asdict(cfg), "results": results}, indent=2))
+    write_json(out / "results.json", {"config": asdict(cfg), "results": results})
     print(f"\nsaved {out / 'results.json'}, loss_curves.png and samples_*.png")
     return 0
 
