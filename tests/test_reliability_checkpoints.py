@@ -215,3 +215,26 @@ def test_json_helpers_write_null_for_nan(tmp_path):
     json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
     with pytest.raises(ValueError, match="cannot write a object"):
         json_dumps({"x": object()})
+
+
+def test_genlib_sample_refuses_a_malicious_checkpoint(tmp_path):
+    from genlib.cli import main as cli
+
+    marker, vae_file, _, _ = _malicious_files(tmp_path, _Payload)
+    with pytest.raises(UnsafeCheckpointError, match="vae.pt"):
+        cli(["sample", "--checkpoint", str(vae_file), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert not marker.exists()
+
+
+def test_settings_file_ties_saved_results_to_their_settings(tmp_path):
+    from genlib.train.checkpoint import check_settings_file
+
+    path, results = tmp_path / "settings.json", tmp_path / "progress.json"
+    check_settings_file(path, {"lr": 0.1, "sizes": (2, 3)}, guards=results)  # first call records them
+    results.write_text("{}")
+    check_settings_file(path, {"lr": 0.1, "sizes": [2, 3]}, guards=results)  # same settings: fine
+    with pytest.raises(SettingsMismatchError, match=r"progress.json .*'lr': \(0.1, 0.2\).*delete"):
+        check_settings_file(path, {"lr": 0.2, "sizes": [2, 3]}, guards=results)
+    path.unlink()
+    with pytest.raises(SettingsMismatchError, match="has no record of its settings"):
+        check_settings_file(path, {"lr": 0.1}, guards=results)
