@@ -43,8 +43,11 @@ class LatentEBMPrior(Prior):
         hidden: hidden widths of ``F`` (the papers use a 3-layer MLP with 200 units).
         activation: ``"gelu"`` (default) or ``"leaky_relu"``, as in the papers, or any name of
             :data:`genlib.nn.ACTIVATIONS`.
-        n_steps, step_size: the default sampler's settings, :class:`~genlib.sampling.LangevinSampler`
-            (60 steps of size 0.08 = 0.4²/2, the prior sampler of Pang et al. 2020).
+        n_steps, step_size, temperature: the default sampler's settings, a
+            :class:`~genlib.sampling.LangevinSampler` (60 steps of size 0.08 = 0.4²/2 at temperature 1, the
+            prior sampler of Pang et al. 2020). It is what :meth:`sample` (and so generation) uses; a
+            temperature ``T < 1`` targets ``p(z|y)^(1/T)`` (dissertation eq. 5.19), concentrating the draws
+            where the class is unambiguous.
 
     Attributes:
         score: the MLP ``F`` (``latent_dim -> n_classes``).
@@ -62,13 +65,15 @@ class LatentEBMPrior(Prior):
         activation: str = "gelu",
         n_steps: int = 60,
         step_size: float = 0.08,
+        temperature: float = 1.0,
     ):
         super().__init__(latent_dim)
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes <= 0:
             raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
         self.n_classes = n_classes
         self.score = MLP(latent_dim, n_classes, hidden, activation)
-        self.sampler = LangevinSampler(n_steps=n_steps, step_size=check_positive(step_size, "step_size"))
+        self.sampler = LangevinSampler(n_steps=n_steps, step_size=check_positive(step_size, "step_size"),
+                                       temperature=check_positive(temperature, "temperature"))
 
     # ------------------------------------------------------------------ checks
     def _z(self, z: torch.Tensor, name: str = "z") -> torch.Tensor:

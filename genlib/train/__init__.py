@@ -40,3 +40,7 @@ from genlib.train.semisup import SemiSupervisedConfig, SemiSupervisedTrainer, la
 
 __all__ += ["SemiSupervisedConfig", "SemiSupervisedTrainer", "latent_accuracy", "AugmentConfig", "Generated",
             "Selection", "generate_labelled", "latent_logits", "pseudo_label", "select_synthetic"]
+
+from genlib.train.quality import GenerationReport, evaluate_generation, reconstruct_images  # noqa: E402
+
+__all__ += ["GenerationReport", "evaluate_generation", "reconstruct_images"]

@@ -167,8 +167,9 @@ class SemiSupervisedTrainer:
             with ``config.lr``, the EBM with ``config.ebm_lr``), e.g. ``torch.optim.Adam`` (default) or a
             ``genlib.optim`` class in a curvature mode that works from gradients (``step()`` after
             ``backward()``).
-        sampler: the Langevin sampler of ``z-``; default ``LangevinSampler(config.langevin_steps,
-            config.langevin_step_size)``.
+        sampler: the Langevin sampler of the training chains ``z-``; default
+            ``LangevinSampler(config.langevin_steps, config.langevin_step_size)``. The class-conditional
+            draws of augmentation use the prior's own sampler (``vae.prior.sampler``: generation settings).
         device: default :func:`genlib.utils.default_device`.
         checkpoint_dir: folder for atomic checkpoints every ``config.checkpoint_every`` iterations; when it
             holds one, :meth:`fit` resumes from it (models, optimizers, generator, RNGs, history), so an
@@ -336,8 +337,8 @@ class SemiSupervisedTrainer:
         aug = self.config.augment
         if aug is None:
             raise RuntimeError("reselect() needs config.augment (an AugmentConfig)")
-        generated = generate_labelled(self.vae, aug.samples_per_class, sampler=self.sampler,
-                                      generator=self.generator)
+        # the prior's own sampler: the generation settings (e.g. a lower temperature), not the training chains'
+        generated = generate_labelled(self.vae, aug.samples_per_class, generator=self.generator)
         sel = select_synthetic(generated, aug, seed=self.config.seed + self.iteration)
         if aug.pseudo_label_threshold is not None and x_unlabeled is not None:
             idx, labels, entropy = pseudo_label(self.vae, x_unlabeled, aug.pseudo_label_threshold)
