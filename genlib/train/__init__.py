@@ -41,6 +41,13 @@ from genlib.train.semisup import SemiSupervisedConfig, SemiSupervisedTrainer, la
 __all__ += ["SemiSupervisedConfig", "SemiSupervisedTrainer", "latent_accuracy", "AugmentConfig", "Generated",
             "Selection", "generate_labelled", "latent_logits", "pseudo_label", "select_synthetic"]
 
-from genlib.train.quality import GenerationReport, evaluate_generation, reconstruct_images  # noqa: E402
+from genlib.train.quality import (  # noqa: E402
+    GenerationReport,
+    evaluate_generation,
+    fit_reference_classifier,
+    reconstruct_images,
+    save_generation_grids,
+)
 
-__all__ += ["GenerationReport", "evaluate_generation", "reconstruct_images"]
+__all__ += ["GenerationReport", "evaluate_generation", "fit_reference_classifier", "reconstruct_images",
+            "save_generation_grids"]

@@ -9,18 +9,32 @@ unfiltered and after the entropy filter of an :class:`~genlib.train.augment.Augm
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from genlib.metrics.images import ReferenceClassifier, SampleQuality, sample_quality
+from genlib.metrics.images import (
+    ReferenceClassifier,
+    SampleQuality,
+    sample_quality,
+    train_reference_classifier,
+)
 from genlib.models.vae import VAE
+from genlib.select.entropy import confidence_scores
 from genlib.train.augment import AugmentConfig, Generated, Selection, generate_labelled, select_synthetic
 from genlib.utils import check_int
 
-__all__ = ["GenerationReport", "evaluate_generation", "reconstruct_images"]
+__all__ = [
+    "GenerationReport",
+    "evaluate_generation",
+    "reconstruct_images",
+    "fit_reference_classifier",
+    "save_generation_grids",
+]
 
 
 @dataclass
@@ -122,3 +136,46 @@ def evaluate_generation(
     self_agreement = float((generated.logits.argmax(1) == generated.y).float().mean())
     report = GenerationReport(unfiltered, filtered, kept, self_agreement, seconds)
     return report, generated, selection
+
+
+def fit_reference_classifier(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    n_other: int = 1000,
+    epochs: int = 8,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> tuple[ReferenceClassifier, torch.Tensor]:
+    """Train the judge on labelled real images, holding out a random second real set.
+
+    ``(x, y)`` are the real images whose labels are known (labels ``< 0``, unknown, are skipped). Up to
+    ``n_other`` of them (at most a third) are held out at random, the real-vs-real and reconstruction
+    reference of :func:`evaluate_generation`; returns ``(classifier, held_out_indices)`` (into ``x``).
+    """
+    check_int(n_other, "n_other", 0)
+    known = torch.nonzero(y >= 0).squeeze(1)
+    perm = known[torch.randperm(known.numel(), generator=torch.Generator().manual_seed(seed))]
+    n_out = min(n_other, known.numel() // 3)
+    other, train = perm[:n_out], perm[n_out:]
+    judge = train_reference_classifier(x[train], y[train], int(y.max()) + 1, epochs=epochs, seed=seed,
+                                       device=device)
+    return judge, other
+
+
+def save_generation_grids(
+    generated: Generated, folder: str | os.PathLike, per_class: int = 12, prefix: str = "samples"
+) -> tuple[Path, Path]:
+    """``{prefix}.png``: the first ``per_class`` draws of each class as drawn (unfiltered, unsorted), and
+    ``{prefix}_by_entropy.png``: per class from most to least confident (latent classifier's entropy)."""
+    from genlib.viz import save_entropy_grid, save_image_grid
+
+    folder = Path(folder)
+    rows = torch.cat([torch.nonzero(generated.y == k).squeeze(1)[:per_class] for k in generated.y.unique()])
+    plain = save_image_grid(generated.x[rows].clamp(0, 1), folder / f"{prefix}.png", nrow=per_class,
+                            labels=generated.y[rows].tolist(),
+                            title="class-conditional draws, unfiltered; label = class drawn for")
+    entropy = confidence_scores(generated.logits, "h2")
+    sorted_ = save_entropy_grid(generated.x.clamp(0, 1), generated.y, entropy,
+                                folder / f"{prefix}_by_entropy.png")
+    return plain, sorted_

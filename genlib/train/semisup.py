@@ -337,7 +337,7 @@ class SemiSupervisedTrainer:
         aug = self.config.augment
         if aug is None:
             raise RuntimeError("reselect() needs config.augment (an AugmentConfig)")
-        # the prior's own sampler: the generation settings (e.g. a lower temperature), not the training chains'
+        # the prior's own sampler: the generation settings (e.g. a lower temperature)
         generated = generate_labelled(self.vae, aug.samples_per_class, generator=self.generator)
         sel = select_synthetic(generated, aug, seed=self.config.seed + self.iteration)
         if aug.pseudo_label_threshold is not None and x_unlabeled is not None:

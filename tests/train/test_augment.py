@@ -68,7 +68,8 @@ def test_entropy_on_sample_scores_the_langevin_draw_and_keep_one_is_no_filter():
     # keeping the whole fraction without the agreement rule keeps every draw
     everything = select_synthetic(gen, AugmentConfig(40, entropy_keep=1.0, coreset=None))
     assert everything.indices.tolist() == list(range(120))
-    agreeing = select_synthetic(gen, AugmentConfig(40, entropy_keep=1.0, coreset=None, require_agreement=True))
+    agreeing = select_synthetic(
+        gen, AugmentConfig(40, entropy_keep=1.0, coreset=None, require_agreement=True))
     assert agreeing.indices.tolist() == torch.nonzero(gen.logits.argmax(1) == gen.y).squeeze(1).tolist()
     with pytest.raises(ValueError, match="entropy_on"):
         AugmentConfig(entropy_on="image")
@@ -83,7 +84,8 @@ def test_latent_logits_expectation_under_q():
         assert torch.allclose(plain, vae.prior.logits(mu), atol=1e-6)
         g = torch.Generator().manual_seed(3)
         eps = torch.randn((5, *mu.shape), generator=g)
-        probs = torch.stack([vae.prior.logits(mu + (0.5 * logvar).exp() * e).softmax(-1) for e in eps]).mean(0)
+        std = (0.5 * logvar).exp()
+        probs = torch.stack([vae.prior.logits(mu + std * e).softmax(-1) for e in eps]).mean(0)
     # eq. 5.8: log of the average softmax over posterior draws, reproducible through the generator
     est = latent_logits(vae, x, n_samples=5, generator=torch.Generator().manual_seed(3))
     assert torch.allclose(est.exp(), probs, atol=1e-5)
