@@ -12,7 +12,7 @@ and write
 - ``selected.png``: the selected samples, ``summary.json``: counts per stage, settings, timings.
 
     python -m recipes.sample_synthetic --checkpoint runs/svhn_semisup/vae.pt --samples-per-class 1000
-    python -m recipes.sample_synthetic --quick    # trains a small MNIST-4k model first (~1 CPU minute)
+    python -m recipes.sample_synthetic --quick    # trains a small MNIST-4k model first (a few CPU minutes)
     genlib sample --help
 """
 
@@ -20,21 +20,23 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from genlib.cli_args import device as device_arg
-from genlib.cli_args import float_in, int_at_least
+from genlib.cli_args import float_in, int_at_least, positive_float
 from genlib.data.synthetic import save_synthetic_dataset
+from genlib.metrics.images import ReferenceClassifier, label_agreement
 from genlib.models import VAE
 from genlib.priors import LatentEBMPrior
 from genlib.sampling import LangevinSampler, PreconditionedLangevin
 from genlib.select.entropy import confidence_scores
 from genlib.train.augment import AugmentConfig, generate_labelled, select_synthetic
+from genlib.train.quality import save_generation_grids
 from genlib.utils import default_device, seed_everything, write_json
-from genlib.viz import save_entropy_grid, save_image_grid
+from genlib.viz import save_image_grid
 
 
 @dataclass
@@ -42,8 +44,10 @@ class Config:
     checkpoint: str | None = None  # a VAE.save file with a LatentEBMPrior
     samples_per_class: int = 1000  # L
     sampler: str = "langevin"  # or "psgd" (PSGD-preconditioned Langevin)
-    langevin_steps: int = 60
-    step_size: float = 0.08
+    # None: the checkpoint's generation settings (its prior's sampler), the same draws generate_labelled makes
+    langevin_steps: int | None = None
+    temperature: float | None = None
+    reference_classifier: str | None = None  # a ReferenceClassifier file (default: beside the checkpoint)
     entropy_keep: float = 0.5  # keep the most confident half of the draws
     coreset: str = "craig"  # "craig", "adacore", "random" or "none"
     coreset_fraction: float = 0.1
@@ -52,12 +56,16 @@ class Config:
     device: str | None = None
 
 
-def make_sampler(cfg: Config) -> LangevinSampler | PreconditionedLangevin:
+def make_sampler(cfg: Config, prior: LatentEBMPrior) -> LangevinSampler | PreconditionedLangevin:
+    """The prior's own sampler; ``--langevin-steps``, ``--temperature`` and ``--sampler`` override it."""
+    own = prior.sampler
+    steps = own.n_steps if cfg.langevin_steps is None else cfg.langevin_steps
+    temperature = own.temperature if cfg.temperature is None else cfg.temperature
     if cfg.sampler == "langevin":
-        return LangevinSampler(n_steps=cfg.langevin_steps, step_size=cfg.step_size)
+        return LangevinSampler(n_steps=steps, step_size=own.step_size, temperature=temperature)
     if cfg.sampler == "psgd":
         # whitened units: a step of ~0.3 suits any conditioning (benchmarks/langevin.py)
-        return PreconditionedLangevin("dense", n_steps=cfg.langevin_steps, step_size=0.3)
+        return PreconditionedLangevin("dense", n_steps=steps, step_size=0.3, temperature=temperature)
     raise ValueError(f"sampler must be 'langevin' or 'psgd', got {cfg.sampler!r}")
 
 
@@ -88,8 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples-per-class", type=int_at_least(1), default=Config.samples_per_class,
                    help="L, draws per class (>= 1)")
     p.add_argument("--sampler", choices=("langevin", "psgd"), default=Config.sampler)
-    p.add_argument("--langevin-steps", type=int_at_least(0), default=Config.langevin_steps,
-                   help="Langevin steps per draw (>= 0)")
+    p.add_argument("--langevin-steps", type=int_at_least(0), default=None,
+                   help="Langevin steps per draw (>= 0; default: the checkpoint's generation setting)")
+    p.add_argument("--temperature", type=positive_float, default=None,
+                   help="chain temperature T > 0, targets p(z|y)^(1/T) (default: the checkpoint's setting)")
+    p.add_argument("--reference-classifier", default=None,
+                   help="a genlib ReferenceClassifier file that judges the draws (default: "
+                        "reference_classifier.pt beside --checkpoint, when present)")
     p.add_argument("--entropy-keep", type=float_in(0, 1), default=Config.entropy_keep,
                    help="fraction of the draws the entropy filter keeps, in (0, 1]")
     p.add_argument("--coreset", choices=("craig", "adacore", "random", "none"), default=Config.coreset)
@@ -109,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples_per_class < 1:
         p.error(f"--samples-per-class must be a positive integer, got {args.samples_per_class}")
     cfg = Config(checkpoint=args.checkpoint, samples_per_class=args.samples_per_class, sampler=args.sampler,
-                 langevin_steps=args.langevin_steps, entropy_keep=args.entropy_keep, coreset=args.coreset,
+                 langevin_steps=args.langevin_steps, temperature=args.temperature,
+                 reference_classifier=args.reference_classifier, entropy_keep=args.entropy_keep,
+                 coreset=args.coreset,
                  coreset_fraction=args.coreset_fraction, seed=args.seed, out=args.out, device=args.device)
     if args.quick and args.samples_per_class == Config.samples_per_class:
         cfg.samples_per_class = 100
@@ -125,10 +140,12 @@ def main(argv: list[str] | None = None) -> int:
 
     vae = load_model(cfg.checkpoint, device)
     k = vae.prior.n_classes
+    sampler = make_sampler(cfg, vae.prior)
     print(f"model {cfg.checkpoint}: {k} classes, latent {vae.prior.latent_dim}; device {device}; drawing "
-          f"{cfg.samples_per_class} per class with {cfg.sampler} Langevin ({cfg.langevin_steps} steps)")
+          f"{cfg.samples_per_class} per class with {cfg.sampler} Langevin ({sampler.n_steps} steps, "
+          f"T = {sampler.temperature})")
     t0 = time.perf_counter()
-    generated = generate_labelled(vae, cfg.samples_per_class, sampler=make_sampler(cfg),
+    generated = generate_labelled(vae, cfg.samples_per_class, sampler=sampler,
                                   generator=torch.Generator(device=device).manual_seed(cfg.seed))
     t_draw = time.perf_counter() - t0
     selection = select_synthetic(generated, augment, seed=cfg.seed)
@@ -145,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "generated_index": selection.indices,
     }
     path = save_synthetic_dataset(out / "synthetic.pt", selection.x, selection.y, selection.weights, meta)
-    save_entropy_grid(generated.x, generated.y, entropy, out / "samples_by_entropy.png")
+    save_generation_grids(generated, out)  # samples.png (unfiltered), samples_by_entropy.png
     # by class, the most confident first
     shown = torch.argsort(selection.y * 1e3 + selection.entropy, stable=True)[:100]
     save_image_grid(selection.x[shown], out / "selected.png", nrow=10, labels=selection.y[shown].tolist(),
@@ -161,13 +178,29 @@ def main(argv: list[str] | None = None) -> int:
         "config": asdict(cfg),
         "augment": asdict(augment),
     }
+    judge_path = (Path(cfg.reference_classifier) if cfg.reference_classifier
+                  else Path(cfg.checkpoint).with_name("reference_classifier.pt"))
+    if judge_path.is_file():  # the independent judge: agreement of the draws, before and after the filter
+        judge = ReferenceClassifier.load(judge_path)
+        x = generated.x.clamp(0, 1)
+        unfiltered = label_agreement(judge, x, generated.y)
+        kept = select_synthetic(generated, replace(augment, coreset=None)).indices
+        filtered = label_agreement(judge, x[kept], generated.y[kept])
+        summary["reference_classifier"] = str(judge_path)
+        summary["reference_agreement"] = {"unfiltered": unfiltered, "entropy_filtered": filtered}
+        print(f"reference classifier {judge_path} agrees with the drawn class on {unfiltered['overall']:.1%} "
+              f"of the draws ({filtered['overall']:.1%} after the entropy filter); worst class "
+              f"{min(v for v in unfiltered['per_class'] if v is not None):.1%}")
+    elif cfg.reference_classifier:
+        raise FileNotFoundError(f"--reference-classifier {judge_path} is not a file")
     write_json(out / "summary.json", summary)
     c = selection.counts
     print(f"generated {c['generated']} -> entropy filter {c['filtered']} -> {augment.describe()} "
           f"{c['selected']} (weights sum {summary['weights_sum']:.0f}); latent classifier agrees with the "
           f"drawn class on {agree:.1%}; mean entropy {summary['mean_entropy_generated']:.3f} -> "
           f"{summary['mean_entropy_selected']:.3f} nats")
-    print(f"draw {t_draw:.1f} s, select {t_select:.1f} s -> {path}, samples_by_entropy.png, selected.png")
+    print(f"draw {t_draw:.1f} s, select {t_select:.1f} s -> {path}, samples.png, samples_by_entropy.png, "
+          "selected.png")
     return 0
 
 

@@ -89,3 +89,29 @@ def test_device_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
         with pytest.raises(SystemExit) as e:
             main(["--checkpoint", _checkpoint(tmp_path), "--device", device, "--out", str(tmp_path / "o")])
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_defaults_draw_what_the_api_draws_and_the_judge_beside_the_checkpoint_scores_them(tmp_path):
+    from genlib.metrics.images import ReferenceClassifier, label_agreement
+    from genlib.train import generate_labelled
+
+    torch.manual_seed(0)
+    shape = (1, 8, 8)
+    prior = LatentEBMPrior(4, 3, hidden=(16,), n_steps=7, step_size=0.05, temperature=0.5)
+    vae = VAE(MLPEncoder(shape, 4, hidden=(32,)), MLPDecoder(4, shape, hidden=(32,)), Bernoulli(), prior)
+    ckpt = str(vae.save(tmp_path / "vae.pt"))
+    judge = ReferenceClassifier(shape, 3, width=4, feature_dim=8)
+    judge.save(tmp_path / "reference_classifier.pt")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", ckpt, "--samples-per-class", "20", "--coreset", "none", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    # no sampler flags: the checkpoint's own generation sampler, exactly the API's default draws
+    gen = generate_labelled(VAE.load(ckpt), 20, generator=torch.Generator().manual_seed(0))
+    ds = SyntheticDataset(out / "synthetic.pt")
+    assert torch.allclose(ds.x, gen.x[ds.meta["generated_index"]], atol=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    expected = label_agreement(ReferenceClassifier.load(tmp_path / "reference_classifier.pt"),
+                               gen.x.clamp(0, 1), gen.y)
+    got = summary["reference_agreement"]["unfiltered"]
+    assert got["counts"] == [20, 20, 20] and abs(got["overall"] - expected["overall"]) < 1e-9
+    assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
