@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ import torch
 from genlib.cli_args import DATA_DIR_HELP, find_data_folder, int_at_least
 from genlib.cli_args import device as device_arg
 from genlib.data import load_digits_sklearn, load_mnist_npz
-from genlib.data.images import load_svhn_semi_supervised, semi_supervised_split
+from genlib.data.images import SemiSupervisedData, load_svhn_semi_supervised, semi_supervised_split
 from genlib.data.synthetic import WeightedTensorDataset, combine_real_and_synthetic, save_synthetic_dataset
 from genlib.likelihoods import Bernoulli, Gaussian
 from genlib.models import VAE
@@ -41,6 +41,8 @@ from genlib.train import (
     SemiSupervisedConfig,
     SemiSupervisedTrainer,
     evaluate_accuracy,
+    evaluate_generation,
+    fit_reference_classifier,
     generate_labelled,
     select_synthetic,
     train_classifier,
@@ -63,6 +65,9 @@ class Config:
             class_weight=5.0, eval_every=250, checkpoint_every=500,
         )
     )
+    generation_steps: int = 200
+    generation_temperature: float = 0.25
+    judge_epochs: int = 8  # the reference classifier that scores the draws
     samples_per_class: int = 200  # L
     entropy_keep: float = 0.5
     coreset_fraction: float = 0.1
@@ -80,11 +85,17 @@ class Config:
 
 def load_data(cfg: Config) -> tuple[torch.Tensor, ...]:
     """``(x_labeled, y_labeled, x_unlabeled, x_test, y_test)``, images in [0, 1]."""
+    d = load_split(cfg)
+    return d.x_labeled, d.y_labeled, d.x_unlabeled, d.x_test, d.y_test
+
+
+def load_split(cfg: Config) -> SemiSupervisedData:
+    """The semi-supervised split, with the unlabelled part's true labels (only the judge sees them)."""
     if cfg.data_dir is not None:
         root = Path(cfg.data_dir)
         if (root / "train_32x32.mat").is_file():
             d = load_svhn_semi_supervised(root, n_labeled=cfg.n_labeled, seed=cfg.seed)
-            return d.x_labeled, d.y_labeled, d.x_unlabeled, d.x_test[: cfg.n_test], d.y_test[: cfg.n_test]
+            return replace(d, x_test=d.x_test[: cfg.n_test], y_test=d.y_test[: cfg.n_test])
         candidates = (root / "mnist_4k.npz", root / "digits" / "mnist_4k.npz")
         npz = next((p for p in candidates if p.is_file()), None)
         if npz is None:
@@ -95,14 +106,16 @@ def load_data(cfg: Config) -> tuple[torch.Tensor, ...]:
         x, y = load_digits_sklearn()
     split = semi_supervised_split(y, n_labeled=cfg.n_labeled, n_test=cfg.n_test, seed=cfg.seed,
                                   num_classes=10)
-    return x[split.labeled], y[split.labeled], x[split.unlabeled], x[split.test], y[split.test]
+    return SemiSupervisedData(x[split.labeled], y[split.labeled], x[split.unlabeled], y[split.unlabeled],
+                              x[split.test], y[split.test])
 
 
 def build_vae(cfg: Config, image_shape: tuple[int, ...]) -> VAE:
     # grey digits: Bernoulli likelihood on intensities; colour (SVHN): a Gaussian with fixed sigma
     likelihood = Bernoulli() if image_shape[0] == 1 else Gaussian(0.3)
-    prior = LatentEBMPrior(cfg.latent_dim, 10, hidden=cfg.ebm_hidden, n_steps=cfg.train.langevin_steps,
-                           step_size=cfg.train.langevin_step_size)
+    # generation settings of svhn_semisup's quick config (benchmarks/sample_quality.py)
+    prior = LatentEBMPrior(cfg.latent_dim, 10, hidden=cfg.ebm_hidden, n_steps=cfg.generation_steps,
+                           step_size=cfg.train.langevin_step_size, temperature=cfg.generation_temperature)
     enc = MLPEncoder(image_shape, cfg.latent_dim, hidden=cfg.hidden)
     dec = MLPDecoder(cfg.latent_dim, image_shape, n_params=likelihood.n_params, hidden=cfg.hidden[::-1])
     return VAE(enc, dec, likelihood, prior)
@@ -168,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
 
     # 1. semi-supervised latent-EBM VAE
-    x_l, y_l, x_u, x_t, y_t = load_data(cfg)
+    data = load_split(cfg)
+    x_l, y_l, x_u, x_t, y_t = data.x_labeled, data.y_labeled, data.x_unlabeled, data.x_test, data.y_test
     print(f"data: {len(x_l)} labelled, {len(x_u)} unlabelled, {len(x_t)} test images of shape "
           f"{tuple(x_l.shape[1:])}; device {cfg.device}")
     vae = build_vae(cfg, tuple(x_l.shape[1:]))
@@ -183,9 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     generated = generate_labelled(vae, cfg.samples_per_class, generator=generator)
     naive = select_synthetic(generated, AugmentConfig(cfg.samples_per_class, entropy=None, coreset=None))
-    augment = AugmentConfig(cfg.samples_per_class, entropy_keep=cfg.entropy_keep,
+    # the filter keeps each class's most confident half: every class stays in the downstream training set
+    augment = AugmentConfig(cfg.samples_per_class, entropy_keep=cfg.entropy_keep, entropy_per_class=True,
                             coreset="craig", coreset_fraction=cfg.coreset_fraction)
     chosen = select_synthetic(generated, augment, seed=cfg.seed)
+    # the draws judged by a reference classifier trained on the real labels (the generator never saw them)
+    x_known, y_known = torch.cat([x_l, x_u]), torch.cat([y_l, data.y_unlabeled])
+    judge, other = fit_reference_classifier(x_known, y_known, n_other=len(x_t), epochs=cfg.judge_epochs,
+                                            seed=cfg.seed, device=cfg.device)
+    judge.save(out / "reference_classifier.pt")
+    report, _, _ = evaluate_generation(vae, judge, x_t, samples_per_class=cfg.samples_per_class,
+                                       generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed),
+                                       x_real_other=x_known[other], x_to_reconstruct=x_known[other],
+                                       filter_config=augment)
+    print(report.format())
     print(f"2-3. drew {chosen.counts['generated']}, entropy filter kept {chosen.counts['filtered']}, "
           f"CRAIG kept {chosen.counts['selected']} (weights sum {float(chosen.weights.sum()):.0f})")
     save_synthetic_dataset(out / "synthetic.pt", chosen.x, chosen.y, chosen.weights,
@@ -216,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "latent_classifier_accuracy": latent_acc,
         "downstream_accuracy": accuracy,
         "selection_counts": chosen.counts,
+        "sample_quality": report.to_dict(),
         "seconds": seconds,
         "config": asdict(cfg),
     }

@@ -68,6 +68,8 @@ class AugmentConfig:
             decoder renders as another class).
         entropy_keep: keep this fraction of the draws, the most confident (or give ``entropy_threshold``);
             ``1.0`` keeps every draw unless ``require_agreement`` drops some.
+        entropy_per_class: apply ``entropy_keep`` within each class (every class keeps its most confident
+            share, so none vanishes from the selection) instead of over all draws.
         entropy_threshold: keep draws with ``h2 <= threshold`` (``h1 >= threshold``) instead (the paper:
             ``h2 < 1e-6``).
         require_agreement: also drop draws whose scored logits' argmax disagrees with the class they were
@@ -86,6 +88,7 @@ class AugmentConfig:
     entropy: Literal["h2", "h1"] | None = "h2"
     entropy_on: EntropyOn = "decoded"
     entropy_keep: float | None = 0.5
+    entropy_per_class: bool = False
     entropy_threshold: float | None = None
     require_agreement: bool = False
     coreset: Coreset | None = "craig"
@@ -275,7 +278,11 @@ def select_synthetic(generated: Generated, config: AugmentConfig, *, seed: int =
     if config.entropy is not None:
         filt = EntropyFilter(config.entropy, threshold=config.entropy_threshold,
                              keep_fraction=config.entropy_keep, require_agreement=config.require_agreement)
-        keep, _ = filt.fit_select(scored, y)
+        if config.entropy_per_class and config.entropy_keep is not None:
+            rows = [torch.nonzero(y == k).squeeze(1) for k in y.unique()]
+            keep = torch.sort(torch.cat([r[filt.fit_select(scored[r], y[r])[0]] for r in rows])).values
+        else:
+            keep, _ = filt.fit_select(scored, y)
     counts["filtered"] = keep.numel()
     weights = torch.ones(keep.numel())
     if config.coreset is not None and keep.numel() > 0:

@@ -158,8 +158,9 @@ def fit_reference_classifier(
     perm = known[torch.randperm(known.numel(), generator=torch.Generator().manual_seed(seed))]
     n_out = min(n_other, known.numel() // 3)
     other, train = perm[:n_out], perm[n_out:]
+    max_shift = max(1, min(x.shape[-2:]) // 14)  # ±1 px on 8x8 digits, ±2 on 28x28 / 32x32
     judge = train_reference_classifier(x[train], y[train], int(y.max()) + 1, epochs=epochs, seed=seed,
-                                       device=device)
+                                       device=device, max_shift=max_shift)
     return judge, other
 
 

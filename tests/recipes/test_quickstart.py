@@ -89,7 +89,7 @@ def test_data_dir_accepts_the_root_or_the_folder_and_flags_are_checked(tmp_path,
         seen.append(cfg.data_dir)
         raise KeyboardInterrupt  # the resolved folder is all this test needs: stop before training
 
-    monkeypatch.setattr(quickstart, "load_data", stop)
+    monkeypatch.setattr(quickstart, "load_split", stop)
     for data_dir in (root, root / "digits"):
         with pytest.raises(KeyboardInterrupt):
             main(["--data-dir", str(data_dir), "--out", str(tmp_path / "o"), "--device", "cpu"])

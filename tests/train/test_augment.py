@@ -73,6 +73,14 @@ def test_entropy_on_sample_scores_the_langevin_draw_and_keep_one_is_no_filter():
     assert agreeing.indices.tolist() == torch.nonzero(gen.logits.argmax(1) == gen.y).squeeze(1).tolist()
     with pytest.raises(ValueError, match="entropy_on"):
         AugmentConfig(entropy_on="image")
+    # per class: each class keeps its own most confident half
+    h_dec = confidence_scores(gen.logits, "h2")
+    per = select_synthetic(gen, AugmentConfig(40, entropy_keep=0.5, entropy_per_class=True, coreset=None))
+    expected = []
+    for k in range(3):
+        rows = torch.nonzero(gen.y == k).squeeze(1)
+        expected += rows[torch.argsort(h_dec[rows], stable=True)[:20]].tolist()
+    assert per.indices.tolist() == sorted(expected)
 
 
 def test_latent_logits_expectation_under_q():
