@@ -296,6 +296,8 @@ def train_classifier(
         if resumed is not None:
             start = resumed.step
             history = resumed.extra.get("history", history)
+            if logger is not None:  # epochs logged after the checkpoint are trained (and logged) again
+                logger.rewind(start, key="epoch")
 
     n_batches = math.ceil(len(train_data[0] if isinstance(train_data, tuple) else train_data) / batch_size)
     bar = tqdm(total=(epochs - start) * n_batches, desc="train", disable=not progress, leave=False)

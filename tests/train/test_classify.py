@@ -232,3 +232,19 @@ def test_genlib_psgd_closure_and_whiten_modes_and_exact_resume(tmp_path):
     resumed, h = train_classifier(net(), (x, y), epochs=4, optimizer=kron, **kw)
     assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), resumed.parameters()))
     assert h["train_loss"] == href["train_loss"]
+
+
+def test_resumed_training_does_not_log_epochs_twice(tmp_path):
+    from genlib.train import MetricsLogger, read_jsonl
+
+    x, y = _blobs(64, seed=8)
+    kw = dict(lr=1e-2, batch_size=16, device="cpu", progress=False, seed=3)
+    ckpt = tmp_path / "ckpt"
+    train_classifier(nn.Linear(6, 3), (x, y), epochs=3, checkpointer=Checkpointer(ckpt, every=2),
+                     logger=MetricsLogger(tmp_path, "run"), **kw)
+    # killed after logging epoch 3 but before its checkpoint: only epoch 2's checkpoint survives
+    for p in Checkpointer(ckpt).checkpoints()[1:]:
+        p.unlink()
+    train_classifier(nn.Linear(6, 3), (x, y), epochs=4, checkpointer=Checkpointer(ckpt, every=2),
+                     logger=MetricsLogger(tmp_path, "run", resume=True), **kw)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "run.jsonl")] == [1, 2, 3, 4]
