@@ -13,8 +13,6 @@ downloaded.
 - :func:`sample_quality`: both at once, with two reference points printed beside the draws' FD: the
   VAE's reconstructions of real images (what the decoder alone can reach) and a second real set
   (the floor set by finite samples).
-
-Importing this module costs only ``torch``; the Fréchet distance code is imported when first used.
 """
 
 from __future__ import annotations
@@ -31,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlib.utils import atomic_save, check_int, check_positive, default_device
+from genlib.metrics.fad import frechet_distance, gaussian_fit
+from genlib.utils import atomic_save, check_int, check_positive, default_device, json_safe
 
 __all__ = [
     "ReferenceClassifier",
@@ -358,18 +357,6 @@ def label_agreement(classifier: ReferenceClassifier, x: torch.Tensor, y: torch.T
     return {"overall": float(hit.double().mean()), "per_class": per_class, "counts": counts.tolist()}
 
 
-def _gaussian_fit(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from genlib.metrics.fad import gaussian_fit  # imported on first use: keeps this module cheap to import
-
-    return gaussian_fit(e)
-
-
-def _frechet(fit_a: tuple[torch.Tensor, torch.Tensor], fit_b: tuple[torch.Tensor, torch.Tensor]) -> float:
-    from genlib.metrics.fad import frechet_distance
-
-    return frechet_distance(*fit_a, *fit_b)
-
-
 def _check_fd_set(x: torch.Tensor, name: str, classifier: ReferenceClassifier) -> None:
     _check_images(x, name, classifier.image_shape)
     n, d = x.shape[0], classifier.feature_dim
@@ -394,15 +381,7 @@ def feature_frechet_distance(classifier: ReferenceClassifier, x_a: torch.Tensor,
     classifier = _check_classifier(classifier)
     _check_fd_set(x_a, "x_a", classifier)
     _check_fd_set(x_b, "x_b", classifier)
-    return _frechet(_gaussian_fit(classifier.embed(x_a)), _gaussian_fit(classifier.embed(x_b)))
-
-
-def _finite_or_none(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, list):
-        return [_finite_or_none(u) for u in v]
-    return v
+    return frechet_distance(*gaussian_fit(classifier.embed(x_a)), *gaussian_fit(classifier.embed(x_b)))
 
 
 @dataclass
@@ -425,7 +404,7 @@ class SampleQuality:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, strict-JSON-ready data (non-finite numbers become ``None``)."""
-        return {k: _finite_or_none(v) for k, v in asdict(self).items()}
+        return json_safe(asdict(self))
 
     def format(self) -> str:
         """A few human-readable lines: agreement overall and per class, then the three distances."""
@@ -475,10 +454,12 @@ def sample_quality(
         _check_fd_set(x, name, classifier)
     _check_labels(y_samples, "y_samples", x_samples.shape[0], classifier.num_classes)
     agreement = label_agreement(classifier, x_samples, y_samples)
-    fit_real = _gaussian_fit(classifier.embed(x_real))  # fitted once, shared by the three distances
+    fit_real = gaussian_fit(classifier.embed(x_real))  # fitted once, shared by the three distances
 
     def fd_to_real(name: str) -> float | None:
-        return _frechet(_gaussian_fit(classifier.embed(sets[name])), fit_real) if name in sets else None
+        if name not in sets:
+            return None
+        return frechet_distance(*gaussian_fit(classifier.embed(sets[name])), *fit_real)
 
     return SampleQuality(
         agreement=agreement["overall"],
