@@ -252,3 +252,45 @@ def test_gamma_fit_on_real_speech_solves_the_gamma_mle_equations(spectrum):
     ref = np.array([brentq(lambda a, si=si: np.log(a) - digamma(a) - si, 1e-4, 1e4) for si in s])
     np.testing.assert_allclose(alpha.numpy(), ref, rtol=1e-6)
     np.testing.assert_allclose((alpha / beta).numpy(), r.mean(1).numpy(), rtol=1e-6)
+
+
+def test_itakura_saito_learned_shape_is_gamma_on_power_with_rate_one_over_y():
+    # eq. 6.11-6.12 as written: shape alpha from the network, rate 1 / y; scored as a density over |x|
+    x, r, _, raw_of = _data(seed=7)
+    lik = ItakuraSaito(concentration="decoder")
+    assert lik.n_params == 2 and lik.learned_shape and not ItakuraSaito().learned_shape
+    raw = raw_of(2)
+    y, a = 1e-12 + np.exp(raw[:, 0].numpy()), 1e-6 + np.exp(raw[:, 1].numpy())
+    ref = stats.gamma.logpdf(r**2, a, scale=y) + np.log(2 * r)
+    np.testing.assert_allclose(lik.log_prob(x, raw).numpy(), ref, rtol=1e-10)
+    d = lik(raw)
+    np.testing.assert_allclose(d.power.numpy(), a * y, rtol=1e-12)  # mean power alpha * y
+    np.testing.assert_allclose(d.concentration.numpy(), a, rtol=1e-12)
+    # the precision map now varies with the learned shape (a fixed shape gives a constant map)
+    assert d.magnitude_precision.std() > 1 and ItakuraSaito()(raw[:, :1]).magnitude_precision.std() < 1e-12
+    # as a function of (alpha, y), eq. 6.12's NLL differs from ours only by a term free of the parameters
+    p = r**2
+    eq612 = p / y - a * np.log(p / y) + torch.lgamma(torch.from_numpy(a)).numpy() + 2 * np.log(p)
+    gap = eq612 + lik.log_prob(x, raw).numpy()
+    np.testing.assert_allclose(gap, np.log(p) + np.log(2 * r), rtol=1e-9, atol=1e-9)
+    # alpha = 1 (raw[:, 1] = 0 up to the floor) agrees with the fixed-shape model at v = y
+    raw1 = torch.stack([raw[:, 0], torch.full_like(raw[:, 0], math.log(1 - 1e-6))], 1)
+    torch.testing.assert_close(lik.log_prob(x, raw1), ItakuraSaito().log_prob(x, raw[:, :1]))
+    # ...and not elsewhere: the fixed shape cannot express alpha != 1
+    raw2 = torch.stack([raw[:, 0], torch.full_like(raw[:, 0], math.log(3.0))], 1)
+    assert not torch.allclose(lik.log_prob(x, raw2), ItakuraSaito().log_prob(x, raw[:, :1]))
+    with pytest.raises(ValueError, match=r"n_params=2"):
+        lik(raw[:, :1])
+    with pytest.raises(ValueError, match="concentration must be a positive float or 'decoder'"):
+        ItakuraSaito(concentration="learned")
+
+
+def test_itakura_saito_learned_shape_round_trips_through_a_saved_vae(tmp_path):
+    from genlib.models import VAE
+    from genlib.nn import MLPDecoder, MLPEncoder
+
+    lik = ItakuraSaito(concentration="decoder")
+    vae = VAE(MLPEncoder((6,), 2, hidden=(8,)), MLPDecoder(2, (6,), n_params=lik.n_params, hidden=(8,)), lik)
+    vae.save(tmp_path / "vae.pt")
+    back = VAE.load(tmp_path / "vae.pt")
+    assert back.likelihood.learned_shape and back.likelihood.n_params == 2
