@@ -1,4 +1,4 @@
-"""Speech corpora (VCTK, LibriSpeech): utterance discovery, speaker splits and STFT-frame datasets.
+"""Speech corpora (VCTK, LibriSpeech, flat folders): utterance discovery, speaker splits, STFT-frame datasets.
 
 Layouts understood (``root`` may be the corpus root or the folder holding the speaker folders):
 
@@ -8,9 +8,12 @@ Layouts understood (``root`` may be the corpus root or the folder holding the sp
 - flat VCTK:    ``pXXX_NNN.wav`` files in one folder (Voicebank-DEMAND's ``clean_testset_wav/`` etc.)
 - LibriSpeech:  ``SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac``, ``SPEAKER/*.flac`` or flat ``*.flac``;
   the speaker id is always read from the ``SPK-CHAP-UTT`` file name.
+- flat:         ``*.wav`` / ``*.flac`` with any names in one folder, or in its ``wavs/`` subfolder (the
+  LJSpeech layout); one speaker, named after the folder given.
 
 Audio is read with soundfile, mixed to mono, resampled with ``torchaudio.functional.resample`` and returned
-as float32. Datasets hold complex STFT frames of the paper's STFT (:mod:`genlib.data.stft`).
+as float32; :func:`sample_rates` counts the native rates of a list of files (what will be resampled).
+Datasets hold complex STFT frames of the paper's STFT (:mod:`genlib.data.stft`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ __all__ = [
     "Utterance",
     "discover_vctk",
     "discover_librispeech",
+    "discover_flat",
     "discover_utterances",
+    "sample_rates",
     "load_audio",
     "split_by_speaker",
     "SpeechFrames",
@@ -56,11 +61,13 @@ LIBRISPEECH_LAYOUTS = (
     "SPEAKER/SPEAKER-CHAPTER-UTT.flac",
     "SPEAKER-CHAPTER-UTT.flac in one folder (flat)",
 )
+FLAT_LAYOUTS = ("*.wav or *.flac with any names in one folder or its wavs/ subfolder (flat, e.g. LJSpeech)",)
+CORPORA = ("auto", "vctk", "librispeech", "flat")
 
 
 @dataclass(frozen=True)
 class Utterance:
-    """One audio file and its speaker id (``corpus`` is ``"vctk"`` or ``"librispeech"``)."""
+    """One audio file and its speaker id (``corpus`` is ``"vctk"``, ``"librispeech"`` or ``"flat"``)."""
 
     path: Path
     speaker: str
@@ -132,21 +139,51 @@ def discover_librispeech(root: str | os.PathLike) -> list[Utterance]:
     return utts
 
 
-def discover_utterances(root: str | os.PathLike, corpus: str = "auto", mic: str = "mic1") -> list[Utterance]:
-    """Utterances under ``root``; ``corpus`` is ``"vctk"``, ``"librispeech"`` or ``"auto"`` (try both)."""
-    if corpus == "vctk":
-        return discover_vctk(root, mic=mic)
-    if corpus == "librispeech":
-        return discover_librispeech(root)
-    if corpus != "auto":
-        raise ValueError(f"corpus must be 'auto', 'vctk' or 'librispeech', got {corpus!r}")
+def discover_flat(root: str | os.PathLike) -> list[Utterance]:
+    """Every ``*.wav`` / ``*.flac`` directly in ``root`` (or, when it holds none, in ``root/wavs``, the
+    LJSpeech layout), whatever their names, sorted by path; one speaker, named after ``root``'s folder."""
     root = _check_root(root)
-    for find in (lambda: discover_vctk(root, mic=mic), lambda: discover_librispeech(root)):
+    for base in (root, root / "wavs"):
+        if base.is_dir():
+            files = _sorted_files(base, (".wav", ".flac"))
+            if files:
+                return [Utterance(f, root.name, "flat") for f in files]
+    raise _no_utterances(root, FLAT_LAYOUTS)
+
+
+def discover_utterances(root: str | os.PathLike, corpus: str = "auto", mic: str = "mic1") -> list[Utterance]:
+    """Utterances under ``root``; ``corpus`` is ``"vctk"``, ``"librispeech"``, ``"flat"`` or ``"auto"`` (the
+    first of VCTK, LibriSpeech and flat that finds any; see the module docstring for each layout)."""
+    finders = {
+        "vctk": lambda: discover_vctk(root, mic=mic),
+        "librispeech": lambda: discover_librispeech(root),
+        "flat": lambda: discover_flat(root),
+    }
+    if corpus not in CORPORA:
+        raise ValueError(f"corpus must be one of {CORPORA}, got {corpus!r}")
+    if corpus != "auto":
+        return finders[corpus]()
+    root = _check_root(root)
+    for find in finders.values():
         try:
             return find()
         except FileNotFoundError:
             continue
-    raise _no_utterances(root, VCTK_LAYOUTS + LIBRISPEECH_LAYOUTS)
+    raise _no_utterances(root, VCTK_LAYOUTS + LIBRISPEECH_LAYOUTS + FLAT_LAYOUTS)
+
+
+def sample_rates(utterances: Sequence[Utterance | str | os.PathLike]) -> dict[int, int]:
+    """How many of the files (``Utterance`` s or paths) have each native sample rate, read from their headers
+    (no audio is decoded): ``{48000: 10}`` means ten files that :func:`load_audio` will resample."""
+    counts: dict[int, int] = {}
+    for u in utterances:
+        path = u.path if isinstance(u, Utterance) else Path(u)
+        try:
+            sr = sf.info(str(path)).samplerate
+        except sf.LibsndfileError as e:
+            raise ValueError(f"cannot read the audio header of {path}: {e}") from e
+        counts[sr] = counts.get(sr, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _wav_header_frames(path: Path) -> int | None:

@@ -296,3 +296,36 @@ def test_zero_sample_file_in_a_corpus_is_named_before_the_stft(tmp_path):
             build()
     with pytest.raises(ValueError, match=r"sources\[0\] has only 100 samples"):
         SpeechFrames([torch.zeros(100)])
+
+
+def test_flat_folder_with_free_names_and_the_ljspeech_layout(tmp_path):
+    from genlib.data.speech import discover_flat, sample_rates
+
+    # LJSpeech-1.1: 22.05 kHz wavs under wavs/, free names, a metadata.csv beside them
+    lj = tmp_path / "LJSpeech-1.1"
+    for name in ("LJ001-0002.wav", "LJ001-0001.wav"):
+        _write(lj / "wavs" / name, sr=22050, seconds=0.2)
+    (lj / "metadata.csv").write_text("LJ001-0001|Printing|Printing\n")
+    utts = discover_utterances(lj)  # auto: neither VCTK nor LibriSpeech names, so the flat layout
+    assert _names(utts) == [("LJ001-0001.wav", "LJSpeech-1.1"), ("LJ001-0002.wav", "LJSpeech-1.1")]
+    assert {u.corpus for u in utts} == {"flat"} and discover_flat(lj) == utts
+    assert sample_rates(utts) == {22050: 2}
+    # resampled on load: 0.2 s at 22.05 kHz is 3200 samples at 16 kHz
+    assert load_audio(utts[0].path).shape == (3200,)
+    # a folder of my own recordings: wav and flac, 48 kHz and 16 kHz, any names, non-audio ignored
+    mine = tmp_path / "my recordings"
+    _write(mine / "hello world.wav", sr=48000)
+    _write(mine / "take_2.flac", sr=16000)
+    (mine / "notes.txt").write_text("x")
+    utts = discover_utterances(mine, corpus="flat")
+    assert _names(utts) == [("hello world.wav", "my recordings"), ("take_2.flac", "my recordings")]
+    assert sample_rates([u.path for u in utts]) == {16000: 1, 48000: 1}
+    # VCTK-named files in one folder stay VCTK (speakers from the names) under auto discovery
+    _write(tmp_path / "vb" / "p232_001.wav")
+    assert _names(discover_utterances(tmp_path / "vb")) == [("p232_001.wav", "p232")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"(?s)no utterances found under .*empty.*LJSpeech"):
+        discover_utterances(tmp_path / "empty", corpus="flat")
+    (tmp_path / "bad.wav").write_bytes(b"RIFF not really")
+    with pytest.raises(ValueError, match="cannot read the audio header of .*bad.wav"):
+        sample_rates([tmp_path / "bad.wav"])
