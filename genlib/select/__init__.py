@@ -14,6 +14,7 @@ per-example loss weights (``PseudoLabeler`` also returns the labels).
 
 from genlib.select.adacore import (
     AdaCore,
+    cross_entropy_gradient,
     cross_entropy_hessian_diagonal,
     hutchinson_diagonal,
     last_layer_loss,
@@ -37,6 +38,7 @@ __all__ = [
     "logit_gradients",
     "AdaCore",
     "hutchinson_diagonal",
+    "cross_entropy_gradient",
     "cross_entropy_hessian_diagonal",
     "last_layer_loss",
     "RandomSelector",

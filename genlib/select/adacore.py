@@ -8,11 +8,21 @@ given), estimated with Hutchinson's method, ``diag(H) = E[z * Hz]`` for Rademach
 gradient and Hessian are smoothed across calls to :meth:`AdaCore.fit` the way Adam / AdaHessian smooth
 them across steps:
 
-    m = beta1 m + (1 - beta1) g,      v = beta2 v + (1 - beta2) diag(H)^2,
-    features = m_hat / (v_hat^(power / 2) + eps),  with Adam's bias corrections m_hat, v_hat.
+    m = beta1 m + (1 - beta1) g,      v = beta2 v + (1 - beta2) diag(H)^2,       (eq. 4.6, 4.8)
+    features = clip(m_hat / v_hat^(power / 2), -max_step, max_step),  with Adam's bias corrections.
 
-On the first fit that is ``g / (|diag H|^power + eps)``. The averages are per example: call ``fit`` with
+On the first fit that is ``g / |diag H|^power``, clipped. The averages are per example: call ``fit`` with
 the same examples in the same order (a change of shape restarts them, as does :meth:`AdaCore.reset`).
+
+Why a clip and not Adam's ``+ eps``. For the cross-entropy at the logits ``g_k / H_kk`` is ``1 / (1 - p_k)``
+for ``k != y`` and ``-1 / p_y`` for the label: bounded wherever the draw is right, although ``g`` and ``H``
+vanish together as ``p_k -> 0``. An absolute ``eps`` (1e-8, as genlib had) replaced that ratio by
+``p_k / (p_k + eps)`` for every confident draw, a step function of the logit gap around 18 nats that spread
+the entropy-filtered draws over a cube and left the selection close to random. The clip leaves the paper's
+``H^-1 g`` (eq. 4.9) unchanged wherever it is below ``max_step`` and bounds it where the curvature vanishes
+faster than the gradient (a confidently wrong label, a Hutchinson estimate near 0), the trust region PSGD
+uses for the same reason. Gradients and Hessians are taken in float64, ``1 - p`` without cancellation, so
+the ratio keeps its limit until ``p_k`` underflows to 0 at a ~745-nat logit gap (then ``0 / 0`` gives 0).
 
 ``preconditioner="psgd"`` (or ``"psgd-dense"``, or any :class:`genlib.optim.preconditioners.Preconditioner`)
 replaces the per-example diagonal by one PSGD preconditioner ``P`` shared by all examples, fitted on the
@@ -25,6 +35,7 @@ AdaCore's code was never released; this is written from the paper.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -39,7 +50,13 @@ from genlib.utils import check_positive
 
 Tensor = torch.Tensor
 
-__all__ = ["AdaCore", "hutchinson_diagonal", "cross_entropy_hessian_diagonal", "last_layer_loss"]
+__all__ = [
+    "AdaCore",
+    "hutchinson_diagonal",
+    "cross_entropy_gradient",
+    "cross_entropy_hessian_diagonal",
+    "last_layer_loss",
+]
 
 
 def _rademacher(shape: torch.Size, generator: torch.Generator | None, like: Tensor) -> Tensor:
@@ -105,11 +122,37 @@ def last_layer_loss(
     return loss
 
 
+def _softmax_and_complement(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """``p = softmax(logits)`` and ``1 - p`` without cancellation: at the largest class ``1 - p`` is the
+    sum of the other classes' probabilities (each accurate), so a confident row keeps ``1 - p_max > 0``
+    instead of rounding to 0 once the logit gap passes ~37 nats (float64)."""
+    p = torch.softmax(logits, dim=1)
+    top = logits.argmax(1, keepdim=True)
+    rest = p.scatter(1, top, 0.0).sum(1, keepdim=True)
+    return p, (1 - p).scatter(1, top, rest)
+
+
+def cross_entropy_gradient(logits: Tensor, labels: Tensor, embeddings: Tensor | None = None) -> Tensor:
+    """Per-example gradient of the cross-entropy: ``p - onehot(y)`` w.r.t. the logits ``(n, K)``, or
+    ``(p - onehot(y))_k phi_f`` w.r.t. the last layer's weight ``(n, K, F)`` given ``embeddings`` ``phi``.
+    The label's entry ``p_y - 1`` is taken as ``-(1 - p_y)`` without cancellation (see
+    :func:`cross_entropy_hessian_diagonal`), so its ratio to the Hessian stays ``-1 / p_y``."""
+    logits = as_tensor(logits, "logits", ndim=2)
+    labels = check_labels(labels, logits.shape[0], num_classes=logits.shape[1]).to(logits.device)
+    p, q = _softmax_and_complement(logits)
+    rows = labels[:, None]
+    g = p.scatter(1, rows, -q.gather(1, rows))
+    if embeddings is None:
+        return g
+    return g[:, :, None] * embeddings[:, None, :]
+
+
 def cross_entropy_hessian_diagonal(logits: Tensor, embeddings: Tensor | None = None) -> Tensor:
     """Closed-form Hessian diagonal of the cross-entropy: ``p (1 - p)`` w.r.t. the logits ``(n, K)``, or
-    ``p_k (1 - p_k) phi_f^2`` w.r.t. the last layer's weight ``(n, K, F)`` given ``embeddings`` ``phi``."""
-    p = torch.softmax(as_tensor(logits, "logits", ndim=2), dim=1)
-    h = p * (1 - p)
+    ``p_k (1 - p_k) phi_f^2`` w.r.t. the last layer's weight ``(n, K, F)`` given ``embeddings`` ``phi``.
+    ``1 - p`` of the most likely class is the sum of the others' probabilities, not a rounded difference."""
+    p, q = _softmax_and_complement(as_tensor(logits, "logits", ndim=2))
+    h = p * q
     if embeddings is None:
         return h
     return h[:, :, None] * embeddings.square()[:, None, :]
@@ -124,8 +167,10 @@ class AdaCore(Craig):
             closed form :func:`cross_entropy_hessian_diagonal`, cheaper and noise-free for this loss).
         n_hutchinson: Rademacher probes per fit.
         beta1, beta2: averaging rates of gradient and squared Hessian diagonal across fits, in [0, 1).
-        power: Hessian power ``k`` in ``g / (|H|^k + eps)``; 1 is Newton-like, 0 is plain CRAIG.
-        eps: added to the denominator.
+        power: Hessian power ``k`` in ``g / |H|^k``; 1 is Newton-like (the paper), 0 is plain CRAIG.
+        max_step: every feature (a per-coordinate Newton step) is clipped to ``[-max_step, max_step]``;
+            the paper has no bound (the limit ``max_step -> inf``). Must be >= 1, so ``power=0`` is
+            CRAIG exactly (``|p - y| <= 1``).
         preconditioner: ``"diag"`` (the averaged Hessian diagonal, as in the paper), ``"psgd"`` (a diagonal
             PSGD preconditioner over the per-example parameter shape), ``"psgd-dense"`` (a dense one over the
             flattened shape; ``K * F`` squared memory), or a ready
@@ -156,7 +201,7 @@ class AdaCore(Craig):
         beta1: float = 0.9,
         beta2: float = 0.999,
         power: float = 1.0,
-        eps: float = 1e-8,
+        max_step: float = 100.0,
         preconditioner: Literal["diag", "psgd", "psgd-dense"] | Preconditioner = "diag",
         psgd_steps: int = 50,
         psgd_batch: int = 1024,
@@ -196,7 +241,11 @@ class AdaCore(Craig):
         self.n_hutchinson = n_hutchinson
         self.beta1, self.beta2 = float(beta1), float(beta2)
         self.power = check_positive(power, "power", allow_zero=True)
-        self.eps = check_positive(eps, "eps")
+        number = isinstance(max_step, (int, float)) and not isinstance(max_step, bool)
+        ms = float(max_step) if number else math.nan
+        if not (math.isfinite(ms) and ms >= 1.0):
+            raise ValueError(f"max_step must be a finite number >= 1, got {max_step!r}")
+        self.max_step = ms
         self.preconditioner = preconditioner
         self._generator = torch.Generator().manual_seed(0 if seed is None else seed)
         self.reset()
@@ -229,12 +278,16 @@ class AdaCore(Craig):
             embeddings = as_tensor(embeddings, "embeddings", ndim=2).to(logits)
             if embeddings.shape[0] != n:
                 raise ValueError(f"embeddings must have {n} rows to match logits, got {embeddings.shape[0]}")
-        logits = logits.detach()
+        out_dtype = logits.dtype
+        # float64: p_k underflows only past a ~700-nat logit gap (float32: ~100), see the module docstring
+        logits = logits.detach().double()
+        if embeddings is not None:
+            embeddings = embeddings.double()
 
         shape = (n, logits.shape[1]) if embeddings is None else (n, logits.shape[1], embeddings.shape[1])
         loss = last_layer_loss(logits, labels, embeddings)
         delta = logits.new_zeros(shape)
-        grad = torch.func.grad(lambda d: loss(d).sum())(delta)
+        grad = cross_entropy_gradient(logits, labels, embeddings)  # closed form: no p_y - 1 cancellation
         psgd = self.preconditioner != "diag"
         if psgd:
             h = None
@@ -254,12 +307,16 @@ class AdaCore(Craig):
         else:
             self._v.mul_(self.beta2).addcmul_(h, h, value=1 - self.beta2)
             v_hat = self._v / (1 - self.beta2**self.step_)
-            features = m_hat / (v_hat.pow(self.power / 2) + self.eps)
+            den = v_hat.pow(self.power / 2)
+            # m / den, clipped; where the curvature is exactly 0 the step is the clip bound (0 if m is 0)
+            step = torch.where(den > 0, m_hat / den.clamp_min(torch.finfo(den.dtype).tiny),
+                               m_hat.sign() * self.max_step)
+            features = step.clamp_(-self.max_step, self.max_step)
 
-        self.gradients_ = grad
-        self.hessian_diag_ = h
+        self.gradients_ = grad.to(out_dtype)
+        self.hessian_diag_ = None if h is None else h.to(out_dtype)
         self.labels_ = labels
-        self.features_ = features.reshape(n, -1)
+        self.features_ = features.reshape(n, -1).to(out_dtype)
         return self
 
     def _fit_psgd(self, logits: Tensor, labels: Tensor, embeddings: Tensor | None, m_hat: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from genlib.select import (
     AdaCore,
     Craig,
+    cross_entropy_gradient,
     cross_entropy_hessian_diagonal,
     hutchinson_diagonal,
     last_layer_loss,
@@ -41,6 +42,19 @@ def test_closed_form_is_the_autograd_hessian_diagonal():
         torch.testing.assert_close(cross_entropy_hessian_diagonal(z[None], phi[None])[0], expected)
 
 
+def test_closed_form_gradient_is_autograd_and_keeps_the_label_entry_of_confident_rows():
+    logits, labels = _data(20)
+    emb = torch.randn(20, 3, dtype=torch.float64)
+    for phi, shape in ((None, (20, 5)), (emb, (20, 5, 3))):
+        auto = torch.func.grad(lambda d, phi=phi: last_layer_loss(logits, labels, phi)(d).sum())(
+            torch.zeros(shape, dtype=torch.float64))
+        torch.testing.assert_close(cross_entropy_gradient(logits, labels, phi), auto)
+    # a 45-nat gap: p_y - 1 rounds to 0 in float64, -(sum of the other p) does not
+    g = cross_entropy_gradient(torch.tensor([[45.0, 0.0]], dtype=torch.float64), torch.tensor([0]))
+    tail = torch.exp(torch.tensor(-45.0, dtype=torch.float64))
+    torch.testing.assert_close(g, torch.tensor([[-1.0, 1.0]], dtype=torch.float64) * tail, rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("with_embeddings", [False, True])
 def test_hutchinson_matches_p_times_1_minus_p(with_embeddings):
     n_probes = 400
@@ -69,18 +83,44 @@ def test_hutchinson_matches_p_times_1_minus_p(with_embeddings):
 
 def test_first_fit_is_gradient_over_hessian_and_averages_follow_adam():
     logits, labels = _data(40)
-    ada = AdaCore(0.2, hessian="exact", beta1=0.5, beta2=0.75, eps=1e-12).fit(logits, labels)
+    ada = AdaCore(0.2, hessian="exact", beta1=0.5, beta2=0.75, max_step=1e6).fit(logits, labels)
     g1, h1 = logit_gradients(logits, labels), cross_entropy_hessian_diagonal(logits)
-    torch.testing.assert_close(ada.features_, g1 / (h1.abs() + 1e-12))
+    torch.testing.assert_close(ada.features_, g1 / h1.abs())
     logits2 = logits + torch.randn_like(logits)
     ada.fit(logits2, labels)
     g2, h2 = logit_gradients(logits2, labels), cross_entropy_hessian_diagonal(logits2)
     m = (0.5 * 0.5 * g1 + 0.5 * g2) / (1 - 0.25)
     v = (0.75 * 0.25 * h1**2 + 0.25 * h2**2) / (1 - 0.75**2)
-    torch.testing.assert_close(ada.features_, m / (v.sqrt() + 1e-12))
+    torch.testing.assert_close(ada.features_, m / v.sqrt())
     assert ada.step_ == 2
     ada.fit(logits[:10], labels[:10])  # new examples: the averages restart
     assert ada.step_ == 1
+
+
+def test_confident_draws_keep_the_newton_step_and_wrong_labels_are_clipped():
+    # Eq. 4.9 at the logits: g_k / H_kk = 1 / (1 - p_k) off the label, -1 / p_y on it. Confident draws
+    # (p_k down to e^-40, where an absolute eps of 1e-8 would have turned 1 into ~0) keep it; a
+    # confidently wrong label (p_y = e^-40) is clipped to -max_step.
+    gaps = torch.tensor([5.0, 20.0, 40.0])
+    logits = torch.stack([torch.tensor([g, 0.0, 0.0]) for g in gaps])  # float32 on purpose
+    labels = torch.zeros(3, dtype=torch.long)
+    f = AdaCore(budget=3, hessian="exact", per_class=False).fit(logits, labels).features_
+    assert f.dtype == torch.float32
+    p = torch.softmax(logits.double(), 1)
+    expected = torch.cat([-1 / p[:, :1], 1 / (1 - p[:, 1:])], 1).float()
+    torch.testing.assert_close(f, expected)
+    assert bool((f[:, 1:] > 0.99).all())
+    wrong = AdaCore(budget=1, hessian="exact", max_step=50.0).fit(logits[2:], torch.tensor([1]))
+    assert float(wrong.features_[0, 1]) == -50.0 and float(wrong.features_[0, 0]) == 50.0
+
+
+def test_zero_curvature_gives_the_clip_bound_not_nan():
+    ada = AdaCore(budget=1, hessian="exact", max_step=7.0)
+    ada.fit(torch.tensor([[800.0, 0.0]]), torch.tensor([0]))  # p_1 underflows even in float64: g = H = 0
+    assert torch.equal(ada.features_, torch.tensor([[0.0, 0.0]]))
+    ada = AdaCore(budget=1, hessian="exact", max_step=7.0)
+    ada.fit(torch.tensor([[800.0, 0.0]]), torch.tensor([1]))  # wrong label: g = (1, -1), H = 0
+    assert torch.equal(ada.features_, torch.tensor([[7.0, -7.0]]))
 
 
 def test_power_zero_is_craig():
@@ -172,6 +212,10 @@ def test_bad_input():
         AdaCore(0.5, n_hutchinson=0)
     with pytest.raises(ValueError, match="power"):
         AdaCore(0.5, power=-1)
+    with pytest.raises(ValueError, match="max_step"):
+        AdaCore(0.5, max_step=0.5)
+    with pytest.raises(ValueError, match="max_step"):
+        AdaCore(0.5, max_step=float("inf"))
     with pytest.raises(ValueError, match="preconditioner must be"):
         AdaCore(0.5, preconditioner="kron")
     with pytest.raises(ValueError, match="psgd_steps"):
