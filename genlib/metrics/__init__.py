@@ -1,5 +1,14 @@
 """Speech quality metrics (PESQ, STOI/ESTOI, LSD, spectral convergence), Fréchet Audio Distance, and
-image sample-quality metrics judged by a reference classifier (:mod:`genlib.metrics.images`)."""
+image sample-quality metrics judged by a reference classifier (:mod:`genlib.metrics.images`).
+
+The speech metrics (pesq, pystoi and scipy.signal: most of a second) are imported on first use of one of
+their names (PEP 562), so ``import genlib.metrics`` and the image metrics do not load them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from genlib.metrics.fad import (
     Embedding,
@@ -21,15 +30,26 @@ from genlib.metrics.images import (
     sample_quality,
     train_reference_classifier,
 )
-from genlib.metrics.speech import (
-    PESQ_MAX,
-    UndefinedMetricWarning,
-    lsd,
-    pesq,
-    pesq_batch,
-    spectral_convergence,
-    stoi,
-)
+
+if TYPE_CHECKING:
+    from genlib.metrics.speech import (
+        PESQ_MAX,
+        UndefinedMetricWarning,
+        lsd,
+        pesq,
+        pesq_batch,
+        spectral_convergence,
+        stoi,
+    )
+
+# name -> module that defines it; loaded by __getattr__ on first access.
+_LAZY: dict[str, str] = {
+    "speech": "genlib.metrics.speech",
+    **dict.fromkeys(
+        ["PESQ_MAX", "UndefinedMetricWarning", "pesq", "pesq_batch", "stoi", "lsd", "spectral_convergence"],
+        "genlib.metrics.speech",
+    ),
+}
 
 __all__ = [
     "PESQ_MAX",
@@ -56,3 +76,18 @@ __all__ = [
     "SampleQuality",
     "sample_quality",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module defining ``name`` on first use (PEP 562)."""
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(module_name)
+    value = module if module_name.endswith(f".{name}") else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

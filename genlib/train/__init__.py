@@ -7,6 +7,11 @@
 - :class:`MetricsLogger`: JSON-lines + CSV metric records next to a run's results
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from genlib.train.checkpoint import Checkpointer, Resumed, get_rng_state, set_rng_state
 from genlib.train.classifiers import MLPClassifier, SmallConvNet
 from genlib.train.classify import evaluate_accuracy, predict_logits, train_classifier, weighted_cross_entropy
@@ -41,13 +46,35 @@ from genlib.train.semisup import SemiSupervisedConfig, SemiSupervisedTrainer, la
 __all__ += ["SemiSupervisedConfig", "SemiSupervisedTrainer", "latent_accuracy", "AugmentConfig", "Generated",
             "Selection", "generate_labelled", "latent_logits", "pseudo_label", "select_synthetic"]
 
-from genlib.train.quality import (  # noqa: E402
-    GenerationReport,
-    evaluate_generation,
-    fit_reference_classifier,
-    reconstruct_images,
-    save_generation_grids,
-)
+if TYPE_CHECKING:
+    from genlib.train.quality import (
+        GenerationReport,
+        evaluate_generation,
+        fit_reference_classifier,
+        reconstruct_images,
+        save_generation_grids,
+    )
 
+# The generation-quality helpers pull in the image metrics (and through them torchaudio, for FAD): imported on
+# first use of one of their names (PEP 562).
+_LAZY = dict.fromkeys(
+    ["GenerationReport", "evaluate_generation", "fit_reference_classifier", "reconstruct_images",
+     "save_generation_grids"],
+    "genlib.train.quality",
+)
 __all__ += ["GenerationReport", "evaluate_generation", "fit_reference_classifier", "reconstruct_images",
             "save_generation_grids"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module defining ``name`` on first use (PEP 562)."""
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
