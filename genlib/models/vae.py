@@ -146,6 +146,30 @@ class VAE(Configurable, nn.Module):
     forward = elbo
 
     # -- inference ---------------------------------------------------------------------------------------
+    def class_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent classifier's logits at the posterior mean, ``F(mu(x))``, shape ``(B, n_classes)``.
+
+        Needs a prior with a latent classifier (:class:`~genlib.priors.LatentEBMPrior`); differentiable (wrap
+        in ``torch.no_grad()`` and call ``.eval()`` first for inference with batch-norm encoders).
+        """
+        logits = getattr(self.prior, "logits", None)
+        if not callable(logits):
+            raise ValueError(
+                f"classify needs a prior with a latent classifier (prior.logits(z), e.g. LatentEBMPrior); "
+                f"this VAE's prior is {type(self.prior).__name__}"
+            )
+        self._check_batch(x)
+        mu, _ = self.encode(x)
+        return logits(mu)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``softmax F(mu(x))``, shape ``(B, n_classes)``; ``.argmax(-1)`` gives labels.
+
+        The same as ``vae.prior.classify(vae.encode(x)[0])``; see :meth:`class_logits` for the logits and
+        :func:`genlib.train.latent_accuracy` for the accuracy on a labelled set.
+        """
+        return self.class_logits(x).softmax(-1)
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of p(x | z = mu(x)) (the decoded posterior mean)."""
