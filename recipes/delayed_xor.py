@@ -1,18 +1,26 @@
-"""Delayed XOR with a vanilla tanh RNN: PSGD-LRA vs Adam vs SGD (Pooladzandi & Li 2024, Table 3.8).
+"""Delayed XOR with a vanilla tanh RNN or an LSTM: PSGD-LRA vs Adam vs SGD (Pooladzandi & Li 2024, Table 3.8).
 
 Problem. Each input sequence has length ``L`` and two channels: a random ±1 value and a marker. Exactly two
 positions are marked (marker = 1): the first uniformly in the first 10% of the sequence, the second in the
 next 40%. The target is the XOR of the two marked values (+1 when they differ, −1 when equal), read from the
 RNN's output after the last step, with the logistic loss ``softplus(−y·f(x))``. A fresh batch of 128 is
 drawn every iteration. The RNN is ``h_t = tanh(x_t W_x + h_{t−1} W_h + b)`` with 30 hidden units, ``f = h_L
-W_o + b_o``, ``W_h`` a random orthogonal matrix at start (as in the paper's script).
+W_o + b_o``, ``W_h`` a random orthogonal matrix at start (as in the paper's script). ``--archs lstm`` (or
+``rnn lstm``) adds Table 3.8's LSTM column: 30 cells, gates from ``[x_t, h_{t-1}]``, forget-gate bias 1.
+
+Settings. The defaults are genlib's: PSGD-LRA at lr 0.01 with preconditioner step 0.1, the preconditioned
+step clipped to norm 1, no momentum; Adam 1e-3 and SGD 0.05 with momentum 0.9, their gradients clipped to
+norm 1. ``--paper-settings`` is appendix B.1.5 as the paper ran it: both PSGD step sizes 0.01, clipping 1,
+no momentum (SGD's too). ``--psgd-lr`` / ``--precond-lr`` / ``--sgd-momentum`` set them one by one.
 
 Solved. A run is solved at the first iteration where the mean logistic loss of the last 10 fresh batches is
 below 0.1 (a running mean, so one lucky batch does not count); it fails when ``max_iters`` pass first.
 
 Modes: default (lengths 32 and 55, 3 seeds, 20k-iteration cap); ``--quick`` (~1 min CPU smoke: length 16, one
 seed); ``--full`` (10 seeds at 32/55/64/112 with the paper's 100k cap: GPU / overnight); ``--rank-study``
-(PSGD-LRA with rank 0/1/2/5/10). Seeds run in parallel processes, one torch thread each (``--workers``).
+(PSGD-LRA with rank 0/1/2/5/10; combines with ``--quick`` or ``--full``, e.g. ``--full --rank-study
+--paper-settings`` is figure B.6 as run in the paper). Seeds run in parallel processes, one torch thread
+each (``--workers``).
 Writes ``results.json`` (atomically, after every finished run, marked ``"complete": false`` until the study
 ends) and ``loss_curves.png`` under ``--out``; ``--summarize DIR...`` merges saved studies
 (e.g. one invocation per optimizer or length) into one table plus one line per run.
@@ -20,8 +28,8 @@ ends) and ``loss_curves.png`` under ``--out``; ``--summarize DIR...`` merges sav
 Continuing a study. Rerunning with an ``--out`` that already holds a ``results.json`` (say, after the study
 was killed) continues that study: the runs already saved there are kept and skipped, and only the missing
 ones run and are appended. Settings that only add runs (more ``--seeds`` / ``--first-seed``, more
-``--lengths``, more ``--optimizers``, other PSGD ranks) extend the study; the saved ``config`` then lists
-the union. Settings that change what a run means (``max_iters``, ``batch_size``, ``hidden``, the solved
+``--lengths``, ``--optimizers`` or ``--archs``, other PSGD ranks) extend the study; the saved ``config`` then
+lists the union. Settings that change what a run means (``max_iters``, ``batch_size``, ``hidden``, the solved
 criterion, learning rates, momentum, gradient clip, ``curve_every``) must match the saved ones: otherwise
 the rerun is refused with the changed settings named (saved, now); use another ``--out`` for them.
 ``--workers`` and ``--device`` may change freely.
@@ -45,26 +53,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlib.cli_args import device as device_arg
-from genlib.cli_args import int_at_least
+from genlib.cli_args import float_in, int_at_least, positive_float
 from genlib.optim import LRA
 from genlib.utils import atomic_write_text, default_device
 
 OPTIMIZERS = ("psgd_lra", "adam", "sgd")
+ARCHS = ("rnn", "lstm")
+# Appendix B.1.5: "both step sizes for parameter and preconditioner updating are fixed at 0.01. The gradient
+# clipping threshold is set to 1. No momentum is used."
+PAPER_SETTINGS = dict(psgd_lr=0.01, psgd_preconditioner_lr=0.01, grad_clip=1.0, sgd_momentum=0.0)
 # The settings that change what a run means: a saved study continues only when all of them match. The
 # others either choose which runs make up the study (lengths, seeds, optimizers, ranks) or do not touch
 # results (workers, device, out).
 RUN_SETTINGS = ("max_iters", "batch_size", "hidden", "solved_loss", "solved_window", "psgd_lr",
                 "psgd_preconditioner_lr", "adam_lr", "sgd_lr", "sgd_momentum", "grad_clip", "curve_every")
-STUDY_SETTINGS = ("lengths", "seeds", "optimizers", "ranks")
+STUDY_SETTINGS = ("lengths", "seeds", "optimizers", "archs", "ranks")
 
 
 @dataclass
 class XorConfig:
-    """Configuration of a delayed-XOR study (every run = one optimizer × length × seed [× rank])."""
+    """Configuration of a delayed-XOR study (every run = one optimizer × architecture × length × seed
+    [× rank])."""
 
     lengths: tuple[int, ...] = (32, 55)
     seeds: tuple[int, ...] = (0, 1, 2)
     optimizers: tuple[str, ...] = OPTIMIZERS
+    archs: tuple[str, ...] = ("rnn",)
     ranks: tuple[int, ...] = (10,)  # PSGD-LRA ranks; the rank study sets (0, 1, 2, 5, 10)
     max_iters: int = 20_000
     batch_size: int = 128
@@ -88,11 +102,20 @@ class XorConfig:
         bad = [o for o in self.optimizers if o not in OPTIMIZERS]
         if bad:
             raise ValueError(f"optimizers must be among {OPTIMIZERS}, got {bad}")
+        bad = [a for a in self.archs if a not in ARCHS]
+        if not self.archs or bad:
+            raise ValueError(f"archs must be a non-empty subset of {ARCHS}, got {self.archs}")
         if any(int(r) < 0 for r in self.ranks):
             raise ValueError(f"ranks must be ints >= 0, got {self.ranks}")
         for name in ("max_iters", "batch_size", "hidden", "solved_window", "workers", "curve_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        for name in ("psgd_lr", "psgd_preconditioner_lr", "adam_lr", "sgd_lr", "grad_clip"):
+            v = float(getattr(self, name))
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= float(self.sgd_momentum) < 1.0:
+            raise ValueError(f"sgd_momentum must be in [0, 1), got {self.sgd_momentum!r}")
 
 
 def make_batch(
@@ -146,6 +169,51 @@ class XorRNN(nn.Module):
         return (h @ self.w_o).squeeze(-1) + self.b_o
 
 
+class XorLSTM(nn.Module):
+    """LSTM, batch-first input ``(B, L, n_in)`` → one logit per sequence ``(B,)`` from the last hidden state.
+
+    Gates ``[i, f, g, o] = x_t W_x + h_{t−1} W_h + b``, ``c_t = σ(f)·c_{t−1} + σ(i)·tanh(g)``,
+    ``h_t = σ(o)·tanh(c_t)``. The forget gate's bias starts at 1 (keep the cell by default, the usual
+    choice for long lags); ``W_h`` starts as four random orthogonal blocks. A hand loop like
+    :class:`XorRNN`, for the same reason (exact HVPs need double backward)."""
+
+    def __init__(self, n_in: int = 2, hidden: int = 30, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.w_x = nn.Parameter(0.1 * torch.randn(n_in, 4 * hidden, generator=generator))
+        blocks = [torch.linalg.qr(torch.randn(hidden, hidden, generator=generator))[0] for _ in range(4)]
+        self.w_h = nn.Parameter(torch.cat(blocks, dim=1))
+        b = torch.zeros(4 * hidden)
+        b[hidden : 2 * hidden] = 1.0
+        self.b = nn.Parameter(b)
+        self.w_o = nn.Parameter(0.1 * torch.randn(hidden, 1, generator=generator))
+        self.b_o = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[-1] != self.w_x.shape[0]:
+            raise ValueError(f"x must have shape (B, L, {self.w_x.shape[0]}), got {tuple(x.shape)}")
+        u = (x @ self.w_x + self.b).unbind(1)  # L tensors (B, 4H)
+        n = self.hidden
+        h = c = None
+        for u_t in u:
+            z = u_t if h is None else torch.addmm(u_t, h, self.w_h)
+            ifo = torch.sigmoid(z[:, : 2 * n]), torch.sigmoid(z[:, 3 * n :])
+            i, f = ifo[0][:, :n], ifo[0][:, n:]
+            g = torch.tanh(z[:, 2 * n : 3 * n])
+            c = i * g if c is None else f * c + i * g  # h_0 = c_0 = 0
+            h = ifo[1] * torch.tanh(c)
+        return (h @ self.w_o).squeeze(-1) + self.b_o
+
+
+def make_model(arch: str, hidden: int, generator: torch.Generator | None = None) -> nn.Module:
+    """The delayed-XOR network: ``"rnn"`` (:class:`XorRNN`) or ``"lstm"`` (:class:`XorLSTM`), 2 inputs."""
+    if arch == "rnn":
+        return XorRNN(2, hidden, generator=generator)
+    if arch == "lstm":
+        return XorLSTM(2, hidden, generator=generator)
+    raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+
+
 def logistic_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean of ``log(1 + exp(−y·f))`` for labels in {−1, +1}."""
     return F.softplus(-y * logits).mean()
@@ -170,12 +238,14 @@ def _make_optimizer(name: str, params: list[nn.Parameter], cfg: XorConfig, rank:
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
-def run_one(cfg: XorConfig, optimizer: str, length: int, seed: int, rank: int = 10) -> dict:
-    """Train one RNN until solved or ``cfg.max_iters``; returns a JSON-able record of the run."""
+def run_one(
+    cfg: XorConfig, optimizer: str, length: int, seed: int, rank: int = 10, arch: str = "rnn"
+) -> dict:
+    """Train one network until solved or ``cfg.max_iters``; returns a JSON-able record of the run."""
     torch.set_num_threads(1)
     device = default_device() if cfg.device == "auto" else torch.device(cfg.device)
     gen = torch.Generator().manual_seed(seed)
-    model = XorRNN(2, cfg.hidden, generator=gen).to(device)
+    model = make_model(arch, cfg.hidden, generator=gen).to(device)
     params = list(model.parameters())
     opt = _make_optimizer(optimizer, params, cfg, rank, seed)
     window: list[float] = []
@@ -205,6 +275,7 @@ def run_one(cfg: XorConfig, optimizer: str, length: int, seed: int, rank: int = 
             break
     return dict(
         optimizer=optimizer,
+        arch=arch,
         length=length,
         seed=seed,
         rank=rank if optimizer == "psgd_lra" else None,
@@ -221,11 +292,11 @@ def _run_star(args: tuple) -> dict:
 
 
 def run_key(record: dict) -> tuple:
-    """What identifies a run within a study: ``(optimizer, length, seed, rank)``, rank ``None`` for
+    """What identifies a run within a study: ``(optimizer, arch, length, seed, rank)``, rank ``None`` for
     optimizers other than PSGD-LRA."""
     rank = record["rank"] if record["optimizer"] == "psgd_lra" else None
     rank = None if rank is None else int(rank)
-    return record["optimizer"], int(record["length"]), int(record["seed"]), rank
+    return record["optimizer"], record["arch"], int(record["length"]), int(record["seed"]), rank
 
 
 def run_study(
@@ -240,11 +311,12 @@ def run_study(
     finished = {run_key(r) for r in records}
     tasks = []
     for opt in cfg.optimizers:
-        for rank in cfg.ranks if opt == "psgd_lra" else (None,):
-            for length in cfg.lengths:
-                for seed in cfg.seeds:
-                    if (opt, length, seed, rank) not in finished:
-                        tasks.append((cfg, opt, length, seed, 10 if rank is None else rank))
+        for arch in cfg.archs:
+            for rank in cfg.ranks if opt == "psgd_lra" else (None,):
+                for length in cfg.lengths:
+                    for seed in cfg.seeds:
+                        if (opt, arch, length, seed, rank) not in finished:
+                            tasks.append((cfg, opt, length, seed, 10 if rank is None else rank, arch))
     if not tasks:
         return records
 
@@ -262,22 +334,23 @@ def run_study(
 
 
 def summarize(records: list[dict]) -> list[dict]:
-    """Success rate and median iterations of the solved runs per (optimizer, rank, length)."""
+    """Success rate and median iterations of the solved runs per (optimizer, rank, architecture, length)."""
     def rank_of(r: dict) -> int:
         return -1 if r["rank"] is None else r["rank"]
 
-    keys = sorted({(r["optimizer"], rank_of(r), r["length"]) for r in records})
+    keys = sorted({(r["optimizer"], rank_of(r), r["arch"], r["length"]) for r in records})
     rows = []
-    for opt, rank, length in keys:
+    for opt, rank, arch, length in keys:
         rs = [
             r
             for r in records
-            if r["optimizer"] == opt and rank_of(r) == rank and r["length"] == length
+            if r["optimizer"] == opt and rank_of(r) == rank and r["arch"] == arch and r["length"] == length
         ]
         its = sorted(r["iterations"] for r in rs if r["solved"])
         rows.append(
             dict(
                 optimizer=opt if rank < 0 else f"{opt}(r={rank})",
+                arch=arch,
                 length=length,
                 runs=len(rs),
                 success_rate=sum(r["solved"] for r in rs) / len(rs),
@@ -289,11 +362,12 @@ def summarize(records: list[dict]) -> list[dict]:
 
 
 def format_table(rows: list[dict], max_iters: int) -> str:
-    lines = [f"{'optimizer':<18}{'length':>8}{'runs':>6}{'success':>9}{'med. iters':>12}{'s/run':>8}"]
+    lines = [f"{'optimizer':<18}{'arch':>6}{'length':>8}{'runs':>6}{'success':>9}{'med. iters':>12}"
+             f"{'s/run':>8}"]
     for r in rows:
         med = "-" if r["median_iters_solved"] is None else str(r["median_iters_solved"])
         lines.append(
-            f"{r['optimizer']:<18}{r['length']:>8}{r['runs']:>6}{r['success_rate']:>9.2f}{med:>12}"
+            f"{r['optimizer']:<18}{r['arch']:>6}{r['length']:>8}{r['runs']:>6}{r['success_rate']:>9.2f}{med:>12}"
             f"{r['mean_seconds']:>8.1f}"
         )
     lines.append(f"(solved: running mean of the last 10 batch losses < 0.1 within {max_iters} iterations)")
@@ -350,14 +424,15 @@ def save(records: list[dict], cfg: XorConfig) -> Path:
 
     lengths = sorted({r["length"] for r in records})
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.5 * len(lengths), 3.5), squeeze=False)
-    names = sorted({(r["optimizer"], r["rank"]) for r in records}, key=str)
+    names = sorted({(r["optimizer"], r["rank"], r["arch"]) for r in records}, key=str)
     colors = {n: f"C{i}" for i, n in enumerate(names)}
     for ax, length in zip(axes[0], lengths):
         labelled = set()  # one legend entry per optimizer (a continued study need not share a first seed)
         for r in records:
             if r["length"] == length and r["curve"]:
-                n = (r["optimizer"], r["rank"])
+                n = (r["optimizer"], r["rank"], r["arch"])
                 label = r["optimizer"] if r["rank"] is None else f"{r['optimizer']} r={r['rank']}"
+                label = f"{label} {r['arch'].upper()}"
                 xs = [cfg.curve_every * (i + 1) for i in range(len(r["curve"]))]
                 ax.semilogy(xs, r["curve"], color=colors[n], alpha=0.7, lw=0.8,
                             label=None if n in labelled else label)
@@ -373,12 +448,15 @@ def save(records: list[dict], cfg: XorConfig) -> Path:
 
 
 def format_runs(records: list[dict]) -> str:
-    """One line per run: optimizer, length, seed, solved, iterations, final running loss, seconds."""
-    lines = [f"{'optimizer':<18}{'length':>8}{'seed':>6}{'solved':>8}{'iters':>8}{'loss':>8}{'s':>8}"]
-    for r in sorted(records, key=lambda r: (r["length"], r["optimizer"], r["rank"] or 0, r["seed"])):
+    """One line per run: optimizer, architecture, length, seed, solved, iterations, final running loss,
+    seconds."""
+    lines = [f"{'optimizer':<18}{'arch':>6}{'length':>8}{'seed':>6}{'solved':>8}{'iters':>8}{'loss':>8}"
+             f"{'s':>8}"]
+    order = lambda r: (r["length"], r["optimizer"], r["arch"], r["rank"] or 0, r["seed"])  # noqa: E731
+    for r in sorted(records, key=order):
         name = r["optimizer"] if r["rank"] is None else f"{r['optimizer']}(r={r['rank']})"
         lines.append(
-            f"{name:<18}{r['length']:>8}{r['seed']:>6}{str(r['solved']):>8}{r['iterations']:>8}"
+            f"{name:<18}{r['arch']:>6}{r['length']:>8}{r['seed']:>6}{str(r['solved']):>8}{r['iterations']:>8}"
             f"{r['final_running_loss']:>8.3f}{r['seconds']:>8.1f}"
         )
     return "\n".join(lines)
@@ -397,8 +475,11 @@ def summarize_files(paths: list[str]) -> tuple[list[dict], list[dict], int]:
         try:
             data = json.loads(f.read_text())
             runs, max_iters = data["runs"], int(data["config"]["max_iters"])
+            keys = [run_key(r) for r in runs]
         except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"--summarize: {f} is not a delayed_xor results.json ({err!r})") from None
+            raise ValueError(f"--summarize: {f} is not a delayed_xor results.json with an arch per run "
+                             f"({err!r})") from None
+        del keys
         records.extend(runs)
         cap = max(cap, max_iters)
     if not records:
@@ -436,16 +517,33 @@ def bench_rnn(length: int = 32, batch: int = 128, hidden: int = 30, reps: int = 
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run (or continue) a study, summarize saved ones, or time the RNN; returns the exit status."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (:func:`main`); :func:`config_from_args` turns its namespace into a study."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="~1 min CPU smoke: L=16, 1 seed, 3k-iteration cap")
-    mode.add_argument("--full", action="store_true", help="paper scale: 10 seeds, L=32/55/64/112, 100k cap")
-    mode.add_argument("--rank-study", action="store_true", help="PSGD-LRA only, ranks 0/1/2/5/10")
-    mode.add_argument("--bench-rnn", action="store_true", help="time the RNN loop vs nn.RNN and exit")
-    mode.add_argument("--summarize", nargs="+", metavar="RESULTS",
-                      help="merge saved results.json files (or their folders), print the tables and exit")
+    # --quick / --full pick the scale, --rank-study the runs, --paper-settings the optimizer settings:
+    # they combine; --bench-rnn and --summarize run nothing else.
+    scale = ap.add_mutually_exclusive_group()
+    scale.add_argument("--quick", action="store_true",
+                       help="~1 min CPU smoke: L=16, 1 seed, 3k-iteration cap")
+    scale.add_argument("--full", action="store_true",
+                       help="paper scale: 10 seeds, L=32/55/64/112, 100k cap (combines with --rank-study)")
+    ap.add_argument("--rank-study", action="store_true", help="PSGD-LRA only, ranks 0/1/2/5/10")
+    ap.add_argument("--paper-settings", action="store_true",
+                    help="appendix B.1.5: PSGD lr and preconditioner lr 0.01, clipping 1, no momentum")
+    ap.add_argument("--bench-rnn", action="store_true", help="time the RNN loop vs nn.RNN and exit")
+    ap.add_argument("--summarize", nargs="+", metavar="RESULTS",
+                    help="merge saved results.json files (or their folders), print the tables and exit")
+    ap.add_argument("--archs", nargs="+", choices=ARCHS,
+                    help="networks (default rnn; Table 3.8 has rnn and lstm columns)")
+    ap.add_argument("--psgd-lr", type=positive_float,
+                    help=f"PSGD-LRA parameter step size (default {XorConfig.psgd_lr}; paper 0.01)")
+    ap.add_argument("--precond-lr", type=positive_float,
+                    help=f"PSGD-LRA preconditioner step size (default {XorConfig.psgd_preconditioner_lr}; "
+                         "paper 0.01)")
+    ap.add_argument("--sgd-momentum", type=float_in(0.0, 1.0, low_inclusive=True, high_inclusive=False),
+                    help=f"SGD momentum in [0, 1) (default {XorConfig.sgd_momentum}; paper settings 0)")
+    ap.add_argument("--grad-clip", type=positive_float,
+                    help=f"gradient clipping norm (default {XorConfig.grad_clip}; paper 1)")
     ap.add_argument("--lengths", type=int_at_least(10), nargs="+",
                     help="override the sequence lengths (>= 10)")
     ap.add_argument("--seeds", type=int_at_least(1),
@@ -460,7 +558,48 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto (cuda when visible, else cpu), cpu, cuda or cuda:N")
     ap.add_argument("--out", default="runs/delayed_xor",
                     help="folder for results.json + loss_curves.png; a saved study there is continued")
+    return ap
+
+
+def config_from_args(a: argparse.Namespace) -> XorConfig:
+    """The study a parsed command line asks for: the scale (``--quick`` / ``--full``), then
+    ``--rank-study``, then ``--paper-settings``, then each explicit flag over all of them."""
+    kw: dict = dict(workers=a.workers, device=a.device, out=a.out)
+    if a.quick:
+        kw.update(lengths=(16,), seeds=(0,), max_iters=3000)
+    elif a.full:
+        kw.update(lengths=(32, 55, 64, 112), seeds=tuple(range(10)), max_iters=100_000)
+    if a.rank_study:
+        kw.update(optimizers=("psgd_lra",), ranks=(0, 1, 2, 5, 10))
+    if a.paper_settings:
+        kw.update(PAPER_SETTINGS)
+    for flag, key in (("psgd_lr", "psgd_lr"), ("precond_lr", "psgd_preconditioner_lr"),
+                      ("sgd_momentum", "sgd_momentum"), ("grad_clip", "grad_clip")):
+        if getattr(a, flag) is not None:  # an explicit flag overrides the preset
+            kw[key] = getattr(a, flag)
+    if a.archs:
+        kw["archs"] = tuple(dict.fromkeys(a.archs))
+    if a.lengths:
+        kw["lengths"] = tuple(a.lengths)
+    if a.seeds or a.first_seed:
+        n = a.seeds or len(kw.get("seeds", XorConfig.seeds))
+        kw["seeds"] = tuple(range(a.first_seed, a.first_seed + n))
+    if a.max_iters is not None:
+        kw["max_iters"] = a.max_iters
+    if a.optimizers:
+        kw["optimizers"] = tuple(a.optimizers)
+    return XorConfig(**kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run (or continue) a study, summarize saved ones, or time the RNN; returns the exit status."""
+    ap = build_parser()
     a = ap.parse_args(argv)
+    alone = [f for f, on in (("--bench-rnn", a.bench_rnn), ("--summarize", a.summarize)) if on]
+    others = [f for f, on in (("--quick", a.quick), ("--full", a.full), ("--rank-study", a.rank_study),
+                              ("--paper-settings", a.paper_settings)) if on]
+    if alone and (len(alone) > 1 or others):
+        ap.error(f"{alone[0]} runs no study: it does not combine with {', '.join((alone + others)[1:])}")
     if a.summarize:
         try:
             records, rows, cap = summarize_files(a.summarize)
@@ -473,23 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in bench_rnn().items():
             print(f"{k:<14}{v:8.2f} ms")
         return 0
-    kw: dict = dict(workers=a.workers, device=a.device, out=a.out)
-    if a.quick:
-        kw.update(lengths=(16,), seeds=(0,), max_iters=3000)
-    elif a.full:
-        kw.update(lengths=(32, 55, 64, 112), seeds=tuple(range(10)), max_iters=100_000)
-    elif a.rank_study:
-        kw.update(optimizers=("psgd_lra",), ranks=(0, 1, 2, 5, 10))
-    if a.lengths:
-        kw["lengths"] = tuple(a.lengths)
-    if a.seeds or a.first_seed:
-        n = a.seeds or len(kw.get("seeds", XorConfig.seeds))
-        kw["seeds"] = tuple(range(a.first_seed, a.first_seed + n))
-    if a.max_iters is not None:
-        kw["max_iters"] = a.max_iters
-    if a.optimizers:
-        kw["optimizers"] = tuple(a.optimizers)
-    cfg = XorConfig(**kw)
+    cfg = config_from_args(a)
     try:
         done, study = load_saved_study(cfg)
     except ValueError as err:

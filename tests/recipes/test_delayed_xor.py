@@ -8,8 +8,12 @@ import torch
 from torch import nn
 
 from recipes.delayed_xor import (
+    PAPER_SETTINGS,
     XorConfig,
+    XorLSTM,
     XorRNN,
+    build_parser,
+    config_from_args,
     load_saved_study,
     logistic_loss,
     main,
@@ -59,6 +63,85 @@ def test_rnn_loop_matches_torch_rnn():
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
     # W_h starts orthogonal, as in the paper's script.
     torch.testing.assert_close(model.w_h @ model.w_h.T, torch.eye(30), atol=1e-5, rtol=0)
+
+
+def test_lstm_loop_matches_torch_lstm():
+    gen = torch.Generator().manual_seed(2)
+    model = XorLSTM(2, 30, generator=gen)
+    ref = nn.LSTM(2, 30, batch_first=True)  # same gate order (i, f, g, o)
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(model.w_x.T)
+        ref.weight_hh_l0.copy_(model.w_h.T)
+        ref.bias_ih_l0.copy_(model.b)
+        ref.bias_hh_l0.zero_()
+    x, _ = make_batch(8, 20, gen)
+    h_last = ref(x)[1][0][0]
+    torch.testing.assert_close(model(x), (h_last @ model.w_o).squeeze(-1) + model.b_o, rtol=1e-5, atol=1e-6)
+    b = model.b.detach()
+    assert torch.equal(b[30:60], torch.ones(30)) and float(b[:30].abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="x must have shape"):
+        model(torch.zeros(4, 10))
+
+
+def _cfg(*argv: str) -> XorConfig:
+    return config_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_presets_combine_and_explicit_flags_win():
+    cfg = _cfg("--full", "--rank-study", "--paper-settings")
+    assert cfg.seeds == tuple(range(10)) and cfg.lengths == (32, 55, 64, 112) and cfg.max_iters == 100_000
+    assert cfg.optimizers == ("psgd_lra",) and cfg.ranks == (0, 1, 2, 5, 10)
+    got = (cfg.psgd_lr, cfg.psgd_preconditioner_lr, cfg.grad_clip, cfg.sgd_momentum)
+    assert got == (0.01, 0.01, 1.0, 0.0)
+    assert PAPER_SETTINGS["psgd_preconditioner_lr"] == 0.01
+    default = _cfg()
+    assert default.psgd_preconditioner_lr == 0.1 and default.archs == ("rnn",)  # genlib's default differs
+    cfg = _cfg("--quick", "--rank-study", "--paper-settings", "--precond-lr", "0.05",
+               "--archs", "rnn", "lstm")
+    assert cfg.lengths == (16,) and cfg.ranks == (0, 1, 2, 5, 10) and cfg.psgd_lr == 0.01
+    assert cfg.psgd_preconditioner_lr == 0.05 and cfg.archs == ("rnn", "lstm")
+    assert _cfg("--psgd-lr", "0.02", "--sgd-momentum", "0").psgd_lr == 0.02
+
+
+def test_run_records_its_architecture_and_an_lstm_study_is_its_own_column(tmp_path):
+    cfg = XorConfig(lengths=(10,), seeds=(0,), optimizers=("psgd_lra", "adam"), archs=("rnn", "lstm"),
+                    max_iters=3, workers=1, out=str(tmp_path))
+    records = run_study(cfg)
+    assert [(r["optimizer"], r["arch"]) for r in records] == [
+        ("psgd_lra", "rnn"), ("psgd_lra", "lstm"), ("adam", "rnn"), ("adam", "lstm")]
+    rows = summarize(records)
+    assert {(r["optimizer"], r["arch"]) for r in rows} == {
+        ("psgd_lra(r=10)", "rnn"), ("psgd_lra(r=10)", "lstm"), ("adam", "rnn"), ("adam", "lstm")}
+    write_results(records[:2], cfg, complete=False)
+    done, study = load_saved_study(cfg)
+    assert len(done) == 2 and len(run_study(study, done=done)) == 4  # the LSTM runs are not re-run
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--summarize", "x", "--full"], "--summarize runs no study: it does not combine with --full"),
+        (["--bench-rnn", "--paper-settings"], "--bench-rnn runs no study"),
+        (["--quick", "--full"], "not allowed with argument"),
+        (["--precond-lr", "0"], "argument --precond-lr: must be a finite number > 0"),
+        (["--sgd-momentum", "1"], "argument --sgd-momentum: must be a number in [0.0, 1.0)"),
+        (["--archs", "gru"], "argument --archs: invalid choice"),
+    ],
+)
+def test_mode_and_setting_flags_are_checked(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--out", str(tmp_path)])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_bad_config_values_name_the_setting():
+    with pytest.raises(ValueError, match="archs"):
+        XorConfig(archs=("gru",))
+    with pytest.raises(ValueError, match="psgd_preconditioner_lr"):
+        XorConfig(psgd_preconditioner_lr=0.0)
+    with pytest.raises(ValueError, match="sgd_momentum"):
+        XorConfig(sgd_momentum=1.0)
 
 
 def test_logistic_loss_closed_form():
@@ -227,7 +310,7 @@ def test_study_reports_every_finished_run_in_order():
 
 def test_study_skips_the_runs_already_done():
     cfg = XorConfig(lengths=(10,), seeds=(0, 1), optimizers=("adam",), max_iters=3, workers=1)
-    old = dict(optimizer="adam", length=10, seed=0, rank=None, solved=False, iterations=3,
+    old = dict(optimizer="adam", arch="rnn", length=10, seed=0, rank=None, solved=False, iterations=3,
                final_running_loss=0.7, seconds=99.0, curve=[])
     seen: list[int] = []
     records = run_study(cfg, on_result=lambda done: seen.append(len(done)), done=[old])
