@@ -1,7 +1,8 @@
 """The ``genlib`` console script: a thin front for the recipes (``genlib NAME --help``).
 
-
-``genlib sample ...`` is ``python -m recipes.sample_synthetic ...``; other names map to ``recipes.NAME``.
+The recipes are installed as :mod:`genlib.recipes` (the repository's ``recipes/`` folder, where
+``python -m recipes.NAME`` runs the same code). ``genlib sample ...`` runs ``genlib.recipes.sample_synthetic``;
+other names map to ``genlib.recipes.NAME``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genlib: unknown command {argv[0]!r}; expected one of: {names}", file=sys.stderr)
         return 2
     try:
-        module = importlib.import_module(f"recipes.{name}")
+        module = importlib.import_module(f"genlib.recipes.{name}")
     except ModuleNotFoundError as err:
-        if err.name != f"recipes.{name}":
+        if err.name != f"genlib.recipes.{name}":
             raise
         print(f"genlib: the {name!r} recipe is not part of this version yet", file=sys.stderr)
         return 2

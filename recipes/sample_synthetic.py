@@ -81,7 +81,7 @@ def load_model(path: str, device: torch.device) -> VAE:
 
 def quick_checkpoint(out: Path, seed: int) -> str:
     """Train the semi-supervised recipe's quick config briefly and return its saved model."""
-    from recipes import svhn_semisup
+    from . import svhn_semisup  # recipes.svhn_semisup from the repo, genlib.recipes.svhn_semisup installed
 
     run = out / "quick_model"
     svhn_semisup.main(["--quick", "--iters", "300", "--seed", str(seed), "--out", str(run), "--no-progress"])

@@ -36,7 +36,7 @@ def test_xor_summarize_returns_exit_status_zero(tmp_path, capsys):
 
 
 def test_recipe_exit_status_passes_through(monkeypatch):
-    import recipes.quickstart as quickstart
+    import genlib.recipes.quickstart as quickstart
 
     monkeypatch.setattr(quickstart, "main", lambda argv: 3)
     assert main(["quickstart"]) == 3
@@ -49,5 +49,5 @@ def test_every_recipe_main_is_typed_to_return_an_exit_status(name):
     import importlib
     import typing
 
-    module = importlib.import_module(f"recipes.{name}")
+    module = importlib.import_module(f"genlib.recipes.{name}")
     assert typing.get_type_hints(module.main)["return"] is int
