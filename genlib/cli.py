@@ -1,8 +1,8 @@
 """The ``genlib`` console script: a thin front for the recipes (``genlib NAME --help``).
 
 The recipes are installed as :mod:`genlib.recipes` (the repository's ``recipes/`` folder, where
-``python -m recipes.NAME`` runs the same code). ``genlib sample ...`` runs ``genlib.recipes.sample_synthetic``;
-other names map to ``genlib.recipes.NAME``.
+``python -m recipes.NAME`` runs the same code). ``genlib sample ...`` runs
+``genlib.recipes.sample_synthetic``; other names map to ``genlib.recipes.NAME``.
 """
 
 from __future__ import annotations
