@@ -66,8 +66,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # typing_extensions comes with torch
+    from typing_extensions import Unpack
 
 import torch
 import torch.distributed as dist
@@ -83,11 +89,30 @@ from .preconditioners import (
     _safe_norm,
 )
 
-__all__ = ["PSGD", "Kron", "Diag", "LRA", "XMat", "Dense", "CURVATURES"]
+__all__ = ["PSGD", "Kron", "Diag", "LRA", "XMat", "Dense", "CURVATURES", "Params", "PSGDOptions"]
 
 CURVATURES = ("whiten", "hvp", "finite_diff")
 
 Probability = float | Callable[[int], float]
+
+#: What every optimizer takes as ``params``: tensors, or param-group dicts as for ``torch.optim``.
+Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
+
+
+class PSGDOptions(TypedDict, total=False):
+    """The keyword options every PSGD family accepts (its ``**kwargs``), documented on :class:`PSGD`."""
+
+    preconditioner_lr: float
+    momentum: float
+    weight_decay: float
+    curvature: str
+    update_probability: Probability
+    grad_clip_max_norm: float | None
+    init_scale: float | None
+    preconditioner_dtype: torch.dtype | None
+    seed: int
+    sync_closure_grads: bool
+    check_finite: bool
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -191,7 +216,7 @@ class PSGD(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        params: Params,
         lr: float | None = None,
         *,
         preconditioner_lr: float = 0.1,
@@ -801,14 +826,14 @@ class Kron(PSGD):
 
     def __init__(
         self,
-        params,
+        params: Params,
         lr: float | None = None,
         *,
         max_size: float = 2048,
         max_skew: float = 10.0,
         group_init: bool = False,
-        **kwargs,
-    ):
+        **kwargs: Unpack[PSGDOptions],
+    ) -> None:
         super().__init__(params, lr, max_size=max_size, max_skew=max_skew, **kwargs)
         self.group_init = bool(group_init)
 
@@ -846,7 +871,14 @@ class Diag(PSGD):
     refits on 10 % of steps (by 0.006-0.011); on the MLP and CNN at 10 % they tie.
     """
 
-    def __init__(self, params, lr: float | None = None, *, group_init: bool = True, **kwargs):
+    def __init__(
+        self,
+        params: Params,
+        lr: float | None = None,
+        *,
+        group_init: bool = True,
+        **kwargs: Unpack[PSGDOptions],
+    ) -> None:
         super().__init__(params, lr, **kwargs)
         self.group_init = bool(group_init)
 
@@ -866,7 +898,9 @@ class LRA(PSGD):
 
     flatten = True
 
-    def __init__(self, params, lr: float | None = None, *, rank: int = 10, **kwargs):
+    def __init__(
+        self, params: Params, lr: float | None = None, *, rank: int = 10, **kwargs: Unpack[PSGDOptions]
+    ) -> None:
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
             raise ValueError(f"rank must be an int >= 0, got {rank!r}")
         super().__init__(params, lr, rank=rank, **kwargs)
@@ -895,6 +929,9 @@ class XMat(PSGD):
 
     flatten = True
 
+    def __init__(self, params: Params, lr: float | None = None, **kwargs: Unpack[PSGDOptions]) -> None:
+        super().__init__(params, lr, **kwargs)
+
     def _make_preconditioner(self, shape, group, dtype, device, gi):
         return XMatPreconditioner(
             shape[0],
@@ -915,7 +952,14 @@ class Dense(PSGD):
 
     flatten = True
 
-    def __init__(self, params, lr: float | None = None, *, triangular: bool = False, **kwargs):
+    def __init__(
+        self,
+        params: Params,
+        lr: float | None = None,
+        *,
+        triangular: bool = False,
+        **kwargs: Unpack[PSGDOptions],
+    ) -> None:
         super().__init__(params, lr, triangular=bool(triangular), **kwargs)
 
     def _make_preconditioner(self, shape, group, dtype, device, gi):
