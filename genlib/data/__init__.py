@@ -3,7 +3,9 @@
 - images: scikit-learn digits, the shared MNIST subset, SVHN (through ``torchvision.datasets.SVHN``), PNG
   crops, semi-supervised splits
 - synthetic: the generated-dataset file format, weighted datasets and real + synthetic mixing
-- speech / stft: speech corpora and the STFT features
+- speech / stft: speech corpora and the STFT features; genlib keeps its own VCTK / LibriSpeech loaders (read
+  with soundfile) because torchaudio's datasets decode through TorchCodec, which torchaudio 2.9+ needs and
+  this stack does not install
 
 The speech half (:mod:`genlib.data.speech`, :mod:`genlib.data.stft`) needs torchaudio and soundfile; it is
 imported on first use of one of its names, so ``import genlib.data`` (and everything that only needs images)

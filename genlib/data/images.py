@@ -1,4 +1,4 @@
-"""Image datasets as tensors: scikit-learn's digits, the shared MNIST subset, SVHN ``.mat`` files, PNG crops.
+"""Image datasets as tensors: scikit-learn's digits, the shared MNIST subset, SVHN (torchvision), PNG crops.
 
 Every loader returns ``(images, labels)``: ``images`` a float32 tensor ``(N, C, H, W)`` in [0, 1] and
 ``labels`` an int64 tensor ``(N,)`` (``-1`` marks an unlabelled example). Nothing is downloaded unless a
@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 __all__ = [
     "DATA_ROOT_ENV",
-    "SVHN_FILES",
     "default_data_root",
     "load_digits_sklearn",
     "load_mnist_npz",
@@ -37,25 +36,6 @@ __all__ = [
 
 #: Environment variable that overrides where :func:`default_data_root` looks first.
 DATA_ROOT_ENV = "GENLIB_DATA_ROOT"
-
-#: SVHN cropped-digit files: split -> (official URL, file name, md5), as published by the dataset's authors.
-SVHN_FILES: dict[str, tuple[str, str, str]] = {
-    "train": (
-        "http://ufldl.stanford.edu/housenumbers/train_32x32.mat",
-        "train_32x32.mat",
-        "e26dedcc434d2e4c54c9b2d4a06d8373",
-    ),
-    "test": (
-        "http://ufldl.stanford.edu/housenumbers/test_32x32.mat",
-        "test_32x32.mat",
-        "eb5a983be6a315427106f1b164d9cef3",
-    ),
-    "extra": (
-        "http://ufldl.stanford.edu/housenumbers/extra_32x32.mat",
-        "extra_32x32.mat",
-        "a93ce644f1a588dc4d68dda5feec44a7",
-    ),
-}
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -171,47 +151,37 @@ def load_mnist_npz(
 def load_svhn(
     data_dir: str | os.PathLike, split: str = "train", download: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SVHN cropped digits from the official ``{split}_32x32.mat`` file in ``data_dir``.
+    """SVHN cropped digits as tensors, read by ``torchvision.datasets.SVHN`` from ``{split}_32x32.mat``.
 
-    The file holds ``X`` uint8 ``(32, 32, 3, N)`` (height, width, channel, example) and ``y`` ``(N, 1)`` with
-    labels 1..10, where 10 stands for the digit 0. Returns ``(images (N, 3, 32, 32), labels (N,))`` with
-    labels 0..9. ``split`` is ``"train"`` (73,257), ``"test"`` (26,032) or ``"extra"`` (531,131; ~6.5 GB as
-    float32). With ``download=True`` a missing file is fetched from the official URL and its md5 checked
-    (needs internet); otherwise a missing file raises ``FileNotFoundError``.
+    ``split`` is ``"train"`` (73,257 images), ``"test"`` (26,032) or ``"extra"`` (531,131; ~6.5 GB as
+    float32). Returns ``(images (N, 3, 32, 32)`` float32 in [0, 1], ``labels (N,)`` int64 0..9) -- the file's
+    label 10 is the digit 0, as torchvision maps it. torchvision checks the file's md5 against the official
+    one; with ``download=True`` a missing file is fetched from the official URL (needs internet). Raises
+    ``FileNotFoundError`` for a missing file without ``download``, ``ValueError`` for a file that is not the
+    official one.
     """
-    if split not in SVHN_FILES:
-        raise ValueError(f"split must be one of {sorted(SVHN_FILES)}, got {split!r}")
-    url, filename, md5 = SVHN_FILES[split]
+    from torchvision.datasets import SVHN  # importing torchvision costs seconds: only here
+
+    if split not in SVHN.split_list:
+        raise ValueError(f"split must be one of {sorted(SVHN.split_list)}, got {split!r}")
     data_dir = Path(data_dir)
+    _, filename, md5 = SVHN.split_list[split]
     path = data_dir / filename
-    if not path.is_file():
-        if not download:
-            raise FileNotFoundError(
-                f"SVHN {split} file not found: {path} (expected the official files "
-                f"{', '.join(f[1] for f in SVHN_FILES.values())} in {data_dir}; pass download=True to fetch)"
-            )
-        from torchvision.datasets.utils import download_url
-
-        download_url(url, str(data_dir), filename, md5)
-    import scipy.io
-
+    if not download and not path.is_file():
+        names = ", ".join(entry[1] for entry in SVHN.split_list.values())
+        raise FileNotFoundError(
+            f"SVHN {split} file not found: {path} (expected the official files {names} in {data_dir}; "
+            "pass download=True to fetch)"
+        )
     try:
-        mat = scipy.io.loadmat(path, variable_names=["X", "y"])
-    except NotImplementedError as e:  # MATLAB v7.3 (HDF5) files: SVHN is published as v5
-        raise ValueError(f"{path} is not a MATLAB v5 file as published for SVHN: {e}") from None
-    if "X" not in mat or "y" not in mat:
-        found = sorted(k for k in mat if not k.startswith("__"))
-        raise ValueError(f"{path} must hold variables 'X' and 'y', found {found}")
-    x, y = mat["X"], np.asarray(mat["y"]).reshape(-1)
-    if x.ndim != 4 or x.shape[2] != 3 or x.dtype != np.uint8:
-        raise ValueError(f"{path}: 'X' must be uint8 (H, W, 3, N), got {x.dtype} {x.shape}")
-    if y.shape[0] != x.shape[3]:
-        raise ValueError(f"{path}: 'y' has {y.shape[0]} labels for {x.shape[3]} images")
-    if y.size and (y.min() < 1 or y.max() > 10):
-        raise ValueError(f"{path}: 'y' must hold labels 1..10 (10 = digit 0), got range {y.min()}..{y.max()}")
-    labels = torch.from_numpy(y.astype(np.int64) % 10)  # 10 -> 0, 1..9 unchanged
-    # (H, W, C, N) -> (N, C, H, W)
-    return _uint8_to_float(x.transpose(3, 2, 0, 1)), labels
+        dataset = SVHN(str(data_dir), split=split, download=download)
+    except RuntimeError as err:  # torchvision's "Dataset not found or corrupted": the md5 differs
+        raise ValueError(
+            f"{path} is not the official SVHN {split} file (md5 {md5} expected); delete it and pass "
+            "download=True, or fetch it again"
+        ) from err
+    labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64).reshape(-1))
+    return _uint8_to_float(dataset.data), labels  # data: uint8 (N, 3, 32, 32), torchvision's transpose
 
 
 _DIGIT_NAME = re.compile(r"_digit_(\d+)$")

@@ -1,11 +1,9 @@
-"""Image loaders on the shared real files, the SVHN .mat format on small files written in that format,
-and semi-supervised splits."""
+"""Image loaders on the shared real files and semi-supervised splits (SVHN's .mat files: test_svhn.py)."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -15,8 +13,6 @@ from genlib.data import (
     load_digits_sklearn,
     load_image_folder_crops,
     load_mnist_npz,
-    load_svhn,
-    load_svhn_semi_supervised,
     semi_supervised_split,
 )
 from genlib.data import images as images_module
@@ -151,74 +147,6 @@ def test_sklearn_digits_exact_and_upsampled():
         load_digits_sklearn(image_size=4)
 
 
-# ---------------------------------------------------------------------------------------------- SVHN .mat
-
-
-def _write_svhn(folder: Path, split: str, labels: list[int], seed: int = 0) -> np.ndarray:
-    """A small file in the official layout: X uint8 (32, 32, 3, N), y (N, 1) with 10 for digit 0."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, size=(32, 32, 3, len(labels)), dtype=np.uint8)
-    folder.mkdir(parents=True, exist_ok=True)
-    scipy.io.savemat(folder / f"{split}_32x32.mat", {"X": x, "y": np.array(labels, np.uint8)[:, None]})
-    return x
-
-
-def test_svhn_mat_axis_order_and_label_mapping(tmp_path):
-    x = _write_svhn(tmp_path, "train", [10, 3, 1, 10, 9])
-    x[:] = 0
-    x[5, 7, 2, 1] = 200  # row 5, column 7, blue channel, second example
-    y = np.array([[10], [3], [1], [10], [9]], np.uint8)
-    scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": x, "y": y})
-    images, labels = load_svhn(tmp_path, "train")
-    assert images.shape == (5, 3, 32, 32) and images.dtype == torch.float32
-    assert labels.tolist() == [0, 3, 1, 0, 9] and labels.dtype == torch.int64
-    assert images[1, 2, 5, 7] == pytest.approx(200 / 255)
-    assert torch.count_nonzero(images) == 1
-
-
-def test_svhn_mat_random_content_matches_transpose(tmp_path):
-    x = _write_svhn(tmp_path, "test", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], seed=3)
-    images, labels = load_svhn(tmp_path, "test")
-    expected = torch.from_numpy(x).permute(3, 2, 0, 1).float() / 255
-    assert torch.equal(images, expected)
-    assert labels.tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
-
-
-def test_svhn_missing_file_and_bad_input(tmp_path):
-    expected = r"(?s)not found: .*train_32x32\.mat.*test_32x32\.mat.*extra_32x32\.mat.*download=True"
-    with pytest.raises(FileNotFoundError, match=expected):
-        load_svhn(tmp_path, "train")
-    with pytest.raises(ValueError, match="split must be one of"):
-        load_svhn(tmp_path, "validation")
-    scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": [[0], [1]]})
-    with pytest.raises(ValueError, match="labels 1..10"):
-        load_svhn(tmp_path, "train")
-    scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((32, 32, 2), np.uint8), "y": [[1], [1]]})
-    with pytest.raises(ValueError, match=r"'X' must be uint8 \(H, W, 3, N\)"):
-        load_svhn(tmp_path, "train")
-
-
-def test_svhn_semi_supervised_protocol(tmp_path):
-    train_labels = [c if c else 10 for c in range(10)] * 5  # 50 examples, 5 per class
-    _write_svhn(tmp_path, "train", train_labels, seed=1)
-    _write_svhn(tmp_path, "test", [1, 2, 10], seed=2)
-    _write_svhn(tmp_path, "extra", [4, 4, 4, 10], seed=3)
-    x_train, y_train = load_svhn(tmp_path, "train")
-
-    d = load_svhn_semi_supervised(tmp_path, n_labeled=20, seed=0)
-    assert torch.bincount(d.y_labeled, minlength=10).tolist() == [2] * 10
-    assert d.x_unlabeled.shape[0] == 30 and d.y_test.tolist() == [1, 2, 0]
-    # labelled and unlabelled images are disjoint and together are exactly the training set
-    rows = {tuple(r.tolist()) for r in (x_train.flatten(1) * 255).round()}
-    lab = {tuple(r.tolist()) for r in (d.x_labeled.flatten(1) * 255).round()}
-    unl = {tuple(r.tolist()) for r in (d.x_unlabeled.flatten(1) * 255).round()}
-    assert not lab & unl and lab | unl == rows
-
-    e = load_svhn_semi_supervised(tmp_path, n_labeled=20, seed=0, include_extra=True)
-    assert torch.equal(e.x_labeled, d.x_labeled)
-    assert e.x_unlabeled.shape[0] == 34 and e.y_unlabeled[-4:].tolist() == [4, 4, 4, 0]
-
-
 # ---------------------------------------------------------------------------------------------- splits
 
 
@@ -260,37 +188,3 @@ def test_split_unbalanced_and_errors():
         semi_supervised_split(y.float())
     with pytest.raises(ValueError, match="num_classes=3"):
         semi_supervised_split(y, n_labeled=12, num_classes=3)
-
-
-def test_svhn_download_wiring_matches_torchvision(tmp_path, monkeypatch):
-    """download=True fetches the official file with its md5 (the values torchvision's SVHN uses too)."""
-    import importlib.util
-    import sys
-    import types
-
-    calls = []
-
-    def fake_download_url(url, root, filename, md5):
-        calls.append((url, Path(root), filename, md5))
-        _write_svhn(Path(root), filename.split("_")[0], [7, 10])
-
-    # fake modules stand in for torchvision (importing it costs seconds; the test needs no network)
-    fake = types.ModuleType("torchvision.datasets.utils")
-    fake.download_url = fake_download_url
-    for name in ("torchvision", "torchvision.datasets"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, "torchvision.datasets.utils", fake)
-    x, y = load_svhn(tmp_path / "svhn", "test", download=True)
-    assert y.tolist() == [7, 0] and x.shape == (2, 3, 32, 32)
-    url, root, filename, md5 = calls[0]
-    assert (url, root, filename) == (
-        "http://ufldl.stanford.edu/housenumbers/test_32x32.mat", tmp_path / "svhn", "test_32x32.mat"
-    )
-    assert md5 == images_module.SVHN_FILES["test"][2]
-    load_svhn(tmp_path / "svhn", "test", download=True)
-    assert len(calls) == 1  # present files are not fetched again
-    monkeypatch.undo()
-    spec = importlib.util.find_spec("torchvision")
-    source = (Path(spec.submodule_search_locations[0]) / "datasets" / "svhn.py").read_text()
-    for url, filename, md5 in images_module.SVHN_FILES.values():
-        assert url in source and f'"{filename}"' in source and f'"{md5}"' in source
