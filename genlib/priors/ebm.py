@@ -8,6 +8,12 @@ output per class (symbol) ``y``, so one network is both a prior over ``z`` and a
     p(z)    = exp(logsumexp_y F(z)[y]) N(z; 0, I) / Z
     p(y|z)  = softmax(F(z))[y]
 
+Class-conditional draws can be *guided* (Dhariwal & Nichol 2021's classifier guidance, with the prior's own
+classifier): ``p_w(z|y) ∝ p(z) p(y|z)^w``. ``w = 1`` is ``p(z|y)`` exactly; as ``w`` grows the target tends to
+``p(z)`` restricted to the region where ``y`` is the most probable class, so draws stay as spread as the
+marginal prior but leave the class boundaries. The paper's own sharpening, a temperature ``T < 1`` (eq. 5.19),
+also shrinks the Gaussian factor and so the draws' diversity.
+
 **Sign convention** (one, everywhere in genlib): the *energy* is minus the log of the unnormalised density,
 so lower energy means more probable and Langevin moves *down* the energy::
 
@@ -21,6 +27,7 @@ that constant; it cancels in Langevin sampling and in the maximum-likelihood gra
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -48,6 +55,8 @@ class LatentEBMPrior(Prior):
             prior sampler of Pang et al. 2020). It is what :meth:`sample` (and so generation) uses; a
             temperature ``T < 1`` targets ``p(z|y)^(1/T)`` (dissertation eq. 5.19), concentrating the draws
             where the class is unambiguous.
+        guidance: ``w > 0``, the class-guidance scale of conditional draws (module docstring): :meth:`sample`
+            with ``y`` targets ``p(z) p(y|z)^w``. ``1`` (default) is the paper's ``p(z|y)``.
 
     Attributes:
         score: the MLP ``F`` (``latent_dim -> n_classes``).
@@ -66,6 +75,7 @@ class LatentEBMPrior(Prior):
         n_steps: int = 60,
         step_size: float = 0.08,
         temperature: float = 1.0,
+        guidance: float = 1.0,
     ):
         super().__init__(latent_dim)
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes <= 0:
@@ -74,6 +84,7 @@ class LatentEBMPrior(Prior):
         self.score = MLP(latent_dim, n_classes, hidden, activation)
         self.sampler = LangevinSampler(n_steps=n_steps, step_size=check_positive(step_size, "step_size"),
                                        temperature=check_positive(temperature, "temperature"))
+        self.guidance = check_positive(guidance, "guidance")
 
     # ------------------------------------------------------------------ checks
     def _z(self, z: torch.Tensor, name: str = "z") -> torch.Tensor:
@@ -120,6 +131,17 @@ class LatentEBMPrior(Prior):
         """
         return -self.energy(z, y)
 
+    def guided_log_prob(self, z: torch.Tensor, y: int | torch.Tensor, guidance: float) -> torch.Tensor:
+        """Unnormalised ``log p(z) + w log p(y|z)``, ``(B,)``: the target of guided class-conditional draws.
+
+        ``= logsumexp F(z) - ||z||²/2 + w (F(z)[y] - logsumexp F(z))``; at ``w = 1`` it is :meth:`log_prob`
+        ``(z, y)``.
+        """
+        f = self.logits(z)
+        lse = f.logsumexp(-1)
+        f_y = f.gather(1, self._y(y, z.shape[0], z.device)[:, None])[:, 0]
+        return lse - 0.5 * z.square().sum(1) + guidance * (f_y - lse)
+
     # ------------------------------------------------------------------ sampling
     def sample(
         self,
@@ -129,6 +151,7 @@ class LatentEBMPrior(Prior):
         z0: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         return_diagnostics: bool = False,
+        guidance: float | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, LangevinDiagnostics]:
         """``n`` approximate draws of ``z ~ p(z)``, or of ``z ~ p(z|y)`` when ``y`` is given.
 
@@ -141,6 +164,8 @@ class LatentEBMPrior(Prior):
             z0: initial states ``(n, latent_dim)``; default ``N(0, I)`` (the EBM's base distribution).
             generator: random source for the initial states and the sampler.
             return_diagnostics: also return the run's :class:`~genlib.sampling.LangevinDiagnostics`.
+            guidance: class-guidance scale ``w`` of conditional draws (target ``p(z) p(y|z)^w``); default
+                :attr:`guidance`. Ignored without ``y``.
 
         Returns detached samples ``(n, latent_dim)`` (and the diagnostics if asked).
         """
@@ -154,12 +179,17 @@ class LatentEBMPrior(Prior):
                 z0 = torch.randn(n, self.latent_dim, generator=generator, dtype=p.dtype, device=p.device)
         elif self._z(z0, "z0").shape[0] != n:
             raise ValueError(f"z0 must have shape ({n}, {self.latent_dim}), got {tuple(z0.shape)}")
-        if y is not None:
-            y = self._y(y, n, p.device)
+        w = self.guidance if guidance is None else check_positive(guidance, "guidance")
         sampler = self.sampler if sampler is None else sampler
         if not callable(getattr(sampler, "run", None)):
             raise ValueError(f"sampler must have a run(log_prob_fn, z0, generator) method, got {sampler!r}")
-        z, diag = sampler.run(lambda z_: self.log_prob(z_, y), z0, generator=generator)
+        if y is None:
+            target = self.log_prob
+        else:
+            y = self._y(y, n, p.device)
+            target = functools.partial(self.log_prob, y=y) if w == 1 else functools.partial(
+                self.guided_log_prob, y=y, guidance=w)
+        z, diag = sampler.run(target, z0, generator=generator)
         return (z, diag) if return_diagnostics else z
 
     # ------------------------------------------------------------------ training terms
@@ -211,5 +241,5 @@ class LatentEBMPrior(Prior):
         return F.cross_entropy(self.logits(z), self._y(y, z.shape[0], z.device))
 
     def extra_repr(self) -> str:
-        return f"latent_dim={self.latent_dim}, n_classes={self.n_classes}"
+        return f"latent_dim={self.latent_dim}, n_classes={self.n_classes}, guidance={self.guidance:g}"
 

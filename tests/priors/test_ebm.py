@@ -88,6 +88,42 @@ def test_class_conditional_langevin_samples_are_classified_as_their_class():
         assert diag.acceptance_rate > 0.5
 
 
+def test_guided_log_prob_is_marginal_plus_w_times_class_log_probability():
+    prior = linear_prior(W, B)
+    z = torch.randn(7, 2, generator=torch.Generator().manual_seed(4))
+    for y in (0, 1):
+        torch.testing.assert_close(prior.guided_log_prob(z, y, 1.0), prior.log_prob(z, y))
+        log_p_y = prior.log_prob(z, y) - prior.log_prob(z)  # log p(y|z) by Bayes' rule
+        torch.testing.assert_close(prior.guided_log_prob(z, y, 3.0), prior.log_prob(z) + 3.0 * log_p_y)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 6.0])
+def test_guided_draws_match_the_guided_density(guidance):
+    # Two classes at (±2, 0): the guided target factorises into z2 ~ N(0, 1) and a 1-d density in z1, whose
+    # mean and variance a grid gives; guidance moves the draws off the class boundary z1 = 0 (and w = 1 is
+    # p(z|y) = N((2, 0), I)).
+    w = torch.tensor([[2.0, 0.0], [-2.0, 0.0]])
+    prior = linear_prior(w, torch.zeros(2))
+    prior.guidance = guidance
+    grid = torch.linspace(-8, 10, 20001, dtype=torch.float64)
+    f = torch.stack([2 * grid, -2 * grid], 1)
+    log_g = f.logsumexp(1) - grid**2 / 2 + guidance * (f[:, 0] - f.logsumexp(1))
+    dens = (log_g - log_g.max()).exp()
+    dens = dens / dens.sum()
+    mean = float((dens * grid).sum())
+    var = float((dens * (grid - mean) ** 2).sum())
+    sampler = LangevinSampler(n_steps=200, step_size=0.2, mala=True)
+    z = prior.sample(4000, y=0, sampler=sampler, generator=torch.Generator().manual_seed(5))
+    assert float(z[:, 0].mean()) == pytest.approx(mean, abs=0.06)
+    assert float(z[:, 0].var()) == pytest.approx(var, abs=0.08)
+    assert float(z[:, 1].var()) == pytest.approx(1.0, abs=0.08)
+    wrong_side = float((z[:, 0] < 0).float().mean())
+    if guidance == 1.0:
+        assert mean == pytest.approx(2.0, abs=1e-3) and wrong_side == pytest.approx(0.023, abs=0.01)
+    else:
+        assert wrong_side < 0.002  # P(N(2, 1) < 0) = 0.023 without guidance
+
+
 def test_marginal_sampling_matches_the_mixture_weights():
     # Marginal p(z) = sum_y pi_y N(w_y, I) with pi ∝ exp(b + |w|^2 / 2): checks logsumexp's sign too.
     prior = linear_prior(W, B)
@@ -167,9 +203,10 @@ def test_short_training_learns_the_classes_and_the_data_region():
 
 
 def test_prior_contract_config_and_no_parameter_grads_from_sampling():
-    prior = LatentEBMPrior(4, 3)
+    prior = LatentEBMPrior(4, 3, guidance=8.0)
     assert isinstance(prior, Prior) and prior.latent_dim == 4
     rebuilt = from_spec(to_spec(prior))
+    assert rebuilt.guidance == 8.0
     rebuilt.load_state_dict(prior.state_dict())
     z = torch.randn(6, 4)
     torch.testing.assert_close(rebuilt.log_prob(z), prior.log_prob(z))
@@ -200,5 +237,9 @@ def test_bad_arguments_are_rejected():
         prior.sample(2, sampler=object())
     with pytest.raises(ValueError, match="z0"):
         prior.sample(2, z0=torch.randn(3, 2))
+    with pytest.raises(ValueError, match="guidance"):
+        LatentEBMPrior(2, 3, guidance=0.0)
+    with pytest.raises(ValueError, match="guidance"):
+        prior.sample(2, y=0, guidance=float("nan"))
     with pytest.raises(ValueError, match="logvar"):
         prior.kl(torch.randn(4, 2), torch.randn(4, 3), torch.randn(4, 2))
