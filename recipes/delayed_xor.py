@@ -526,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--quick", action="store_true",
                        help="~1 min CPU smoke: L=16, 1 seed, 3k-iteration cap")
     scale.add_argument("--full", action="store_true",
-                       help="paper scale: 10 seeds, L=32/55/64/112, 100k cap (combines with --rank-study)")
+                       help="paper scale: 10 seeds, L=32/55/64/112, 100k cap; the optimizer settings stay "
+                            "genlib's unless --paper-settings is given too (combines with --rank-study)")
     ap.add_argument("--rank-study", action="store_true", help="PSGD-LRA only, ranks 0/1/2/5/10")
     ap.add_argument("--paper-settings", action="store_true",
                     help="appendix B.1.5: PSGD lr and preconditioner lr 0.01, clipping 1, no momentum")
