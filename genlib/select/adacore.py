@@ -17,8 +17,8 @@ the same examples in the same order (a change of shape restarts them, as does :m
 Why a clip and not Adam's ``+ eps``. For the cross-entropy at the logits ``g_k / H_kk`` is ``1 / (1 - p_k)``
 for ``k != y`` and ``-1 / p_y`` for the label: bounded wherever the draw is right, although ``g`` and ``H``
 vanish together as ``p_k -> 0``. An absolute ``eps`` (1e-8, as genlib had) replaced that ratio by
-``p_k / (p_k + eps)`` for every confident draw, a step function of the logit gap around 18 nats that spread
-the entropy-filtered draws over a cube and left the selection close to random. The clip leaves the paper's
+``p_k / (p_k + eps)``: past a logit gap of ~18 nats (draws filtered at the paper's ``H < 1e-6``, confident
+real data) a step function of the gap around ``eps`` instead of the paper's ~1. The clip leaves the paper's
 ``H^-1 g`` (eq. 4.9) unchanged wherever it is below ``max_step`` and bounds it where the curvature vanishes
 faster than the gradient (a confidently wrong label, a Hutchinson estimate near 0), the trust region PSGD
 uses for the same reason. Gradients and Hessians are taken in float64, ``1 - p`` without cancellation, so
