@@ -14,10 +14,15 @@ images) and, for speech spectra (complex STFT bins; magnitude-only models also t
 :class:`ComplexNormal`, :class:`ComplexLaplace`. Their distributions, with the derivation of each density,
 live in :mod:`genlib.likelihoods.distributions`.
 
+Every distribution here is also a pyro distribution (``.to_event``, ``.expand``, ``.mask``): a decoder
+likelihood is the observation site of a pyro model, ``pyro.sample("x", lik(raw).to_event(3), obs=x)`` inside
+``pyro.plate`` (``vae.decode(z)`` likewise), so a genlib VAE trains under pyro's SVI as a model / guide pair.
+
 Adding your own likelihood takes a few lines: subclass :class:`Likelihood`, set ``n_params`` and return any
-``torch.distributions.Distribution`` (or pyro one) from ``distribution(raw)``; map unconstrained channels to
-constrained parameters with :func:`positive` (or softplus, sigmoid, ...). ``lik(raw)`` validates ``raw``
-first, and constructor arguments are recorded for checkpoints automatically:
+``torch.distributions.Distribution`` from ``distribution(raw)`` (a ``pyro.distributions`` one to use it in
+pyro); map unconstrained channels to constrained parameters with :func:`positive` (or softplus, sigmoid,
+...). ``lik(raw)`` validates ``raw`` first, and constructor arguments are recorded for checkpoints
+automatically:
 
     >>> class Poisson(Likelihood):
     ...     n_params = 1

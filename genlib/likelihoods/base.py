@@ -35,6 +35,11 @@ class Likelihood(Configurable, nn.Module):
     (B, *data_shape)``). Subclasses set ``n_params`` (class or instance attribute) and implement
     :meth:`distribution`; being ``nn.Module`` s they may hold learned parameters, and being
     :class:`~genlib.nn.config.Configurable` their constructor arguments are recorded for checkpoints.
+
+    genlib's likelihoods return pyro distributions (``TorchDistributionMixin``: ``.to_event``, ``.expand``),
+    usable as ``pyro.sample("x", lik(raw).to_event(k), obs=x)``; a subclass returning a plain
+    ``torch.distributions`` object works everywhere in genlib, and in pyro once it returns the
+    ``pyro.distributions`` class of the same name instead.
     """
 
     n_params: int = 1

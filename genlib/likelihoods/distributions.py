@@ -2,8 +2,15 @@
 
 Every class here is element-wise (``event_shape == ()``), validates its parameters in ``__init__`` (through
 ``arg_constraints``) and its values in ``log_prob``, and is built on ``torch.distributions`` where that has
-the density (Gamma, LogNormal, Normal, Bernoulli, VonMises). The spectral ones model one STFT bin
-``x = x_r + i x_i``; each class docstring derives its density, normaliser and Jacobian.
+the density (Gamma, LogNormal, Normal, Bernoulli, VonMises).
+
+Every class is also a pyro distribution (``pyro.distributions.TorchDistributionMixin``): ``.to_event(n)``,
+``.expand(batch_shape)`` (returning the same class, its helpers such as ``magnitude_mean`` intact),
+``.mask``, and use as ``pyro.sample("x", lik(raw).to_event(3), obs=x)`` inside ``pyro.plate``, so a genlib
+decoder likelihood serves as the observation model of a pyro program (SVI, MCMC).
+
+The spectral ones model one STFT bin ``x = x_r + i x_i``; each class docstring derives its density,
+normaliser and Jacobian.
 
 Conventions for spectral data:
 
@@ -30,6 +37,7 @@ from __future__ import annotations
 import math
 
 import torch
+from pyro.distributions.torch_distribution import TorchDistribution, TorchDistributionMixin
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Gamma, LogNormal, Normal, VonMises, constraints
 from torch.distributions.utils import broadcast_all, lazy_property
@@ -129,7 +137,7 @@ def _log_expm1(y: Tensor) -> Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
-class StableNormal(Normal):
+class StableNormal(Normal, TorchDistributionMixin):
     """``torch.distributions.Normal`` whose ``log_prob`` squares ``(x - mu) / sigma``, not ``x - mu``.
 
     ``Normal`` divides ``(x - mu)^2`` by ``2 sigma^2``, so in float32 it returns ``-inf`` once
@@ -160,7 +168,7 @@ def mean_resultant_length(kappa: Tensor) -> Tensor:
     return torch.special.i1e(kappa) / torch.special.i0e(kappa)
 
 
-class StableVonMises(VonMises):
+class StableVonMises(VonMises, TorchDistributionMixin):
     """``torch.distributions.VonMises`` with an exact, gradient-safe normaliser and ``concentration >= 0``.
 
     Density on the circle: ``p(theta) = exp(kappa cos(theta - mu)) / (2 pi I_0(kappa))``; ``kappa = 0`` is the
@@ -186,7 +194,7 @@ class StableVonMises(VonMises):
 
 
 # -- images ------------------------------------------------------------------------------------------------
-class UnitIntervalBernoulli(Bernoulli):
+class UnitIntervalBernoulli(Bernoulli, TorchDistributionMixin):
     """Bernoulli whose ``log_prob`` also scores continuous targets in ``[0, 1]`` (grey-scale images).
 
     ``log p(x) = x log p + (1 - x) log(1 - p)``, i.e. minus the binary cross-entropy, evaluated stably from
@@ -239,7 +247,7 @@ class MagnitudeMixin:
         return torch.polar(mag, torch.as_tensor(phase, dtype=mag.dtype, device=mag.device).expand_as(mag))
 
 
-class GammaMagnitude(MagnitudeMixin, Gamma):
+class GammaMagnitude(MagnitudeMixin, Gamma, TorchDistributionMixin):
     """Gamma density over the magnitude ``r = |x|``: ``beta^alpha r^(alpha-1) exp(-beta r) / Gamma(alpha)``.
 
     Args:
@@ -262,7 +270,7 @@ class GammaMagnitude(MagnitudeMixin, Gamma):
         return self.concentration
 
 
-class ItakuraSaitoMagnitude(MagnitudeMixin, Distribution):
+class ItakuraSaitoMagnitude(MagnitudeMixin, TorchDistribution):
     """The IS-VAE observation model as a density over the magnitude ``r = |x|``.
 
     The power ``P = |x|^2`` is Gamma with a fixed shape ``alpha`` and mean ``v`` (the model's variance, the
@@ -298,6 +306,14 @@ class ItakuraSaitoMagnitude(MagnitudeMixin, Distribution):
     def __init__(self, power: Tensor, concentration: Tensor | float = 1.0, validate_args: bool | None = None):
         self.power, self.concentration = broadcast_all(power, concentration)
         super().__init__(self.power.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance=None) -> ItakuraSaitoMagnitude:
+        new = self._get_checked_instance(ItakuraSaitoMagnitude, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.power, new.concentration = self.power.expand(batch_shape), self.concentration.expand(batch_shape)
+        super(ItakuraSaitoMagnitude, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
 
     @property
     def _power_dist(self) -> Gamma:
@@ -336,7 +352,7 @@ class ItakuraSaitoMagnitude(MagnitudeMixin, Distribution):
 
 
 # -- complex-plane densities -------------------------------------------------------------------------------
-class _ComplexDensity(Distribution):
+class _ComplexDensity(TorchDistribution):
     support = complex_plane
 
     def _validate_sample(self, value: Tensor) -> None:
@@ -400,6 +416,15 @@ class PolarVonMises(_ComplexDensity):
             ) from None
         self.magnitude = magnitude
         super().__init__(batch_shape, validate_args=validate_args)
+
+    def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance=None) -> PolarVonMises:
+        new = self._get_checked_instance(PolarVonMises, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.magnitude = self.magnitude.expand(batch_shape)
+        new.loc, new.concentration = self.loc.expand(batch_shape), self.concentration.expand(batch_shape)
+        super(PolarVonMises, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
 
     @property
     def phase(self) -> StableVonMises:
@@ -521,6 +546,15 @@ class CircularComplexNormal(_ComplexDensity):
         self.loc, self.scale = _broadcast_complex(loc, scale)
         super().__init__(self.loc.shape, validate_args=validate_args)
 
+    def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance=None) -> _ComplexDensity:
+        cls = type(self)
+        new = self._get_checked_instance(cls, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc, new.scale = self.loc.expand(batch_shape), self.scale.expand(batch_shape)
+        super(cls, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
     def _parts(self) -> Normal:
         return Normal(torch.zeros_like(self.scale), self.scale / math.sqrt(2.0), validate_args=False)
 
@@ -569,6 +603,15 @@ class CircularComplexLaplace(_ComplexDensity):
     def __init__(self, loc: Tensor | complex, scale: Tensor | float, validate_args: bool | None = None):
         self.loc, self.scale = _broadcast_complex(loc, scale)
         super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance=None) -> _ComplexDensity:
+        cls = type(self)
+        new = self._get_checked_instance(cls, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc, new.scale = self.loc.expand(batch_shape), self.scale.expand(batch_shape)
+        super(cls, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
 
     def log_prob(self, value: Tensor) -> Tensor:
         self._check(value)
