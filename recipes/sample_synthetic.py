@@ -47,6 +47,7 @@ class Config:
     # None: the checkpoint's generation settings (its prior's sampler), the same draws generate_labelled makes
     langevin_steps: int | None = None
     temperature: float | None = None
+    guidance: float | None = None  # class-guidance scale w: draws target p(z) p(y|z)^w
     reference_classifier: str | None = None  # a ReferenceClassifier file (default: beside the checkpoint)
     entropy_keep: float = 0.5  # keep the most confident half of the draws
     coreset: str = "craig"  # "craig", "adacore", "random" or "none"
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="Langevin steps per draw (>= 0; default: the checkpoint's generation setting)")
     p.add_argument("--temperature", type=positive_float, default=None,
                    help="chain temperature T > 0, targets p(z|y)^(1/T) (default: the checkpoint's setting)")
+    p.add_argument("--guidance", type=positive_float, default=None,
+                   help="class-guidance scale w > 0: draws target p(z) p(y|z)^w, 1 = p(z|y) (default: the "
+                        "checkpoint's setting)")
     p.add_argument("--reference-classifier", default=None,
                    help="a genlib ReferenceClassifier file that judges the draws (default: "
                         "reference_classifier.pt beside --checkpoint, when present)")
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples_per_class < 1:
         p.error(f"--samples-per-class must be a positive integer, got {args.samples_per_class}")
     cfg = Config(checkpoint=args.checkpoint, samples_per_class=args.samples_per_class, sampler=args.sampler,
-                 langevin_steps=args.langevin_steps, temperature=args.temperature,
+                 langevin_steps=args.langevin_steps, temperature=args.temperature, guidance=args.guidance,
                  reference_classifier=args.reference_classifier, entropy_keep=args.entropy_keep,
                  coreset=args.coreset,
                  coreset_fraction=args.coreset_fraction, seed=args.seed, out=args.out, device=args.device)
@@ -140,10 +144,12 @@ def main(argv: list[str] | None = None) -> int:
 
     vae = load_model(cfg.checkpoint, device)
     k = vae.prior.n_classes
+    if cfg.guidance is not None:
+        vae.prior.guidance = cfg.guidance
     sampler = make_sampler(cfg, vae.prior)
     print(f"model {cfg.checkpoint}: {k} classes, latent {vae.prior.latent_dim}; device {device}; drawing "
           f"{cfg.samples_per_class} per class with {cfg.sampler} Langevin ({sampler.n_steps} steps, "
-          f"T = {sampler.temperature})")
+          f"T = {sampler.temperature}, guidance w = {vae.prior.guidance:g})")
     t0 = time.perf_counter()
     generated = generate_labelled(vae, cfg.samples_per_class, sampler=sampler,
                                   generator=torch.Generator(device=device).manual_seed(cfg.seed))

@@ -97,7 +97,7 @@ def test_defaults_draw_what_the_api_draws_and_the_judge_beside_the_checkpoint_sc
 
     torch.manual_seed(0)
     shape = (1, 8, 8)
-    prior = LatentEBMPrior(4, 3, hidden=(16,), n_steps=7, step_size=0.05, temperature=0.5)
+    prior = LatentEBMPrior(4, 3, hidden=(16,), n_steps=7, step_size=0.05, temperature=0.5, guidance=4.0)
     vae = VAE(MLPEncoder(shape, 4, hidden=(32,)), MLPDecoder(4, shape, hidden=(32,)), Bernoulli(), prior)
     ckpt = str(vae.save(tmp_path / "vae.pt"))
     judge = ReferenceClassifier(shape, 3, width=4, feature_dim=8)
@@ -115,3 +115,12 @@ def test_defaults_draw_what_the_api_draws_and_the_judge_beside_the_checkpoint_sc
     got = summary["reference_agreement"]["unfiltered"]
     assert got["counts"] == [20, 20, 20] and abs(got["overall"] - expected["overall"]) < 1e-9
     assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    # --guidance overrides the checkpoint's: the unguided draws of the same chains
+    assert main(["--checkpoint", ckpt, "--samples-per-class", "20", "--coreset", "none", "--out",
+                 str(tmp_path / "unguided"), "--device", "cpu", "--guidance", "1"]) == 0
+    unguided_model = VAE.load(ckpt)
+    unguided_model.prior.guidance = 1.0
+    unguided = generate_labelled(unguided_model, 20, generator=torch.Generator().manual_seed(0))
+    ds1 = SyntheticDataset(tmp_path / "unguided" / "synthetic.pt")
+    assert torch.allclose(ds1.x, unguided.x[ds1.meta["generated_index"]], atol=1e-6)
+    assert not torch.allclose(unguided.z, gen.z, atol=1e-3)
