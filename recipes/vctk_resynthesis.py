@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import random
 import re
@@ -346,10 +347,9 @@ def test_waves(cfg: Config, test_utts: list[Utterance]) -> list[torch.Tensor]:
     return [load_audio(u.path) for u in test_utterances(cfg, test_utts)]
 
 
-def describe(utts: list[Utterance], seen: list[Utterance] | None = None) -> dict[str, Any]:
+def describe(utts: list[Utterance]) -> dict[str, Any]:
     """What a set of utterances is, for the log and ``results.json``: counts, speakers, layouts and the
-    native sample rates (files not at 16 kHz are resampled on load); with ``seen`` (the training set), the
-    speakers the two share."""
+    native sample rates (files not at 16 kHz are resampled on load)."""
     spk = sorted(_by_speaker(utts))
     info: dict[str, Any] = {
         "n_utterances": len(utts),
@@ -359,8 +359,6 @@ def describe(utts: list[Utterance], seen: list[Utterance] | None = None) -> dict
         "native_sample_rates": {str(k): v for k, v in sample_rates(utts).items()},
         "resampled_to": SR,
     }
-    if seen is not None:
-        info["speakers_also_in_training"] = sorted(set(spk) & {u.speaker for u in seen})
     return info
 
 
@@ -377,10 +375,7 @@ def describe_line(what: str, info: dict[str, Any]) -> str:
     else:
         resample = "; all at 16 kHz"
     layouts = "/".join(info["layouts"])
-    line = f"{what}: {info['n_utterances']} utterances, {len(spk)} speakers ({names}), {layouts}"
-    if info.get("speakers_also_in_training"):
-        line += f"; NOTE speakers also in training: {info['speakers_also_in_training']}"
-    return line + resample
+    return f"{what}: {info['n_utterances']} utterances, {len(spk)} speakers ({names}), {layouts}{resample}"
 
 
 def training_data_id(train_utts: list[Utterance]) -> str:
@@ -764,6 +759,15 @@ def run_row(
     folder = eval_folder(cfg, row_out)
     specs, waves = data["specs"], data["waves"]
     metrics: dict[str, Any] = {}
+    train_info, test_info = data["train_info"], data["test_info"]
+    if cfg.evaluate_only:  # what the model was trained on: its training run's record, when there is one
+        record = row_out / "results.json"
+        train_info = json.loads(record.read_text()).get("train_data") if record.is_file() else None
+    if train_info is not None:
+        test_info = {**test_info, "speakers_also_in_training": sorted(
+            set(test_info["speakers"]) & set(train_info["speakers"]))}  # fmt: skip
+        if test_info["speakers_also_in_training"]:
+            print(f"{name}: NOTE test speakers also in training: {test_info['speakers_also_in_training']}")
     if cfg.evaluate_only:
         model_path = row_out / "vae.pt"
         vae = VAE.load(model_path, map_location=device).eval()
@@ -804,8 +808,8 @@ def run_row(
     if curve:
         save_loss_curves({name: curve, "epoch": list(range(1, len(curve) + 1))}, folder / "loss_curve.png")
     payload = {"config": asdict(cfg), "row": name, "model": str(model_path),
-               "fad_embedding": data["embed_name"], "train_data": data["train_info"],
-               "test_data": data["test_info"], "reference": data["reference"],
+               "fad_embedding": data["embed_name"], "train_data": train_info,
+               "test_data": test_info, "reference": data["reference"],
                "results": {name: metrics}}  # fmt: skip
     write_json(folder / "results.json", payload)  # undefined scores (NaN) as null
     return metrics, curve
@@ -822,12 +826,10 @@ def main(argv: list[str] | None = None) -> int:
     waves = [load_audio(u.path) for u in chosen]
     data: dict[str, Any] = {"waves": waves, "specs": [stft(w) for w in waves], "fc": None, "conv": None,
                             "train_id": training_data_id(train_utts)}  # fmt: skip
-    data["test_info"] = describe(chosen, seen=train_utts)
-    data["train_info"] = describe(train_utts)
-    print(
-        describe_line("training data", data["train_info"])
-        + (" (not used: --evaluate-only)" if cfg.evaluate_only else "")
-    )
+    data["test_info"] = describe(chosen)
+    data["train_info"] = None if cfg.evaluate_only else describe(train_utts)
+    if data["train_info"] is not None:
+        print(describe_line("training data", data["train_info"]))
     print(describe_line("test data", data["test_info"]))
     if not cfg.evaluate_only:
         train_waves = [load_audio(u.path) for u in train_utts]
