@@ -103,6 +103,18 @@ def test_presets_combine_and_explicit_flags_win():
     assert _cfg("--psgd-lr", "0.02", "--sgd-momentum", "0").psgd_lr == 0.02
 
 
+def test_paper_settings_reach_the_optimizers():
+    from recipes.delayed_xor import _make_optimizer
+
+    params = list(XorRNN(2, 4).parameters())
+    cfg = _cfg("--paper-settings")
+    lra = _make_optimizer("psgd_lra", params, cfg, 10, 0).param_groups[0]
+    got = (lra["lr"], lra["preconditioner_lr"], lra["momentum"], lra["grad_clip_max_norm"])
+    assert got == (0.01, 0.01, 0.0, 1.0)
+    assert _make_optimizer("sgd", params, cfg, 10, 0).param_groups[0]["momentum"] == 0.0
+    assert _make_optimizer("psgd_lra", params, _cfg(), 10, 0).param_groups[0]["preconditioner_lr"] == 0.1
+
+
 def test_run_records_its_architecture_and_an_lstm_study_is_its_own_column(tmp_path):
     cfg = XorConfig(lengths=(10,), seeds=(0,), optimizers=("psgd_lra", "adam"), archs=("rnn", "lstm"),
                     max_iters=3, workers=1, out=str(tmp_path))
