@@ -253,11 +253,22 @@ def _check_speakers(wanted: tuple[str, ...], have: list[Utterance], arg: str, wh
         )
 
 
+def _test_folder(cfg: Config) -> list[Utterance]:
+    """The utterances of ``cfg.test_dir``, restricted to ``cfg.test_speakers`` when given."""
+    assert cfg.test_dir is not None
+    test = _discover(cfg.test_dir, "--test-dir")
+    if cfg.test_speakers:
+        _check_speakers(cfg.test_speakers, test, "--test-speakers", f"--test-dir {cfg.test_dir}")
+        test = [u for u in test if u.speaker in cfg.test_speakers]
+    return test
+
+
 def load_corpus(cfg: Config) -> tuple[list[Utterance], list[Utterance]]:
     """Training and test utterances (see the module docstring for how each is chosen).
 
     Speakers held out of the training folders never appear in training; a ``test_dir`` is taken as given
-    (it may share speakers with training: :func:`describe` reports them).
+    (it may share speakers with training: the results report them). With ``evaluate_only`` and a
+    ``test_dir`` no training folder is read and the training list is empty.
     """
     if cfg.corpus not in CORPORA:
         raise ValueError(f"corpus must be one of {CORPORA}, got {cfg.corpus!r}")
@@ -272,6 +283,8 @@ def load_corpus(cfg: Config) -> tuple[list[Utterance], list[Utterance]]:
             raise ValueError(
                 "--train-speaker-fraction picks the training speakers itself: drop --train-speakers"
             )
+    if cfg.evaluate_only and cfg.test_dir is not None:  # nothing to train: the training folders may be absent
+        return [], _test_folder(cfg)
     libri_extra: list[Utterance] = []
     if cfg.train_dirs:
         pool = [u for d in cfg.train_dirs for u in _discover(d, "--train-dir")]
@@ -287,10 +300,7 @@ def load_corpus(cfg: Config) -> tuple[list[Utterance], list[Utterance]]:
     speakers = sorted(_by_speaker(pool))
 
     if cfg.test_dir is not None:
-        test = _discover(cfg.test_dir, "--test-dir")
-        if cfg.test_speakers:
-            _check_speakers(cfg.test_speakers, test, "--test-speakers", f"--test-dir {cfg.test_dir}")
-            test = [u for u in test if u.speaker in cfg.test_speakers]
+        test = _test_folder(cfg)
         held: set[str] = set()
     elif cfg.test_speakers:
         _check_speakers(cfg.test_speakers, pool, "--test-speakers", where)

@@ -93,6 +93,12 @@ def test_a_48k_vctk_folder_of_other_speakers_and_flat_folders_choose_train_and_t
     assert {u.speaker for u in train} == {"LJSpeech-1.1", "p300", "p301", "p302"}
     assert {u.corpus for u in train} == {"flat", "vctk"} and {u.speaker for u in test} == {"p228"}
     assert vr.describe(train)["native_sample_rates"] == {"22050": 2, "48000": 6}
+    # evaluating a saved model reads no training folder (they may not exist where it is evaluated)
+    absent = str(tmp_path / "absent")
+    train, test = vr.load_corpus(vr.Config(evaluate_only=True, test_dir=str(lj), data_dir=absent))
+    assert train == [] and [u.path.name for u in test] == ["LJ001-0001.wav", "LJ001-0002.wav"]
+    with pytest.raises(FileNotFoundError, match=r"--data-dir .*absent: speech root not found"):
+        vr.load_corpus(vr.Config(test_dir=str(lj), data_dir=absent))
     with pytest.raises(FileNotFoundError, match=r"--test-dir .*nowhere: speech root not found"):
         vr.load_corpus(vr.Config(test_dir=str(tmp_path / "nowhere")))
 
@@ -131,7 +137,9 @@ def test_evaluate_only_scores_a_saved_model_on_a_48k_vctk_folder_and_a_flat_fold
     # scores very differently; a model tested on 48 kHz files is scored on what it is given)
     # a flat LJSpeech-style folder at 22.05 kHz with free names
     lj = _ljspeech(tmp_path / "LJSpeech-1.1", _real("p228", 2))
-    assert vr.main([*base, "--evaluate-only", "--test-dir", str(lj), "--out", str(out)]) == 0
+    absent = str(tmp_path / "no-training-data-here")
+    argv = [*base, "--evaluate-only", "--test-dir", str(lj), "--data-dir", absent, "--out", str(out)]
+    assert vr.main(argv) == 0
     payload = json.loads((out / "gamma-fc" / "eval_LJSpeech-1.1" / "results.json").read_text())
     assert payload["test_data"]["speakers"] == ["LJSpeech-1.1"] and payload["test_data"]["layouts"] == [
         "flat"
