@@ -250,6 +250,9 @@ class MagnitudeMixin:
 class GammaMagnitude(MagnitudeMixin, Gamma, TorchDistributionMixin):
     """Gamma density over the magnitude ``r = |x|``: ``beta^alpha r^(alpha-1) exp(-beta r) / Gamma(alpha)``.
 
+    The dissertation's eq. 6.5 magnitude density (Table 6.1's "Gamma" row, read as in the text; see
+    :class:`genlib.likelihoods.Gamma` for eq. 6.9-6.10).
+
     Args:
         concentration: shape ``alpha > 0``.
         rate: rate ``beta > 0`` (``1 / scale``).
@@ -271,12 +274,14 @@ class GammaMagnitude(MagnitudeMixin, Gamma, TorchDistributionMixin):
 
 
 class ItakuraSaitoMagnitude(MagnitudeMixin, TorchDistribution):
-    """The IS-VAE observation model as a density over the magnitude ``r = |x|``.
+    """The IS-VAE observation model as a density over the magnitude ``r = |x|`` (Table 6.1's "Itakura-Saito").
 
-    The power ``P = |x|^2`` is Gamma with a fixed shape ``alpha`` and mean ``v`` (the model's variance, the
-    decoder's output): ``P ~ Gamma(alpha, rate = alpha / v)``. With ``alpha = 1`` this is the exponential on
-    the power, which is exactly what a circular complex Gaussian ``x ~ CN(0, v)`` implies (its modulus is
-    Rayleigh, its power exponential): the IS-NMF / IS-VAE model (Fevotte et al. 2009; Bando et al. 2018).
+    The power ``P = |x|^2`` is Gamma with shape ``alpha`` and mean ``v`` (the model's variance, the decoder's
+    output): ``P ~ Gamma(alpha, rate = alpha / v)``. ``alpha`` is a fixed number or, for eq. 6.11-6.12's
+    shape estimated by the network (rate ``1 / y``, so ``v = alpha y``), a tensor like ``v``. With
+    ``alpha = 1`` this is the exponential on the power, which is exactly what a circular complex Gaussian
+    ``x ~ CN(0, v)`` implies (its modulus is Rayleigh, its power exponential): the IS-NMF / IS-VAE model
+    (Fevotte et al. 2009; Bando et al. 2018).
 
     *Jacobian.* We score magnitudes, so with ``P = r^2``, ``dP/dr = 2 r``:
     ``log p(r) = log Gamma(r^2; alpha, alpha / v) + log 2 + log r``.
@@ -288,7 +293,7 @@ class ItakuraSaitoMagnitude(MagnitudeMixin, TorchDistribution):
 
     Args:
         power: ``v = E[|x|^2] > 0``, the mean power (variance of the complex bin).
-        concentration: the fixed shape ``alpha > 0`` (default 1).
+        concentration: the shape ``alpha > 0`` (default 1), a number or a tensor broadcastable with ``power``.
 
     ``mean`` is the magnitude mean ``E[r] = sqrt(v / alpha) Gamma(alpha + 1/2) / Gamma(alpha)``
     (``sqrt(pi v) / 2`` at ``alpha = 1``); ``sqrt(v)`` is the RMS magnitude. ``rsample()`` draws magnitudes.
