@@ -39,6 +39,7 @@ LIKELIHOODS = {
     "bernoulli": Bernoulli,
     "gamma": Gamma,
     "itakura-saito": ItakuraSaito,
+    "itakura-saito-learned-shape": lambda: ItakuraSaito("decoder"),
     "lognormal-vonmises": LogNormalVonMises,
     "gamma-vonmises": GammaVonMises,
     "complex-normal": ComplexNormal,
