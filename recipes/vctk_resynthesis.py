@@ -48,7 +48,8 @@ same ``--out`` continues each row from the newest intact one (the two newest are
 stops or diverges loses at most that many epochs (``--grad-clip`` guards Adam against the divergence it
 showed on long runs). A rerun with other training settings or other training files is refused, naming each
 change.
-``--evaluate-only`` writes into ``<out>/<row>/eval_<test folder>/``.
+``--evaluate-only`` writes into ``<out>/<row>/eval_<test folder>/`` (its ``results.json`` keeps the training
+run's settings and data as ``trained_config`` / ``train_data``).
 
     python -m recipes.vctk_resynthesis --quick                    # Gamma FC vs IS FC, a few CPU minutes
     python -m recipes.vctk_resynthesis --rows all                 # every row (meant for a GPU)
@@ -770,9 +771,11 @@ def run_row(
     specs, waves = data["specs"], data["waves"]
     metrics: dict[str, Any] = {}
     train_info, test_info = data["train_info"], data["test_info"]
+    trained_config = asdict(cfg)
     if cfg.evaluate_only:  # what the model was trained on: its training run's record, when there is one
         record = row_out / "results.json"
-        train_info = json.loads(record.read_text()).get("train_data") if record.is_file() else None
+        saved = json.loads(record.read_text()) if record.is_file() else {}
+        train_info, trained_config = saved.get("train_data"), saved.get("config")
     if train_info is not None:
         test_info = {**test_info, "speakers_also_in_training": sorted(
             set(test_info["speakers"]) & set(train_info["speakers"]))}  # fmt: skip
@@ -817,7 +820,7 @@ def run_row(
                       sr=SR, hop=HOP_LENGTH)  # fmt: skip
     if curve:
         save_loss_curves({name: curve, "epoch": list(range(1, len(curve) + 1))}, folder / "loss_curve.png")
-    payload = {"config": asdict(cfg), "row": name, "model": str(model_path),
+    payload = {"config": asdict(cfg), "trained_config": trained_config, "row": name, "model": str(model_path),
                "fad_embedding": data["embed_name"], "train_data": train_info,
                "test_data": test_info, "reference": data["reference"],
                "results": {name: metrics}}  # fmt: skip

@@ -127,6 +127,7 @@ def test_evaluate_only_scores_a_saved_model_on_a_48k_vctk_folder_and_a_flat_fold
     assert payload["test_data"]["native_sample_rates"] == {"48000": 2}
     assert payload["test_data"]["speakers_also_in_training"] == []  # from the training run's record
     assert payload["train_data"]["speakers"] == ["p225", "p226", "p227"]
+    assert payload["trained_config"]["epochs"] == 2 and payload["config"]["evaluate_only"]
     assert payload["model"] == str(out / "gamma-fc" / "vae.pt")
     r48 = payload["results"]["gamma-fc"]
     # 16 k -> 48 k -> 16 k loses almost nothing: the scores match the 16 kHz originals'
