@@ -65,8 +65,11 @@ class Config:
             class_weight=5.0, eval_every=250, checkpoint_every=500,
         )
     )
+    # guided draws p(z) p(y|z)^w, small steps: svhn_semisup's generation settings
     generation_steps: int = 200
-    generation_temperature: float = 0.25
+    generation_step_size: float = 0.02
+    generation_temperature: float = 1.0
+    generation_guidance: float = 300.0
     judge_epochs: int = 8  # the reference classifier that scores the draws
     samples_per_class: int = 200  # L
     entropy_keep: float = 0.5
@@ -113,9 +116,9 @@ def load_split(cfg: Config) -> SemiSupervisedData:
 def build_vae(cfg: Config, image_shape: tuple[int, ...]) -> VAE:
     # grey digits: Bernoulli likelihood on intensities; colour (SVHN): a Gaussian with fixed sigma
     likelihood = Bernoulli() if image_shape[0] == 1 else Gaussian(0.3)
-    # generation settings of svhn_semisup's quick config (benchmarks/sample_quality.py)
     prior = LatentEBMPrior(cfg.latent_dim, 10, hidden=cfg.ebm_hidden, n_steps=cfg.generation_steps,
-                           step_size=cfg.train.langevin_step_size, temperature=cfg.generation_temperature)
+                           step_size=cfg.generation_step_size, temperature=cfg.generation_temperature,
+                           guidance=cfg.generation_guidance)
     enc = MLPEncoder(image_shape, cfg.latent_dim, hidden=cfg.hidden)
     dec = MLPDecoder(cfg.latent_dim, image_shape, n_params=likelihood.n_params, hidden=cfg.hidden[::-1])
     return VAE(enc, dec, likelihood, prior)

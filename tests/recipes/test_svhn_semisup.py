@@ -37,6 +37,16 @@ def test_quick_run_writes_outputs_and_beats_chance(tmp_path):
     assert main(["--quick", "--iters", "120", "--out", str(out), "--no-progress"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["latent_classifier_accuracy"] == res["latent_classifier_accuracy"]
+    # the saved model carries the generation settings, which genlib sample and augmentation then use
+    from genlib.models import VAE
+    from recipes.svhn_semisup import Config
+
+    cfg, prior = Config.quick(), VAE.load(out / "vae.pt").prior
+    assert prior.guidance == cfg.generation_guidance != 1.0
+    s = prior.sampler
+    assert (s.n_steps, s.step_size, s.temperature) == (cfg.generation_steps, cfg.generation_step_size,
+                                                       cfg.generation_temperature)
+    assert res["sample_quality"]["latent_fd"] >= 0
 
 
 @pytest.mark.skipif(not _have_mnist(), reason="needs digits/mnist_4k.npz under the shared data folder")
