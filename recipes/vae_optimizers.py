@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     results, curves = {}, {}
     for name in cfg.optimizers:
         vae, res = train(cfg, name, train_x, test_x)
-        results[name] = {k: v for k, v in res.items() if k != "history"}
+        results[name] = res  # with its loss curve ("history"), which assets/make_figures.py draws
         curves[f"{name} train loss"] = res["history"]["train_loss"]
         curves.setdefault("step", res["history"]["step"])
         samples = vae.sample(64).cpu()
