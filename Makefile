@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test lint bench
+.PHONY: quickstart test lint bench figures
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,3 +23,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	$(PY) -m benchmarks.psgd_step
+
+# The README's figures (assets/*.png) from real --quick recipe runs, kept in runs/figures/ and reused.
+figures: $(STAMP)
+	$(PY) -m assets.make_figures
