@@ -17,7 +17,7 @@ from genlib.sampling import LangevinSampler, PreconditionedLangevin
 
 
 def linear_prior(w, b):
-    prior = LatentEBMPrior(w.shape[1], w.shape[0], hidden=())
+    prior = LatentEBMPrior(w.shape[1], w.shape[0], hidden=(), guidance=1.0)  # draws from p(z|y) itself
     lin = prior.score.net[0]
     with torch.no_grad():
         lin.weight.copy_(w)
@@ -182,7 +182,7 @@ def test_short_training_learns_the_classes_and_the_data_region():
         y = torch.randint(0, 3, (n,), generator=g)
         return centres[y] + 0.4 * torch.randn(n, 2, generator=g), y
 
-    prior = LatentEBMPrior(2, 3, hidden=(32, 32), n_steps=20, step_size=0.15)
+    prior = LatentEBMPrior(2, 3, hidden=(32, 32), n_steps=20, step_size=0.15, guidance=1.0)
     opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
     for _ in range(80):  # short-run (20-step) negatives, as in Pang et al.; enough on this easy data
         z_pos, y = data(128)
