@@ -145,9 +145,9 @@ def draw_samples(spec: FigureSpec, run: Path, png: Path) -> Path:
         f"Guided Langevin on p(z) p(y|z)^{cfg['generation_guidance']:g} at T = "
         f"{cfg['generation_temperature']:g}, {cfg['generation_steps']} steps of "
         f"{cfg['generation_step_size']:g}"
-        f"; the model saw {res['n_labeled']} labels ({res['n_unlabeled']} unlabelled images), "
-        f"latent classifier test accuracy {100 * res['latent_classifier_accuracy']:.1f}%.",
-        f"Judge (a CNN trained on real labels the generator never saw) agrees per class: {per_class}",
+        f". Trained on {res['n_labeled']} labels + {res['n_unlabeled']} unlabelled images; latent "
+        f"classifier test accuracy {100 * res['latent_classifier_accuracy']:.1f}%.",
+        f"Judge: a CNN trained on real labels the generator never saw. Per class: {per_class}",
     ]
     title = (f"MNIST-4k class-conditional draws, unfiltered: the judge agrees with "
              f"{100 * q['agreement']:.1f}% of {q['n_samples']}")
