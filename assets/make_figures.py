@@ -290,7 +290,8 @@ def ensure_run(spec: FigureSpec, runs: Path, rerun: bool = False, allow_run: boo
         raise FileNotFoundError(f"{spec.name}: no finished run of `{spec.command}` in {folder} (--no-run)")
     argv = [sys.executable, "-m", f"recipes.{spec.recipe}", *spec.args, "--out", str(folder)]
     print(f"{spec.name}: running {shlex.join(argv[1:])}", flush=True)
-    subprocess.run(argv, cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    subprocess.run(argv, cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": path})
     stamp_path.write_text(json.dumps(stamp) + "\n")
     return folder
 
