@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check genlib recipes tests benchmarks
+	$(PY) -m ruff check genlib recipes tests benchmarks assets
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[dev,bench]"
