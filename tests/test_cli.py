@@ -28,8 +28,8 @@ def test_subcommand_help_names_the_subcommand(capsys, command):
 
 
 def test_xor_summarize_returns_exit_status_zero(tmp_path, capsys):
-    run = {"optimizer": "adam", "length": 16, "seed": 0, "rank": None, "solved": True, "iterations": 40,
-           "final_running_loss": 0.05, "seconds": 0.1, "curve": []}
+    run = {"optimizer": "adam", "arch": "rnn", "length": 16, "seed": 0, "rank": None, "solved": True,
+           "iterations": 40, "final_running_loss": 0.05, "seconds": 0.1, "curve": []}
     (tmp_path / "results.json").write_text(json.dumps({"config": {"max_iters": 100}, "runs": [run]}))
     assert main(["xor", "--summarize", str(tmp_path)]) == 0
     assert "adam" in capsys.readouterr().out
