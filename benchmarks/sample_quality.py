@@ -5,20 +5,23 @@ generator never sees, 1000 held out). Per seed a :class:`~genlib.metrics.images.
 judge) is trained on the labelled and unlabelled images *with their true labels*; it never trains the
 generator. Draws (``--per-class`` per class) are scored by label agreement (overall, worst class) and by the
 Fréchet distance in the judge's features to the 1000 held-out images, beside the VAE's reconstructions of
-1000 real training images and those real images themselves (real vs real).
+1000 real training images and those real images themselves (real vs real); and by the latent Fréchet
+distance of the draws to the aggregate posterior of the held-out images, which shows draws that left the
+encoder's latent region (such draws can score a *lower* image FD than the reconstructions).
 
 Four tables, every variant on the same seeds, splits and chain seeds, with wall-clock:
 
 1. **training**: the recipe's model under other training settings (length, negative-chain start of
    Algorithm 2 step 2, EBM capacity, optimizer), each drawn with the generation sampler under test;
-2. **sampler**: one trained model, Langevin steps x temperature, PSGD-preconditioned Langevin, chains
-   started at ``q(z|x)`` of real images; draw seconds beside each row (compare at equal wall-clock);
+2. **sampler**: one trained model, Langevin steps x step size x temperature x class guidance ``w`` (target
+   ``p(z) p(y|z)^w``), PSGD-preconditioned Langevin, chains started at ``q(z|x)`` of real images; draw
+   seconds beside each row (compare at equal wall-clock);
 3. **filter**: the entropy filter variants (none, keep half by the re-encoded image / by ``F(z)``, the
    paper's threshold ``H(z) < 1e-6``, agreement with the drawn class);
 4. **classifier**: the latent classifier ``F(mu(x))`` vs eq. 5.8's ``E_q softmax F(z)``, and the pseudo-labels
    each entropy threshold keeps (count, share right).
 
-    python -m benchmarks.sample_quality                    # 2 seeds, every table (CPU: ~25 min)
+    python -m benchmarks.sample_quality                    # 2 seeds, every table (CPU: ~40 min)
     python -m benchmarks.sample_quality --seeds 0 --tables sampler filter
 
 Trained models are cached in ``--out`` (rerunning skips them); results go to ``--out/results.json`` and a
@@ -54,29 +57,38 @@ TRAINING = {
     "3000 it": ({"n_iters": 3000, **NOISE}, {}, "adam"),
     "2000 it, chains from q(z|x) (paper)": ({"negative_init": "posterior"}, {}, "adam"),
     "2000 it, persistent chains (default)": ({"negative_init": "persistent"}, {}, "adam"),
+    "3000 it, persistent chains": ({"n_iters": 3000, "negative_init": "persistent"}, {}, "adam"),
     "2000 it, EBM 256x256": (NOISE, {"ebm_hidden": (256, 256)}, "adam"),
     "2000 it, psgd-kron": (NOISE, {}, "psgd-kron"),
 }
-# the sampler / filter / classifier tables use the noise-started 2000-iteration model
-DEFAULT_MODEL = "2000 it"
+# the sampler / filter / classifier tables use the recipe's default model
+DEFAULT_MODEL = "2000 it, persistent chains (default)"
 
 
-def samplers(cfg: Config) -> dict[str, object]:
-    """Generation samplers compared in the sampler table (the recipe's default first)."""
+def samplers(cfg: Config) -> dict[str, tuple[object, float]]:
+    """Generation samplers compared in the sampler table, with the guidance ``w`` of their target
+    ``p(z) p(y|z)^w`` (the recipe's default first)."""
     t = cfg.train
-    out: dict[str, object] = {
-        f"default: ULA {cfg.generation_steps} steps, T={cfg.generation_temperature}":
-            LangevinSampler(cfg.generation_steps, cfg.generation_step_size, cfg.generation_temperature),
-        f"ULA {t.langevin_steps} steps, T=1 (the training chains; before)":
-            LangevinSampler(t.langevin_steps, t.langevin_step_size, 1.0),
+    w = cfg.generation_guidance
+    out: dict[str, tuple[object, float]] = {
+        f"default: ULA {cfg.generation_steps} x {cfg.generation_step_size}, T={cfg.generation_temperature}, "
+        f"w={w:g}": (LangevinSampler(cfg.generation_steps, cfg.generation_step_size,
+                                     cfg.generation_temperature), w),
+        f"ULA {t.langevin_steps} x {t.langevin_step_size}, T=1, w=1 (the training chains; before)":
+            (LangevinSampler(t.langevin_steps, t.langevin_step_size, 1.0), 1.0),
+        "ULA 200 x 0.08, T=1, w=1 (the paper's p(z|y))": (LangevinSampler(200, 0.08, 1.0), 1.0),
+        "ULA 200 x 0.08, T=0.5, w=1": (LangevinSampler(200, 0.08, 0.5), 1.0),
+        "ULA 200 x 0.08, T=0.25, w=1 (previous default)": (LangevinSampler(200, 0.08, 0.25), 1.0),
     }
-    for n in (60, 200):
-        for temp in (1.0, 0.5, 0.25):
-            out[f"ULA {n} steps, T={temp}"] = LangevinSampler(n, 0.08, temp)
-    for n in (20, 60):
-        for temp in (1.0, 0.25):
-            out[f"PSGD dense {n} steps (+20 fit), T={temp}"] = PreconditionedLangevin(
-                "dense", n_steps=n, step_size=0.3, temperature=temp, warmup_steps=10, fit_steps=10)
+    for g in (30.0, 100.0, 300.0, 1000.0, 3000.0):
+        out[f"ULA 200 x 0.02, T=1, w={g:g}"] = (LangevinSampler(200, 0.02, 1.0), g)
+    for n in (60, 100):
+        out[f"ULA {n} x 0.02, T=1, w=300"] = (LangevinSampler(n, 0.02, 1.0), 300.0)
+    for step in (0.04, 0.08):
+        out[f"ULA 200 x {step}, T=1, w=300"] = (LangevinSampler(200, step, 1.0), 300.0)
+    for n in (20, 60, 100, 200):
+        out[f"PSGD dense {n} steps (+20 fit), T=1, w=300"] = (PreconditionedLangevin(
+            "dense", n_steps=n, step_size=0.3, temperature=1.0, warmup_steps=10, fit_steps=10), 300.0)
     return out
 
 
@@ -125,7 +137,8 @@ def score(report) -> dict:
     per = [v for v in u.per_class_agreement if v is not None]
     row = {"agreement": u.agreement, "worst_class": min(per), "fd": u.fd_samples,
            "fd_recon": u.fd_reconstructions, "fd_real": u.fd_real_real, "seconds_draw": report.seconds_draw,
-           "self_agreement": report.self_agreement}
+           "self_agreement": report.self_agreement, "latent_fd": report.latent_fd,
+           "latent_fd_real": report.latent_fd_real}
     if report.filtered is not None:
         row.update(filtered_agreement=report.filtered.agreement, kept=report.kept,
                    filtered_fd=report.filtered.fd_samples)
@@ -138,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tables", nargs="+", default=["training", "sampler", "filter", "classifier"],
                    choices=("training", "sampler", "filter", "classifier"))
     p.add_argument("--training", nargs="+", default=list(TRAINING), choices=list(TRAINING), metavar="NAME")
+    p.add_argument("--samplers", nargs="+", default=None, metavar="NAME",
+                   help="only these rows of the sampler table (default: all)")
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--judge-epochs", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: comparable timings)")
@@ -172,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         results.setdefault("judge_accuracy", {})[str(seed)] = judge_acc
         print(f"seed {seed}: judge accuracy on held-out digits {judge_acc:.4f}", flush=True)
         real_other = data.x_unlabeled[split_unlabeled(data, seed)[1]]
-        gen_sampler = next(iter(samplers(cfg).values()))
+        gen_sampler, gen_guidance = next(iter(samplers(cfg).values()))
         draw = functools.partial(_draw, judge=judge, x_real=data.x_test, x_real_other=real_other,
                                  seed=seed, per_class=args.per_class, filter_config=default_filter)
 
@@ -180,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.training:
                 vae, secs = train_model(name, seed, data, out)
                 rows = {}
-                for label, sampler in (("default sampler", gen_sampler),
-                                       ("training chains, T=1", LangevinSampler(
-                                           cfg.train.langevin_steps, cfg.train.langevin_step_size, 1.0))):
-                    report, _, _ = draw(vae, sampler)
+                train_chains = LangevinSampler(cfg.train.langevin_steps, cfg.train.langevin_step_size, 1.0)
+                for label, sampler, w in (("default sampler", gen_sampler, gen_guidance),
+                                          ("training chains, T=1", train_chains, 1.0)):
+                    report, _, _ = draw(vae, sampler, guidance=w)
                     rows[label] = score(report)
                 rows["latent_accuracy"] = latent_accuracy(vae, data.x_test, data.y_test)
                 rows["train_seconds"] = secs
@@ -195,21 +210,24 @@ def main(argv: list[str] | None = None) -> int:
                 save()
         vae, _ = train_model(DEFAULT_MODEL, seed, data, out)
         if "sampler" in args.tables:
-            for name, sampler in samplers(cfg).items():
-                report, _, _ = draw(vae, sampler)
+            for name, (sampler, w) in samplers(cfg).items():
+                if args.samplers is not None and name not in args.samplers:
+                    continue
+                report, _, _ = draw(vae, sampler, guidance=w)
                 results.setdefault("sampler", {}).setdefault(name, {})[str(seed)] = score(report)
                 r = score(report)
                 print(f"  {name:48s} agree {r['agreement']:.3f} worst {r['worst_class']:.2f} "
-                      f"fd {r['fd']:.1f} draw {r['seconds_draw']:.2f}s", flush=True)
-            # chains started at q(z|x) of random real training images instead of N(0, I)
-            g = torch.Generator().manual_seed(2000 + seed)
-            idx = torch.randint(data.x_unlabeled.shape[0], (10 * args.per_class,), generator=g)
-            with torch.no_grad():
-                mu, logvar = vae.encode(data.x_unlabeled[idx])
-            z0 = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=g)
-            name = f"ULA {cfg.generation_steps} steps, T={cfg.generation_temperature}, chains from q(z|x)"
-            report, _, _ = draw(vae, _FromStart(gen_sampler, z0))
-            results["sampler"].setdefault(name, {})[str(seed)] = score(report)
+                      f"fd {r['fd']:.1f} latent fd {r['latent_fd']:.2f} draw {r['seconds_draw']:.2f}s",
+                      flush=True)
+            if args.samplers is None:  # chains started at q(z|x) of random real images instead of N(0, I)
+                g = torch.Generator().manual_seed(2000 + seed)
+                idx = torch.randint(data.x_unlabeled.shape[0], (10 * args.per_class,), generator=g)
+                with torch.no_grad():
+                    mu, logvar = vae.encode(data.x_unlabeled[idx])
+                z0 = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=g)
+                name = "default, chains from q(z|x) of real images"
+                report, _, _ = draw(vae, _FromStart(gen_sampler, z0), guidance=gen_guidance)
+                results["sampler"].setdefault(name, {})[str(seed)] = score(report)
             save()
         if "filter" in args.tables:
             base = replace(default_filter, coreset=None)
@@ -225,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                                                entropy_threshold=0.01),
             }
             for name, fc in variants.items():
-                report, _, _ = draw(vae, gen_sampler, filter_config=fc)
+                report, _, _ = draw(vae, gen_sampler, guidance=gen_guidance, filter_config=fc)
                 r = score(report)
                 r["default"] = fc is not None and fc == replace(default_filter, coreset=None)
                 results.setdefault("filter", {}).setdefault(name, {})[str(seed)] = r
@@ -264,12 +282,17 @@ def _merge(into: dict, other: dict) -> None:
             into[k] = v
 
 
-def _draw(vae, sampler, *, judge, x_real, x_real_other, seed, per_class, filter_config):
-    """Draws of ``vae`` with ``sampler`` (chain seed fixed per seed), judged; ``(report, generated, sel)``."""
+def _draw(vae, sampler, *, guidance, judge, x_real, x_real_other, seed, per_class, filter_config):
+    """Draws of ``vae`` with ``sampler`` at class guidance ``guidance`` (chain seed fixed per seed), judged;
+    ``(report, generated, selection)``."""
     g = torch.Generator().manual_seed(1000 + seed)
-    return evaluate_generation(vae, judge, x_real, samples_per_class=per_class, sampler=sampler, generator=g,
-                               x_real_other=x_real_other, x_to_reconstruct=x_real_other,
-                               filter_config=filter_config)
+    saved, vae.prior.guidance = vae.prior.guidance, guidance
+    try:
+        return evaluate_generation(vae, judge, x_real, samples_per_class=per_class, sampler=sampler,
+                                   generator=g, x_real_other=x_real_other, x_to_reconstruct=x_real_other,
+                                   filter_config=filter_config)
+    finally:
+        vae.prior.guidance = saved
 
 
 class _FromStart:
@@ -307,8 +330,8 @@ def markdown(results: dict, seeds: list[int]) -> str:
                          results.get("judge_accuracy", {}))]
     if "training" in results:
         lines += ["", "| training | latent acc. % | agreement % | worst class % | FD draws | FD recon. | "
-                  "FD real | filtered agreement % | agreement %, training chains T=1 | train s |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "FD real | latent FD | filtered agreement % | agreement %, training chains T=1 | train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, by_seed in results["training"].items():
             rows = [by_seed[k] for k in s if k in by_seed]
             if not rows:
@@ -320,16 +343,22 @@ def markdown(results: dict, seeds: list[int]) -> str:
                 f"{_pct([x['agreement'] for x in d])} | {_pct([x['worst_class'] for x in d])} | "
                 f"{_mean([x['fd'] for x in d])} | "
                 f"{_mean([x['fd_recon'] for x in d])} | {_mean([x['fd_real'] for x in d])} | "
-                f"{_pct([x.get('filtered_agreement') for x in d])} | {_pct([x['agreement'] for x in t1])} | "
+                f"{_mean([x.get('latent_fd') for x in d])} | "
+                f"{_pct([x.get('filtered_agreement') for x in d])} | "
+                f"{_pct([x['agreement'] for x in t1])} | "
                 f"{_mean([r['train_seconds'] for r in rows])} |")
     if "sampler" in results:
-        lines += ["", "| sampler (default model) | agreement % | worst class % | FD draws | self-agreement % "
-                  "| draw s (1000 chains) |", "|---|---|---|---|---|---|"]
+        lines += ["", "| sampler (default model) | agreement % | worst class % | FD draws | FD recon. | "
+                  "latent FD | latent FD real | self-agreement % | draw s (1000 chains) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, by_seed in results["sampler"].items():
             rows = [by_seed[k] for k in s if k in by_seed]
             if rows:
                 lines.append(f"| {name} | {_pct([r['agreement'] for r in rows])} | "
                              f"{_pct([r['worst_class'] for r in rows])} | {_mean([r['fd'] for r in rows])} | "
+                             f"{_mean([r['fd_recon'] for r in rows])} | "
+                             f"{_mean([r.get('latent_fd') for r in rows])} | "
+                             f"{_mean([r.get('latent_fd_real') for r in rows])} | "
                              f"{_pct([r['self_agreement'] for r in rows])} | "
                              f"{_mean([r['seconds_draw'] for r in rows])} |")
     if "filter" in results:
