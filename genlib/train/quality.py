@@ -219,6 +219,10 @@ def save_generation_grids(
     ``{prefix}_by_entropy.png``: per class from most to least confident (latent classifier's entropy)."""
     from genlib.viz import save_entropy_grid, save_image_grid
 
+    if not isinstance(generated, Generated):
+        raise ValueError(f"generated must be a genlib.train.Generated (from generate_labelled), got "
+                         f"{type(generated).__name__}")
+    check_int(per_class, "per_class")
     folder = Path(folder)
     rows = torch.cat([torch.nonzero(generated.y == k).squeeze(1)[:per_class] for k in generated.y.unique()])
     plain = save_image_grid(generated.x[rows].clamp(0, 1), folder / f"{prefix}.png", nrow=per_class,

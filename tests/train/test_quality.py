@@ -12,7 +12,12 @@ from genlib.models import VAE
 from genlib.nn import MLPDecoder, MLPEncoder
 from genlib.priors import LatentEBMPrior
 from genlib.sampling import LangevinSampler
-from genlib.train.quality import aggregate_posterior_samples, evaluate_generation, latent_frechet_distance
+from genlib.train.quality import (
+    aggregate_posterior_samples,
+    evaluate_generation,
+    latent_frechet_distance,
+    save_generation_grids,
+)
 
 
 def test_latent_frechet_distance_is_the_squared_shift_between_equal_covariances():
@@ -63,3 +68,8 @@ def test_report_flags_draws_outside_the_aggregate_posterior():
     data = json.loads(json.dumps(near.to_dict(), allow_nan=False))
     assert data["latent_fd"] == pytest.approx(near.latent_fd)
     assert "latent Fréchet distance" in near.format()
+
+
+def test_save_generation_grids_rejects_what_is_not_a_batch_of_draws(tmp_path):
+    with pytest.raises(ValueError, match="generated must be a genlib.train.Generated"):
+        save_generation_grids(torch.rand(4, 1, 8, 8), tmp_path)
