@@ -157,6 +157,24 @@ def test_diag_elementwise_step_is_faster_on_a_diagonal_hessian_with_a_wide_sprea
         DiagPreconditioner(3, elementwise_step=1)
 
 
+def test_lra_diagonal_factor_takes_the_same_elementwise_steps():
+    # LRA's d is appendix A.1.4's diagonal factor B: at rank 0 its fit is the diagonal one, step rule included
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(16, 8, generator=g, dtype=DT)
+    h = v * torch.logspace(-2, 2, 8, dtype=DT)
+    for e in (False, True):
+        lra = fit(LRAPreconditioner(8, 0, dtype=DT, elementwise_step=e), v, h, 50)
+        diag = fit(DiagPreconditioner(8, dtype=DT, elementwise_step=e), v, h, 50)
+        torch.testing.assert_close(lra.d, diag.q, rtol=1e-10, atol=0)
+    # with a low-rank part too, the per-entry steps get far closer on a diagonal Hessian spanning 1e4
+    target = torch.diag(((v * v).mean(0) / (h * h).mean(0)).sqrt())
+    err = [rel_err(fit(LRAPreconditioner(8, 2, dtype=DT, elementwise_step=e), v, h, 2000).to_dense(), target)
+           for e in (False, True)]
+    assert err[1] < 0.3 < 0.9 < err[0]
+    with pytest.raises(ValueError, match="elementwise_step"):
+        LRAPreconditioner(8, 2, elementwise_step="yes")
+
+
 @pytest.mark.parametrize("d", [6, 7])
 def test_xmat_reaches_optimum_on_x_shaped_curvature(d):
     g = torch.Generator().manual_seed(d)
