@@ -12,8 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "fidelity.md"
 # `path/to/file.py:Name` or `path/to/file.py:Class.member`
 REF = re.compile(r"`((?:genlib|recipes|benchmarks)/[\w/]+\.py):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)`")
-VERDICTS = ("faithful", "paper typo, corrected", "departure", "addition", "not implemented", "analysis",
-            "pending")
+VERDICTS = ("faithful", "paper typo, corrected", "departure", "addition", "not implemented", "analysis")
 
 
 def _names(body: list[ast.stmt]) -> dict[str, ast.AST]:
