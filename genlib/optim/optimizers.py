@@ -864,6 +864,9 @@ class Diag(PSGD):
     and the run ends at a clearly higher loss (benchmarks/README.md, "PSGD"). ``group_init=False`` restores
     per-tensor starting scales.
 
+    ``elementwise_step=True`` gives every diagonal entry its own step size (dissertation appendix A.1.4;
+    :class:`DiagPreconditioner`); a param group may set it too.
+
     The per-tensor step normalisation (Li's Jacobi PSGD) lets every tensor's largest entry move by the
     full ``preconditioner_lr``; ``LRA(rank=0)`` is the same diagonal preconditioner with one normaliser
     for the whole group. Neither is better everywhere (benchmarks/README.md): per-tensor ended clearly
@@ -877,14 +880,19 @@ class Diag(PSGD):
         lr: float | None = None,
         *,
         group_init: bool = True,
+        elementwise_step: bool = False,
         **kwargs: Unpack[PSGDOptions],
     ) -> None:
-        super().__init__(params, lr, **kwargs)
+        super().__init__(params, lr, elementwise_step=elementwise_step, **kwargs)
         self.group_init = bool(group_init)
+
+    def _validate_family(self, g, where):
+        _check_elementwise_step(g, where)
 
     def _make_preconditioner(self, shape, group, dtype, device, gi):
         return DiagPreconditioner(
-            shape, lr=group["preconditioner_lr"], init_scale=group["init_scale"], dtype=dtype, device=device
+            shape, lr=group["preconditioner_lr"], init_scale=group["init_scale"], dtype=dtype, device=device,
+            elementwise_step=group["elementwise_step"],
         )
 
 
@@ -894,21 +902,30 @@ class LRA(PSGD):
 
     Args (besides :class:`PSGD`'s):
         rank: rank of ``UVᵀ`` (>= 0; 0 is diagonal); capped at ``dim − 1`` for groups with few entries.
+        elementwise_step: one step size per entry of the diagonal factor (dissertation appendix A.1.4)
+            instead of one for the whole diagonal; see :class:`LRAPreconditioner`.
     """
 
     flatten = True
 
     def __init__(
-        self, params: Params, lr: float | None = None, *, rank: int = 10, **kwargs: Unpack[PSGDOptions]
+        self,
+        params: Params,
+        lr: float | None = None,
+        *,
+        rank: int = 10,
+        elementwise_step: bool = False,
+        **kwargs: Unpack[PSGDOptions],
     ) -> None:
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
             raise ValueError(f"rank must be an int >= 0, got {rank!r}")
-        super().__init__(params, lr, rank=rank, **kwargs)
+        super().__init__(params, lr, rank=rank, elementwise_step=elementwise_step, **kwargs)
 
     def _validate_family(self, g, where):
         r = g["rank"]
         if not isinstance(r, int) or isinstance(r, bool) or r < 0:
             raise ValueError(f"{where}rank must be an int >= 0, got {r!r}")
+        _check_elementwise_step(g, where)
 
     def _make_preconditioner(self, shape, group, dtype, device, gi):
         dim = shape[0]
@@ -920,7 +937,13 @@ class LRA(PSGD):
             init_scale=group["init_scale"],
             dtype=dtype,
             device=device,
+            elementwise_step=group["elementwise_step"],
         )
+
+
+def _check_elementwise_step(g: dict[str, Any], where: str) -> None:
+    if not isinstance(g["elementwise_step"], bool):
+        raise ValueError(f"{where}elementwise_step must be True or False, got {g['elementwise_step']!r}")
 
 
 class XMat(PSGD):
