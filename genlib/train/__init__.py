@@ -9,9 +9,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from genlib._lazy import lazy_attributes
 from genlib.train.checkpoint import Checkpointer, Resumed, get_rng_state, set_rng_state
 from genlib.train.classifiers import MLPClassifier, SmallConvNet
 from genlib.train.classify import evaluate_accuracy, predict_logits, train_classifier, weighted_cross_entropy
@@ -49,8 +49,10 @@ __all__ += ["SemiSupervisedConfig", "SemiSupervisedTrainer", "latent_accuracy", 
 if TYPE_CHECKING:
     from genlib.train.quality import (
         GenerationReport,
+        aggregate_posterior_samples,
         evaluate_generation,
         fit_reference_classifier,
+        latent_frechet_distance,
         reconstruct_images,
         save_generation_grids,
     )
@@ -58,23 +60,13 @@ if TYPE_CHECKING:
 # The generation-quality helpers pull in the image metrics (and through them torchaudio, for FAD): imported on
 # first use of one of their names (PEP 562).
 _LAZY = dict.fromkeys(
-    ["GenerationReport", "evaluate_generation", "fit_reference_classifier", "reconstruct_images",
-     "save_generation_grids"],
+    ["GenerationReport", "aggregate_posterior_samples", "evaluate_generation", "fit_reference_classifier",
+     "latent_frechet_distance", "reconstruct_images", "save_generation_grids"],
     "genlib.train.quality",
 )
-__all__ += ["GenerationReport", "evaluate_generation", "fit_reference_classifier", "reconstruct_images",
+__all__ += ["GenerationReport", "aggregate_posterior_samples", "evaluate_generation",
+            "fit_reference_classifier", "latent_frechet_distance", "reconstruct_images",
             "save_generation_grids"]
 
 
-def __getattr__(name: str) -> Any:
-    """Import the module defining ``name`` on first use (PEP 562)."""
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
