@@ -1,4 +1,12 @@
-"""Small shared helpers: device choice, seeding, atomic checkpoints, strict JSON and argument validation."""
+"""Small shared helpers: device choice, seeding, atomic checkpoints, strict JSON and argument validation.
+
+Argument validation has a global switch, as ``torch.distributions`` has (:func:`set_validate_args`,
+:func:`validation_enabled`, the context manager :func:`validate_args`), and the classes that check inputs on
+hot paths take ``validate_args: bool | None = None`` (``None`` follows the switch). With it off, nothing on
+those paths reads tensor values on the host (no ``.item()``, ``bool(tensor)``, ``int(tensor)``), so
+``torch.compile`` captures them without graph breaks and no step waits on a device sync; checks on Python
+metadata alone (shape, dtype, ndim) stay on, since they cost nothing and never break a graph.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,8 @@ import pickle
 import random
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,7 +39,57 @@ __all__ = [
     "check_tensor",
     "check_positive",
     "check_int",
+    "set_validate_args",
+    "validation_enabled",
+    "validate_args",
+    "resolve_validate_args",
 ]
+
+# On by default, like torch.distributions: clear errors first, speed when asked for.
+_VALIDATE_ARGS = True
+
+
+def set_validate_args(flag: bool) -> None:
+    """Switch genlib's value checks on hot paths on (the default) or off, for every object whose own
+    ``validate_args`` is ``None``.
+
+    Off, the VAE's ELBO, the likelihoods' ``log_prob``, the latent EBM's energy and the Langevin samplers skip
+    the checks that read tensor values (NaN / Inf inputs, labels out of range, diverging chains), so they
+    compile without graph breaks; bad input then yields NaN or an indexing error instead of a clear message.
+    """
+    global _VALIDATE_ARGS
+    if not isinstance(flag, bool):
+        raise ValueError(f"flag must be a bool, got {flag!r}")
+    _VALIDATE_ARGS = flag
+
+
+def validation_enabled() -> bool:
+    """Whether genlib's value checks are on by default (see :func:`set_validate_args`)."""
+    return _VALIDATE_ARGS
+
+
+@contextmanager
+def validate_args(flag: bool) -> Iterator[None]:
+    """Context manager: :func:`set_validate_args` (``flag``) inside the block, the previous setting after.
+
+    Enter it outside a compiled function (``torch.compile`` guards on the setting, so switching it later
+    recompiles rather than silently reusing a graph built under the other setting).
+    """
+    previous = _VALIDATE_ARGS
+    set_validate_args(flag)
+    try:
+        yield
+    finally:
+        set_validate_args(previous)
+
+
+def resolve_validate_args(flag: bool | None, name: str = "validate_args") -> bool:
+    """An object's effective setting: ``flag`` itself, or the global default when it is ``None``."""
+    if flag is None:
+        return _VALIDATE_ARGS
+    if not isinstance(flag, bool):
+        raise ValueError(f"{name} must be True, False or None (None: genlib.set_validate_args), got {flag!r}")
+    return flag
 
 
 def default_device() -> torch.device:
@@ -176,7 +235,8 @@ def check_positive(value: float, name: str, *, allow_zero: bool = False) -> floa
         v = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+    # math, not NumPy: a NumPy bool would break a torch.compile graph wherever this runs inside one.
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
     return v

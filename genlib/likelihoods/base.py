@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from genlib.nn.config import Configurable
-from genlib.utils import check_tensor
+from genlib.utils import check_tensor, resolve_validate_args
 
 __all__ = ["Likelihood", "positive"]
 
@@ -40,20 +40,33 @@ class Likelihood(Configurable, nn.Module):
     usable as ``pyro.sample("x", lik(raw).to_event(k), obs=x)``; a subclass returning a plain
     ``torch.distributions`` object works everywhere in genlib, and in pyro once it returns the
     ``pyro.distributions`` class of the same name instead.
+
+    Args:
+        validate_args: check tensor values (NaN / Inf in ``raw`` and ``x``, and the distribution's own
+            parameter and support checks); ``None`` (default) follows :func:`genlib.set_validate_args`.
+            Shape and dtype checks always run. Subclasses with their own ``__init__`` take it and pass it on.
     """
 
     n_params: int = 1
 
-    def __init__(self) -> None:
+    def __init__(self, validate_args: bool | None = None) -> None:
         super().__init__()
+        resolve_validate_args(validate_args)  # reject a non-bool early, naming the argument
+        self.validate_args = validate_args
+
+    @property
+    def validating(self) -> bool:
+        """Whether this likelihood checks tensor values now (its ``validate_args``, else the global one)."""
+        return resolve_validate_args(getattr(self, "validate_args", None))
 
     def distribution(self, raw: Tensor) -> Distribution:
         """The element-wise distribution for a validated ``raw`` of shape ``(B, n_params, *data_shape)``."""
         raise NotImplementedError(f"{type(self).__name__} must implement distribution(raw)")
 
     def check_raw(self, raw: Tensor) -> Tensor:
-        """``ValueError`` unless ``raw`` is a finite real tensor of shape ``(B, n_params, *data_shape)``."""
-        check_tensor(raw, "raw", floating=True)
+        """``ValueError`` unless ``raw`` is a real tensor of shape ``(B, n_params, *data_shape)``, finite when
+        :attr:`validating`."""
+        check_tensor(raw, "raw", floating=True, finite=self.validating)
         if raw.is_complex():
             raise ValueError(f"raw must be a real tensor of decoder outputs, got complex dtype {raw.dtype}")
         if raw.ndim < 2 or raw.shape[1] != self.n_params:
@@ -69,7 +82,7 @@ class Likelihood(Configurable, nn.Module):
     def log_prob(self, x: Tensor, raw: Tensor) -> Tensor:
         """Element-wise ``log p(x | raw)``, shape ``(B, *data_shape)`` (sum it for a per-example value)."""
         dist = self(raw)
-        check_tensor(x, "x")
+        check_tensor(x, "x", finite=self.validating)
         if x.shape != dist.batch_shape:
             raise ValueError(
                 f"x must have shape (B, *data_shape) = {tuple(dist.batch_shape)} to match raw "

@@ -26,6 +26,8 @@ class Gaussian(Likelihood):
         init_sigma: initial value of a learned ``sigma``.
         min_sigma: floor on learned / decoder ``sigma`` (a learned per-pixel ``sigma`` on a constant pixel
             would otherwise shrink to 0 and the likelihood diverge).
+        validate_args: check tensor values (see :class:`~genlib.likelihoods.Likelihood`); ``None`` follows
+            :func:`genlib.set_validate_args`.
 
     Learned and decoder ``sigma`` are ``min_sigma + positive(s)`` with ``s`` the parameter or channel
     (``positive`` is ``exp`` with an overflow-safe linear tail). The distribution is a
@@ -40,8 +42,9 @@ class Gaussian(Likelihood):
         sigma_shape: tuple[int, ...] = (),
         init_sigma: float = 1.0,
         min_sigma: float = 1e-3,
+        validate_args: bool | None = None,
     ):
-        super().__init__()
+        super().__init__(validate_args)
         self.min_sigma = check_positive(min_sigma, "min_sigma", allow_zero=True)
         self.log_sigma: nn.Parameter | None = None
         if isinstance(sigma, str):
@@ -71,11 +74,11 @@ class Gaussian(Likelihood):
         return self.min_sigma + positive(self.log_sigma)
 
     def distribution(self, raw: Tensor) -> StableNormal:
-        loc = raw[:, 0]
+        loc, check = raw[:, 0], self.validating
         if self.mode == "fixed":
-            return StableNormal(loc, torch.full_like(loc, self.fixed_sigma))
+            return StableNormal(loc, torch.full_like(loc, self.fixed_sigma), validate_args=check)
         if self.mode == "decoder":
-            return StableNormal(loc, self.min_sigma + positive(raw[:, 1]))
+            return StableNormal(loc, self.min_sigma + positive(raw[:, 1]), validate_args=check)
         data_shape = tuple(loc.shape[1:])
         try:
             fits = torch.broadcast_shapes(self.log_sigma.shape, data_shape) == data_shape
@@ -86,7 +89,7 @@ class Gaussian(Likelihood):
                 f"learned sigma of shape {tuple(self.log_sigma.shape)} does not broadcast to the data shape "
                 f"{data_shape}; set sigma_shape to () or a shape that broadcasts to it"
             )
-        return StableNormal(loc, self.sigma.expand_as(loc))
+        return StableNormal(loc, self.sigma.expand_as(loc), validate_args=check)
 
     def extra_repr(self) -> str:
         s = f"sigma={self.fixed_sigma}" if self.mode == "fixed" else f"sigma={self.mode!r}"
@@ -104,4 +107,4 @@ class Bernoulli(Likelihood):
     n_params = 1
 
     def distribution(self, raw: Tensor) -> UnitIntervalBernoulli:
-        return UnitIntervalBernoulli(logits=raw[:, 0])
+        return UnitIntervalBernoulli(logits=raw[:, 0], validate_args=self.validating)

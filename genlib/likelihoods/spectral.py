@@ -40,8 +40,8 @@ __all__ = ["Gamma", "ItakuraSaito", "LogNormalVonMises", "GammaVonMises", "Compl
 
 
 class _Spectral(Likelihood):
-    def __init__(self, floor: float = 1e-6):
-        super().__init__()
+    def __init__(self, floor: float = 1e-6, validate_args: bool | None = None):
+        super().__init__(validate_args)
         self.floor = check_positive(floor, "floor")
 
     def _pos(self, raw: Tensor) -> Tensor:
@@ -70,7 +70,7 @@ class Gamma(_Spectral):
     n_params = 2
 
     def distribution(self, raw: Tensor) -> GammaMagnitude:
-        return GammaMagnitude(self._pos(raw[:, 0]), self._pos(raw[:, 1]))
+        return GammaMagnitude(self._pos(raw[:, 0]), self._pos(raw[:, 1]), validate_args=self.validating)
 
 
 class ItakuraSaito(_Spectral):
@@ -103,10 +103,13 @@ class ItakuraSaito(_Spectral):
     Args:
         concentration: the fixed shape ``alpha > 0``, or ``"decoder"`` for the learned shape.
         floor: lower bound on ``v`` (or ``y``) in power units.
+        validate_args: check tensor values (see :class:`~genlib.likelihoods.Likelihood`).
     """
 
-    def __init__(self, concentration: float | str = 1.0, floor: float = 1e-12):
-        super().__init__(floor)
+    def __init__(
+        self, concentration: float | str = 1.0, floor: float = 1e-12, validate_args: bool | None = None
+    ):
+        super().__init__(floor, validate_args)
         if isinstance(concentration, str):
             if concentration != "decoder":
                 raise ValueError(
@@ -123,10 +126,11 @@ class ItakuraSaito(_Spectral):
         return self.concentration == "decoder"
 
     def distribution(self, raw: Tensor) -> ItakuraSaitoMagnitude:
+        check = self.validating
         if self.learned_shape:
             alpha = positive(raw[:, 1], _MIN_SHAPE)
-            return ItakuraSaitoMagnitude(alpha * self._pos(raw[:, 0]), alpha)
-        return ItakuraSaitoMagnitude(self._pos(raw[:, 0]), self.concentration)
+            return ItakuraSaitoMagnitude(alpha * self._pos(raw[:, 0]), alpha, validate_args=check)
+        return ItakuraSaitoMagnitude(self._pos(raw[:, 0]), self.concentration, validate_args=check)
 
     def extra_repr(self) -> str:
         shape = self.concentration if self.learned_shape else f"{self.concentration:g}"
@@ -149,8 +153,9 @@ class LogNormalVonMises(_Spectral):
     n_params = 4
 
     def distribution(self, raw: Tensor) -> PolarVonMises:
-        magnitude = LogNormal(raw[:, 0], self._pos(raw[:, 1]))
-        return PolarVonMises(magnitude, raw[:, 2], positive(raw[:, 3]))
+        check = self.validating
+        magnitude = LogNormal(raw[:, 0], self._pos(raw[:, 1]), validate_args=check)
+        return PolarVonMises(magnitude, raw[:, 2], positive(raw[:, 3]), validate_args=check)
 
 
 class GammaVonMises(_Spectral):
@@ -166,8 +171,9 @@ class GammaVonMises(_Spectral):
     n_params = 4
 
     def distribution(self, raw: Tensor) -> PolarVonMises:
-        magnitude = TorchGamma(self._pos(raw[:, 0]), self._pos(raw[:, 1]))
-        return PolarVonMises(magnitude, raw[:, 2], positive(raw[:, 3]))
+        check = self.validating
+        magnitude = TorchGamma(self._pos(raw[:, 0]), self._pos(raw[:, 1]), validate_args=check)
+        return PolarVonMises(magnitude, raw[:, 2], positive(raw[:, 3]), validate_args=check)
 
 
 class ComplexNormal(_Spectral):
@@ -184,7 +190,7 @@ class ComplexNormal(_Spectral):
     n_params = 3
 
     def distribution(self, raw: Tensor) -> CircularComplexNormal:
-        return CircularComplexNormal(_complex_loc(raw), self._pos(raw[:, 2]))
+        return CircularComplexNormal(_complex_loc(raw), self._pos(raw[:, 2]), validate_args=self.validating)
 
 
 class ComplexLaplace(_Spectral):
@@ -198,7 +204,7 @@ class ComplexLaplace(_Spectral):
     n_params = 3
 
     def distribution(self, raw: Tensor) -> CircularComplexLaplace:
-        return CircularComplexLaplace(_complex_loc(raw), self._pos(raw[:, 2]))
+        return CircularComplexLaplace(_complex_loc(raw), self._pos(raw[:, 2]), validate_args=self.validating)
 
 
 def _complex_loc(raw: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ from torch.distributions import Distribution
 
 from genlib.nn.config import Configurable, from_spec, to_spec
 from genlib.priors.base import Prior, StandardNormal, gaussian_log_prob
-from genlib.utils import atomic_save, check_positive, check_tensor, load_checkpoint
+from genlib.utils import atomic_save, check_positive, check_tensor, load_checkpoint, resolve_validate_args
 
 __all__ = ["ELBOTerms", "VAE"]
 
@@ -48,6 +48,10 @@ class VAE(Configurable, nn.Module):
             ``likelihood(raw)`` a ``torch.distributions.Distribution``).
         prior: a :class:`~genlib.priors.Prior`; ``None`` means :class:`~genlib.priors.StandardNormal`.
         beta: weight of the KL term (beta-VAE); 1 gives the ELBO. May be changed during training (annealing).
+        validate_args: check the values of ``x`` (NaN / Inf) in :meth:`elbo` and :meth:`encode`; ``None``
+            (default) follows :func:`genlib.set_validate_args`. Shape and dtype checks always run. The
+            likelihood and prior have their own setting: to compile the ELBO without graph breaks, switch
+            all off at once with ``genlib.set_validate_args(False)``.
 
     All terms are summed over every non-batch dim (data elements, latent units and frames), so the ELBO is a
     per-example log-likelihood bound in nats. Inference helpers (:meth:`reconstruct`, :meth:`sample`,
@@ -61,8 +65,10 @@ class VAE(Configurable, nn.Module):
         likelihood: nn.Module,
         prior: Prior | None = None,
         beta: float = 1.0,
+        validate_args: bool | None = None,
     ):
         super().__init__()
+        resolve_validate_args(validate_args)  # reject a non-bool early, naming the argument
         for name, m in (("encoder", encoder), ("decoder", decoder), ("likelihood", likelihood)):
             if not isinstance(m, nn.Module):
                 raise ValueError(f"{name} must be a torch.nn.Module, got {type(m).__name__}")
@@ -95,11 +101,17 @@ class VAE(Configurable, nn.Module):
         self.prior = prior
         self.latent_dim = next(iter(known.values()), None)
         self.beta = check_positive(beta, "beta", allow_zero=True)
+        self.validate_args = validate_args
+
+    @property
+    def validating(self) -> bool:
+        """Whether this VAE checks the values of ``x`` now (its ``validate_args``, else the global switch)."""
+        return resolve_validate_args(self.validate_args)
 
     # -- model -------------------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters ``(mu, logvar)`` of q(z|x)."""
-        check_tensor(x, "x")
+        check_tensor(x, "x", finite=self.validating)
         out = self.encoder(x)
         if not (isinstance(out, (tuple, list)) and len(out) == 2 and out[0].shape == out[1].shape):
             raise RuntimeError("encoder must return a pair (mu, logvar) of tensors with the same shape")
@@ -223,7 +235,8 @@ class VAE(Configurable, nn.Module):
     # -- persistence -------------------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(prior=self.prior, beta=self.beta)  # the live values (beta may have been annealed)
+        # the live values (beta may have been annealed, validate_args switched)
+        config.update(prior=self.prior, beta=self.beta, validate_args=self.validate_args)
         return config
 
     def save(self, path: str | os.PathLike, **extra: Any) -> Path:

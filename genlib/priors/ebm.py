@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from genlib.nn.mlp import MLP
 from genlib.priors.base import Prior
 from genlib.sampling import LangevinDiagnostics, LangevinSampler
-from genlib.utils import check_positive
+from genlib.utils import check_positive, resolve_validate_args
 
 __all__ = ["LatentEBMPrior"]
 
@@ -58,6 +58,11 @@ class LatentEBMPrior(Prior):
             with ``y`` targets ``p(z) p(y|z)^w``; ``1`` is the paper's ``p(z|y)``. The defaults (``w = 300``,
             200 steps of 0.02, ``T = 1``) were measured in ``benchmarks/sample_quality.py``: the strongly
             guided chains need the small step to stay inside the encoder's latent region.
+        validate_args: check label values (``y`` within ``[0, n_classes)``) in :meth:`energy`,
+            :meth:`log_prob`, :meth:`guided_log_prob` and :meth:`classification_loss`; ``None`` (default)
+            follows :func:`genlib.set_validate_args`. Shape and dtype checks always run. Off, these
+            methods read no tensor values on the host, so they compile without graph breaks (inside
+            :meth:`sample`, too: the range check is then not repeated at every Langevin step).
 
     Attributes:
         score: the MLP ``F`` (``latent_dim -> n_classes``).
@@ -77,8 +82,10 @@ class LatentEBMPrior(Prior):
         step_size: float = 0.02,
         temperature: float = 1.0,
         guidance: float = 300.0,
+        validate_args: bool | None = None,
     ):
         super().__init__(latent_dim)
+        resolve_validate_args(validate_args)  # reject a non-bool early, naming the argument
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes <= 0:
             raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
         self.n_classes = n_classes
@@ -86,6 +93,12 @@ class LatentEBMPrior(Prior):
         self.sampler = LangevinSampler(n_steps=n_steps, step_size=check_positive(step_size, "step_size"),
                                        temperature=check_positive(temperature, "temperature"))
         self.guidance = check_positive(guidance, "guidance")
+        self.validate_args = validate_args
+
+    @property
+    def validating(self) -> bool:
+        """Whether label values are checked now (this prior's ``validate_args``, else the global switch)."""
+        return resolve_validate_args(self.validate_args)
 
     # ------------------------------------------------------------------ checks
     def _z(self, z: torch.Tensor, name: str = "z") -> torch.Tensor:
@@ -94,14 +107,22 @@ class LatentEBMPrior(Prior):
             raise ValueError(f"{name} must have shape (B, {self.latent_dim}), got {tuple(z.shape)}")
         return z
 
-    def _y(self, y: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    def _y(
+        self, y: int | torch.Tensor, batch: int, device: torch.device, check: bool | None = None
+    ) -> torch.Tensor:
+        """``y`` as a ``(batch,)`` int64 tensor. A tensor's values are range-checked when ``check`` (default:
+        :attr:`validating`), which costs a host sync; an int is always checked (it costs nothing)."""
         if isinstance(y, int) and not isinstance(y, bool):
-            y = torch.full((batch,), y, dtype=torch.long, device=device)
+            if not 0 <= y < self.n_classes:
+                raise ValueError(f"y must lie in [0, {self.n_classes - 1}], got {y}")
+            return torch.full((batch,), y, dtype=torch.long, device=device)
         int_dtypes = (torch.int64, torch.int32)
         if not isinstance(y, torch.Tensor) or y.dtype not in int_dtypes or y.shape != (batch,):
             got = f"{y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else repr(y)
             raise ValueError(f"y must be an int or an int64 tensor of shape ({batch},), got {got}")
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+        if check is None:
+            check = self.validating
+        if check and y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
             raise ValueError(
                 f"y must lie in [0, {self.n_classes - 1}], got values in [{int(y.min())}, {int(y.max())}]"
             )
@@ -121,8 +142,14 @@ class LatentEBMPrior(Prior):
 
         Lower energy = more probable; ``log_prob = -energy``.
         """
+        return self._energy(z, y, check=None)
+
+    def _energy(self, z: torch.Tensor, y: int | torch.Tensor | None, check: bool | None) -> torch.Tensor:
         f = self.logits(z)
-        score = f.logsumexp(-1) if y is None else f.gather(1, self._y(y, z.shape[0], z.device)[:, None])[:, 0]
+        if y is None:
+            score = f.logsumexp(-1)
+        else:
+            score = f.gather(1, self._y(y, z.shape[0], z.device, check)[:, None])[:, 0]
         return 0.5 * z.square().sum(1) - score
 
     def log_prob(self, z: torch.Tensor, y: int | torch.Tensor | None = None) -> torch.Tensor:
@@ -130,7 +157,11 @@ class LatentEBMPrior(Prior):
 
         Differs from the normalised log density by the constant ``-(latent_dim/2) log 2π - log Z``.
         """
-        return -self.energy(z, y)
+        return -self._energy(z, y, check=None)
+
+    def _joint_log_prob_checked_y(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`log_prob` for a ``y`` :meth:`sample` has already checked: no range check at every step."""
+        return -self._energy(z, y, check=False)
 
     def guided_log_prob(self, z: torch.Tensor, y: int | torch.Tensor, guidance: float) -> torch.Tensor:
         """Unnormalised ``log p(z) + w log p(y|z)``, ``(B,)``: the target of guided class-conditional draws.
@@ -138,9 +169,14 @@ class LatentEBMPrior(Prior):
         ``= logsumexp F(z) - ||z||²/2 + w (F(z)[y] - logsumexp F(z))``; at ``w = 1`` it is :meth:`log_prob`
         ``(z, y)``.
         """
+        return self._guided_log_prob(z, y, guidance, check=None)
+
+    def _guided_log_prob(
+        self, z: torch.Tensor, y: int | torch.Tensor, guidance: float, check: bool | None
+    ) -> torch.Tensor:
         f = self.logits(z)
         lse = f.logsumexp(-1)
-        f_y = f.gather(1, self._y(y, z.shape[0], z.device)[:, None])[:, 0]
+        f_y = f.gather(1, self._y(y, z.shape[0], z.device, check)[:, None])[:, 0]
         return lse - 0.5 * z.square().sum(1) + guidance * (f_y - lse)
 
     # ------------------------------------------------------------------ sampling
@@ -188,8 +224,9 @@ class LatentEBMPrior(Prior):
             target = self.log_prob
         else:
             y = self._y(y, n, p.device)
-            target = functools.partial(self.log_prob, y=y) if w == 1 else functools.partial(
-                self.guided_log_prob, y=y, guidance=w)
+            # y is checked once here; the targets skip the check at every step (a host sync each).
+            target = functools.partial(self._joint_log_prob_checked_y, y=y) if w == 1 else functools.partial(
+                self._guided_log_prob, y=y, guidance=w, check=False)
         z, diag = sampler.run(target, z0, generator=generator)
         return (z, diag) if return_diagnostics else z
 

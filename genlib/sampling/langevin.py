@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 
 from genlib.sampling.diagnostics import LangevinDiagnostics
-from genlib.utils import check_int, check_positive, check_tensor
+from genlib.utils import check_int, check_positive, check_tensor, resolve_validate_args
 
 __all__ = ["Callback", "LogProbFn", "PreconditionerLike", "langevin", "LangevinSampler", "log_prob_and_grad"]
 
@@ -72,8 +72,11 @@ def log_prob_and_grad(log_prob_fn: LogProbFn, z: torch.Tensor) -> tuple[torch.Te
     """``(log p(z), grad_z log p(z))`` for a batch of chains, both detached.
 
     Only ``z``'s gradient is taken (``torch.autograd.grad``), so parameters inside ``log_prob_fn`` (an EBM's
-    weights) never accumulate ``.grad`` from sampling.
+    weights) never accumulate ``.grad`` from sampling. Inside ``torch.compile`` the gradient comes from
+    ``torch.func.grad`` instead (the same value), which dynamo traces without a graph break.
     """
+    if torch.compiler.is_compiling():
+        return _log_prob_and_grad_func(log_prob_fn, z)
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
         lp = log_prob_fn(z)
@@ -85,6 +88,23 @@ def log_prob_and_grad(log_prob_fn: LogProbFn, z: torch.Tensor) -> tuple[torch.Te
         (grad,) = torch.autograd.grad(lp.sum(), z, allow_unused=True)
     if grad is None:  # log p does not depend on z: a flat target
         grad = torch.zeros_like(z)
+    return lp.detach(), grad.detach()
+
+
+def _log_prob_and_grad_func(log_prob_fn: LogProbFn, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`log_prob_and_grad` via ``torch.func``: ``autograd.grad`` and ``requires_grad_`` break graphs."""
+
+    def total(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lp = log_prob_fn(z)
+        if not isinstance(lp, torch.Tensor) or lp.shape != (z.shape[0],):
+            got = tuple(lp.shape) if isinstance(lp, torch.Tensor) else type(lp).__name__
+            raise ValueError(
+                f"log_prob_fn must map z of shape {tuple(z.shape)} to shape ({z.shape[0]},), got {got}"
+            )
+        return lp.sum(), lp
+
+    with torch.enable_grad():
+        grad, lp = torch.func.grad(total, has_aux=True)(z.detach())
     return lp.detach(), grad.detach()
 
 
@@ -110,15 +130,20 @@ def _step(
     mala: bool,
     generator: torch.Generator | None,
     t: int,
+    validate: bool,
 ) -> tuple[_State, torch.Tensor | None]:
-    """One (optionally Metropolis-adjusted) step; returns the new state and the per-chain acceptance prob."""
+    """One (optionally Metropolis-adjusted) step; returns the new state and the per-chain acceptance prob.
+
+    With ``validate``, an unadjusted step checks that the new log-prob and gradient are finite (a host sync
+    per step); MALA rejects non-finite proposals instead, so it needs no check.
+    """
     s, temp = step_size, temperature
     noise = precond.apply_qt(_randn_like(cur.z, generator))
     z_new = cur.z + s * cur.drift + math.sqrt(2 * temp * s) * noise
     lp_new, g_new = log_prob_and_grad(log_prob_fn, z_new)
     new = _State(z_new, lp_new, g_new, precond.precondition(g_new))
     if not mala:
-        if not (bool(torch.isfinite(lp_new).all()) and bool(torch.isfinite(g_new).all())):
+        if validate and not (bool(torch.isfinite(lp_new).all()) and bool(torch.isfinite(g_new).all())):
             raise RuntimeError(
                 f"Langevin diverged at step {t + 1}: non-finite log-prob or gradient; reduce step_size "
                 f"(now {s:g}) or use mala=True"
@@ -202,11 +227,17 @@ class _Trace:
         )
 
 
-def _check_z0(z0: torch.Tensor) -> torch.Tensor:
-    check_tensor(z0, "z0", floating=True)
+def _check_z0(z0: torch.Tensor, validate: bool) -> torch.Tensor:
+    check_tensor(z0, "z0", floating=True, finite=validate)
     if z0.ndim < 2 or z0.shape[0] == 0:
         raise ValueError(f"z0 must have shape (n_chains, *event) with n_chains >= 1, got {tuple(z0.shape)}")
     return z0.detach()
+
+
+def _check_start(st: _State) -> None:
+    """``ValueError`` unless the log-prob and its gradient at the chains' initial states are finite."""
+    if not (bool(torch.isfinite(st.log_prob).all()) and bool(torch.isfinite(st.grad).all())):
+        raise ValueError("log_prob_fn is not finite at z0 (log-prob or its gradient is NaN/Inf)")
 
 
 def langevin(
@@ -218,7 +249,7 @@ def langevin(
     mala: bool = False,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
-    validate: bool = True,
+    validate: bool | None = None,
     max_norm: float = 1e6,
 ) -> tuple[torch.Tensor, LangevinDiagnostics]:
     """Run ``z0.shape[0]`` independent Langevin chains on ``log_prob_fn`` and return ``(z, diagnostics)``.
@@ -233,9 +264,12 @@ def langevin(
         mala: Metropolis-adjust every step (per-chain accept/reject), making ``p^(1/T)`` exactly invariant.
         generator: random source for the noise (and the accept/reject uniforms).
         callback: called as ``callback(t, z_t)`` after every step ``t = 1..n_steps`` (e.g. to track moments).
-        validate: check, once at the end of the run, that no chain's norm ``||z_i||`` exceeded ``max_norm``
-            or became non-finite at any step (a chain can run away to 1e11 with finite values). The check is
-            kept on the device until then (one sync per run); ``False`` skips it.
+        validate: check the chains' values: ``z0`` and the log-prob and gradient there are finite, every
+            unadjusted step's log-prob and gradient are finite (one host sync per step), and, once at the
+            end of the run, no chain's norm ``||z_i||`` exceeded ``max_norm`` or became non-finite at any
+            step (a chain can run away to 1e11 with finite values; kept on the device until then). ``None``
+            (default) follows :func:`genlib.set_validate_args`; ``False`` skips them all, so a run reads no
+            tensor value on the host and compiles without graph breaks.
         max_norm: the bound on each chain's Euclidean norm used by ``validate``.
 
     Returns:
@@ -244,20 +278,22 @@ def langevin(
     Raises:
         RuntimeError: an unadjusted chain produced a non-finite log-prob or gradient (step too large), or
             (with ``validate``) a chain blew up past ``max_norm``; the message names the step and step size.
+        ValueError: (with ``validate``) ``z0``, or the log-prob or its gradient at ``z0``, is not finite.
     """
-    z0 = _check_z0(z0)
+    validate = resolve_validate_args(validate, "validate")
+    z0 = _check_z0(z0, validate)
     check_int(n_steps, "n_steps", 0)
     step_size = check_positive(step_size, "step_size")
     temperature = check_positive(temperature, "temperature")
     max_norm = check_positive(max_norm, "max_norm")
     precond = _Identity()
     st = _state(log_prob_fn, z0, precond)
-    if not (bool(torch.isfinite(st.log_prob).all()) and bool(torch.isfinite(st.grad).all())):
-        raise ValueError("log_prob_fn is not finite at z0 (log-prob or its gradient is NaN/Inf)")
+    if validate:
+        _check_start(st)
     trace = _Trace(z0, max_norm if validate else None)
     trace.record(st)
     for t in range(n_steps):
-        st, acc = _step(log_prob_fn, st, precond, step_size, temperature, mala, generator, t)
+        st, acc = _step(log_prob_fn, st, precond, step_size, temperature, mala, generator, t, validate)
         trace.record(st, acc)
         if callback is not None:
             callback(t + 1, st.z)
@@ -277,10 +313,11 @@ class LangevinSampler:
     step_size: float = 0.08
     temperature: float = 1.0
     mala: bool = False
-    validate: bool = True
+    validate: bool | None = None
     max_norm: float = 1e6
 
     def __post_init__(self) -> None:
+        resolve_validate_args(self.validate, "validate")
         check_int(self.n_steps, "n_steps", 0)
         check_positive(self.step_size, "step_size")
         check_positive(self.temperature, "temperature")
