@@ -25,6 +25,7 @@ and from then on adds ``class_weight * loss_weight *`` their weighted cross-entr
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -82,7 +83,9 @@ class SemiSupervisedConfig:
             (:meth:`~genlib.priors.LatentEBMPrior.ebm_loss`); lets ``F`` train at higher rates without
             running away where the short-run chains do not go.
         grad_clip: clip each group's gradient norm to this (``None``: no clipping); keeps the EBM from
-            running away when the encoder chases regions where ``F`` is large.
+            running away when the encoder chases regions where ``F`` is large. With a closure optimizer
+            (PSGD ``"hvp"`` / ``"finite_diff"``) it bounds the norm of the preconditioned step instead (PSGD's
+            ``grad_clip_max_norm``, unless the optimizer sets its own).
         eval_every: evaluate the latent classifier every this many iterations (0: only at the end).
         checkpoint_every: checkpoint every this many iterations (used when a checkpoint folder is given).
         seed: seeds the batch sampling / Langevin generator.
@@ -165,8 +168,10 @@ class SemiSupervisedTrainer:
         config: a :class:`SemiSupervisedConfig`.
         optimizer: factory ``optimizer(params, lr=...)`` used for both parameter groups (encoder/decoder
             with ``config.lr``, the EBM with ``config.ebm_lr``), e.g. ``torch.optim.Adam`` (default) or a
-            ``genlib.optim`` class in a curvature mode that works from gradients (``step()`` after
-            ``backward()``).
+            ``genlib.optim`` class in any curvature mode: ``"whiten"`` steps after ``backward()``, the
+            Newton-type ``"hvp"`` / ``"finite_diff"`` get ``step(closure)`` over the current batch (see
+            :meth:`_closure_step`; there ``config.grad_clip`` is PSGD's ``grad_clip_max_norm``, a bound on
+            the preconditioned step, in groups that leave it unset).
         sampler: the Langevin sampler of the training chains ``z-``; default
             ``LangevinSampler(config.langevin_steps, config.langevin_step_size)``. The class-conditional
             draws of augmentation use the prior's own sampler (``vae.prior.sampler``: generation settings).
@@ -224,12 +229,19 @@ class SemiSupervisedTrainer:
         model_params = [p for p in vae.parameters() if id(p) not in ebm_ids]
         self.opt_model = factory(model_params, lr=config.lr)
         self.opt_ebm = factory(list(self.prior.parameters()), lr=config.ebm_lr)
-        for opt in (self.opt_model, self.opt_ebm):
-            if needs_closure(opt):
-                raise ValueError(
-                    f"optimizer {type(opt).__name__} differentiates a closure itself; use a gradient-based "
-                    "curvature mode (step() after backward()) with SemiSupervisedTrainer"
-                )
+        self._closure = needs_closure(self.opt_model)
+        if needs_closure(self.opt_ebm) != self._closure:
+            raise ValueError(
+                "optimizer built one optimizer that needs step(closure) and one that does not; the factory "
+                "must give both parameter groups the same curvature mode"
+            )
+        # Closure mode: config.grad_clip becomes PSGD's trust region on the preconditioned step in the groups
+        # whose grad_clip_max_norm was left unset (the optimizer takes the gradients itself, so we cannot clip
+        # them; and a Newton step P·g with P ≈ |H|⁻¹ does not grow with the gradient's scale anyway).
+        self._clip_groups = [
+            g for opt in (self.opt_model, self.opt_ebm) for g in opt.param_groups
+            if self._closure and g.get("grad_clip_max_norm", 0.0) is None
+        ]
         self.generator = torch.Generator().manual_seed(config.seed)
         if settings is not None and not isinstance(settings, dict):
             raise ValueError(f"settings must be a dict of name -> value, got {type(settings).__name__}")
@@ -252,10 +264,16 @@ class SemiSupervisedTrainer:
 
     # ------------------------------------------------------------------ one iteration
     def step(self, x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor) -> dict[str, float]:
-        """One update of every parameter from unlabelled ``x_u`` and labelled ``(x_l, y_l)`` batches."""
+        """One update of every parameter from unlabelled ``x_u`` and labelled ``(x_l, y_l)`` batches.
+
+        Optimizers that differentiate a closure themselves (PSGD with ``curvature="hvp"`` or
+        ``"finite_diff"``, see :func:`~genlib.train.classify.needs_closure`) are stepped with
+        ``step(closure)`` (:meth:`_closure_step`); all others with ``backward()`` then ``step()``."""
         vae, prior, cfg = self.vae, self.prior, self.config
         x_u, x_l, y_l = x_u.to(self.device), x_l.to(self.device), y_l.to(self.device)
         vae.train()
+        if self._closure:
+            return self._closure_step(x_u, x_l, y_l)
         self.opt_model.zero_grad(set_to_none=True)
         self.opt_ebm.zero_grad(set_to_none=True)
 
@@ -302,6 +320,97 @@ class SemiSupervisedTrainer:
             "aug_loss": float("nan") if aug_loss is None else aug_loss.item(),
         }
 
+    def _closure_step(self, x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor) -> dict[str, float]:
+        """:meth:`step` for optimizers that take ``step(closure)`` (closures return the loss, no backward).
+
+        PSGD evaluates a closure more than once per step ("finite_diff" re-runs it at ``θ + δv`` and reads
+        the change of the gradient as curvature), so each closure must be a deterministic function of the
+        parameters: the posterior noise, the Langevin negatives ``z-`` and the augmentation batch are drawn
+        once here, outside the closures. Two closures, as in the plain path: the encoder/decoder minimise
+        ``-ELBO + w·CE`` (F's parameters are not theirs, so the ELBO's ``-logsumexp F`` term gives F no
+        gradient); F minimises ``ebm_loss + w·CE`` at latents encoded before the step (detached), so it does
+        not see the encoder's update and both updates start from the same parameters, as with backward().
+        The encoder/decoder step first, while F is still the F their loss was drawn for.
+        """
+        vae, prior, cfg = self.vae, self.prior, self.config
+        for g in self._clip_groups:  # the config may change between fits
+            g["grad_clip_max_norm"] = cfg.grad_clip
+        with torch.no_grad():
+            mu, logvar = vae.encode(x_u)
+        eps_u = torch.randn_like(mu)
+        z_neg = prior.sample(x_u.shape[0], sampler=self.sampler, generator=self.generator,
+                             z0=self._negative_start(mu, logvar))
+        if cfg.negative_init == "persistent":
+            self._chains[self._chain_idx] = z_neg.detach().to(self._chains)
+        def noise(n: int) -> torch.Tensor:
+            return torch.randn(n, mu.shape[1], dtype=mu.dtype, device=mu.device)
+
+        eps_l = noise(x_l.shape[0])
+        aug = self._augmentation_batch()
+        eps_a = None if aug is None else noise(len(aug[0]))
+
+        def posterior(x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            m, lv = vae.encode(x)
+            return m + torch.exp(0.5 * lv) * eps, m, lv
+
+        def aug_loss_at(z: torch.Tensor) -> torch.Tensor:
+            _, y, w, mean_w = aug
+            return weighted_cross_entropy(prior.logits(z), y, w, mean_weight=mean_w)
+
+        with torch.no_grad():  # F's latents, at the encoder before its update
+            z_pos_f = mu + torch.exp(0.5 * logvar) * eps_u
+            z_l_f = posterior(x_l, eps_l)[0]
+            z_a_f = None if aug is None else posterior(aug[0], eps_a)[0]
+        w_aug = cfg.class_weight * (cfg.augment.loss_weight if aug is not None else 0.0)
+        record: dict[str, float] = {}
+
+        def model_closure() -> torch.Tensor:
+            z_pos, m, lv = posterior(x_u, eps_u)
+            rec = vae._log_px_z(x_u, z_pos)
+            kl = prior.kl(m, lv, z_pos)
+            loss = -(rec - vae.beta * kl).mean()
+            class_loss = prior.classification_loss(posterior(x_l, eps_l)[0], y_l)
+            total = loss + cfg.class_weight * class_loss
+            aug_loss = None if aug is None else aug_loss_at(posterior(aug[0], eps_a)[0])
+            if aug_loss is not None:
+                total = total + w_aug * aug_loss
+            if not record:  # the first evaluation, at the parameters the step starts from
+                record.update(loss=loss.item(), reconstruction=rec.mean().item(), kl=kl.mean().item(),
+                              class_loss=class_loss.item(),
+                              aug_loss=float("nan") if aug_loss is None else aug_loss.item())
+                for name in ("loss", "class_loss"):
+                    if not math.isfinite(record[name]):
+                        raise RuntimeError(
+                            f"{name} became {record[name]}: lower lr / ebm_lr or langevin_step_size")
+            return total
+
+        def ebm_closure() -> torch.Tensor:
+            ebm_loss = prior.ebm_loss(z_pos_f, z_neg, score_penalty=cfg.score_penalty)
+            total = ebm_loss + cfg.class_weight * prior.classification_loss(z_l_f, y_l)
+            if aug is not None:
+                total = total + w_aug * aug_loss_at(z_a_f)
+            if "ebm_loss" not in record:
+                record["ebm_loss"] = ebm_loss.item()
+                if not torch.isfinite(ebm_loss):
+                    raise RuntimeError(
+                        f"ebm_loss became {record['ebm_loss']}: lower lr / ebm_lr or langevin_step_size")
+            return total
+
+        self.opt_model.zero_grad(set_to_none=True)
+        self.opt_ebm.zero_grad(set_to_none=True)
+        self.opt_model.step(model_closure)
+        self.opt_ebm.step(ebm_closure)
+        return {k: record[k] for k in ("loss", "reconstruction", "kl", "ebm_loss", "class_loss", "aug_loss")}
+
+    def _augmentation_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None:
+        """``(x, y, weights, mean weight)``: a batch of the current selection (``None``: no augmentation)."""
+        sel = self.selection
+        if self.config.augment is None or sel is None or sel.y.numel() == 0:
+            return None
+        idx = torch.randint(sel.y.numel(), (self.config.augment.batch_size,), generator=self.generator)
+        x, y, w = (t[idx].to(self.device) for t in (sel.x, sel.y, sel.weights))
+        return x, y, w, float(sel.weights.mean())
+
     def _negative_start(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor | None:
         """Initial states of the prior chains (``None``: the prior's own ``N(0, I)``)."""
         cfg = self.config
@@ -322,14 +431,13 @@ class SemiSupervisedTrainer:
     # ------------------------------------------------------------------ steps 7-8: augmentation
     def _augmentation_loss(self) -> torch.Tensor | None:
         """Weighted cross-entropy of ``p(y|z)``, ``z ~ q(z|x)``, on a batch of the current selection."""
-        sel = self.selection
-        if self.config.augment is None or sel is None or sel.y.numel() == 0:
+        batch = self._augmentation_batch()
+        if batch is None:
             return None
-        idx = torch.randint(sel.y.numel(), (self.config.augment.batch_size,), generator=self.generator)
-        x, y, w = (t[idx].to(self.device) for t in (sel.x, sel.y, sel.weights))
+        x, y, w, mean_w = batch
         mu, logvar = self.vae.encode(x)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        return weighted_cross_entropy(self.prior.logits(z), y, w, mean_weight=float(sel.weights.mean()))
+        return weighted_cross_entropy(self.prior.logits(z), y, w, mean_weight=mean_w)
 
     def reselect(self, x_unlabeled: torch.Tensor | None = None) -> Selection:
         """Draw, filter and select a new synthetic training set with the current model (and pseudo-label
