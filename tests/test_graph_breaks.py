@@ -260,3 +260,10 @@ def test_likelihood_checks_follow_genlib_not_torch_s_default():
         Gamma().log_prob(-torch.rand(2, 5), torch.randn(2, 2, 5))
     with pytest.raises(ValueError, match="x contains NaN"):
         ComplexNormal().log_prob(torch.full((2, 5), complex(float("nan"), 0)), torch.randn(2, 3, 5))
+
+
+def test_the_switch_is_on_the_package_without_importing_torch_eagerly():
+    assert genlib.set_validate_args is genlib.utils.set_validate_args
+    assert {"set_validate_args", "validation_enabled", "validate_args"} <= set(dir(genlib))
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        genlib.not_a_name  # noqa: B018

@@ -21,8 +21,8 @@ likelihood is the observation site of a pyro model, ``pyro.sample("x", lik(raw).
 Adding your own likelihood takes a few lines: subclass :class:`Likelihood`, set ``n_params`` and return any
 ``torch.distributions.Distribution`` from ``distribution(raw)`` (a ``pyro.distributions`` one to use it in
 pyro); map unconstrained channels to constrained parameters with :func:`positive` (or softplus, sigmoid,
-...). ``lik(raw)`` validates ``raw`` first, and constructor arguments are recorded for checkpoints
-automatically:
+...). ``lik(raw)`` validates ``raw`` first (its values only while validation is on: ``validate_args=``,
+:func:`genlib.set_validate_args`), and constructor arguments are recorded for checkpoints automatically:
 
     >>> class Poisson(Likelihood):
     ...     n_params = 1

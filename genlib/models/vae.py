@@ -144,8 +144,9 @@ class VAE(Configurable, nn.Module):
     def elbo(self, x: torch.Tensor) -> ELBOTerms:
         """One-sample reparameterised ELBO terms per example; minimise ``.loss``.
 
-        Raises ``ValueError`` for an empty batch (the mean loss would be NaN) and when ``x``'s precision
-        differs from the model's (a float64 batch needs a float64 model, ``model.double()``).
+        Raises ``ValueError`` for an empty batch (the mean loss would be NaN), when ``x``'s precision
+        differs from the model's (a float64 batch needs a float64 model, ``model.double()``) and, while
+        validation is on (``validate_args``), when ``x`` or the decoder's output holds NaN / Inf.
         """
         self._check_batch(x)
         mu, logvar = self.encode(x)
