@@ -267,3 +267,19 @@ def test_the_switch_is_on_the_package_without_importing_torch_eagerly():
     assert {"set_validate_args", "validation_enabled", "validate_args"} <= set(dir(genlib))
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         genlib.not_a_name  # noqa: B018
+
+
+def test_a_compiled_elbo_follows_the_switch_when_it_changes():
+    # dynamo guards on the setting: switching validation back on recompiles with the checks, so a function
+    # compiled while it was off does not keep skipping them.
+    vae = _vae(Gaussian(), _prior())
+    bad_x = torch.rand(4, DATA).index_fill(0, torch.tensor([1]), float("nan"))
+    dynamo.reset()
+    compiled = torch.compile(vae.elbo, backend="eager")
+    try:
+        with genlib.validate_args(False):
+            assert torch.isnan(compiled(bad_x).loss)
+        with pytest.raises(ValueError, match="x contains NaN"):
+            compiled(bad_x)
+    finally:
+        dynamo.reset()
