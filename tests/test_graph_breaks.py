@@ -236,10 +236,10 @@ def test_the_switch_rejects_non_bools_naming_the_argument():
         Gaussian(validate_args="off")
     with pytest.raises(ValueError, match="validate_args must be True, False or None"):
         _prior(validate_args=0)
-    with pytest.raises(ValueError, match="validate must be True, False or None"):
-        LangevinSampler(validate="yes")
-    with pytest.raises(ValueError, match="validate must be True, False or None"):
-        PreconditionedLangevin(validate=1)
+    with pytest.raises(ValueError, match="validate_args must be True, False or None"):
+        LangevinSampler(validate_args="yes")
+    with pytest.raises(ValueError, match="validate_args must be True, False or None"):
+        PreconditionedLangevin(validate_args=1)
     with pytest.raises(ValueError, match="flag must be a bool"), genlib.validate_args(None):
         pass
     assert genlib.validation_enabled()

@@ -130,12 +130,12 @@ def _step(
     mala: bool,
     generator: torch.Generator | None,
     t: int,
-    validate: bool,
+    validate_args: bool,
 ) -> tuple[_State, torch.Tensor | None]:
     """One (optionally Metropolis-adjusted) step; returns the new state and the per-chain acceptance prob.
 
-    With ``validate``, an unadjusted step checks that the new log-prob and gradient are finite (a host sync
-    per step); MALA rejects non-finite proposals instead, so it needs no check.
+    With ``validate_args``, an unadjusted step checks that the new log-prob and gradient are finite (a host
+    sync per step); MALA rejects non-finite proposals instead, so it needs no check.
     """
     s, temp = step_size, temperature
     noise = precond.apply_qt(_randn_like(cur.z, generator))
@@ -143,7 +143,7 @@ def _step(
     lp_new, g_new = log_prob_and_grad(log_prob_fn, z_new)
     new = _State(z_new, lp_new, g_new, precond.precondition(g_new))
     if not mala:
-        if validate and not (bool(torch.isfinite(lp_new).all()) and bool(torch.isfinite(g_new).all())):
+        if validate_args and not (bool(torch.isfinite(lp_new).all()) and bool(torch.isfinite(g_new).all())):
             raise RuntimeError(
                 f"Langevin diverged at step {t + 1}: non-finite log-prob or gradient; reduce step_size "
                 f"(now {s:g}) or use mala=True"
@@ -207,7 +207,7 @@ class _Trace:
             raise RuntimeError(
                 f"Langevin chains blew up {where}: a chain's norm exceeded max_norm={self.max_norm:g} or "
                 f"became non-finite with step_size={step_size:g}; use a smaller step_size (or mala=True), "
-                f"or raise max_norm if states this large are expected (validate=False skips the check)"
+                f"or raise max_norm if states this large are expected (validate_args=False skips the check)"
             )
 
     def finish(
@@ -227,8 +227,8 @@ class _Trace:
         )
 
 
-def _check_z0(z0: torch.Tensor, validate: bool) -> torch.Tensor:
-    check_tensor(z0, "z0", floating=True, finite=validate)
+def _check_z0(z0: torch.Tensor, validate_args: bool) -> torch.Tensor:
+    check_tensor(z0, "z0", floating=True, finite=validate_args)
     if z0.ndim < 2 or z0.shape[0] == 0:
         raise ValueError(f"z0 must have shape (n_chains, *event) with n_chains >= 1, got {tuple(z0.shape)}")
     return z0.detach()
@@ -249,7 +249,7 @@ def langevin(
     mala: bool = False,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
-    validate: bool | None = None,
+    validate_args: bool | None = None,
     max_norm: float = 1e6,
 ) -> tuple[torch.Tensor, LangevinDiagnostics]:
     """Run ``z0.shape[0]`` independent Langevin chains on ``log_prob_fn`` and return ``(z, diagnostics)``.
@@ -264,36 +264,37 @@ def langevin(
         mala: Metropolis-adjust every step (per-chain accept/reject), making ``p^(1/T)`` exactly invariant.
         generator: random source for the noise (and the accept/reject uniforms).
         callback: called as ``callback(t, z_t)`` after every step ``t = 1..n_steps`` (e.g. to track moments).
-        validate: check the chains' values: ``z0`` and the log-prob and gradient there are finite, every
+        validate_args: check the chains' values: ``z0`` and the log-prob and gradient there are finite, every
             unadjusted step's log-prob and gradient are finite (one host sync per step), and, once at the
             end of the run, no chain's norm ``||z_i||`` exceeded ``max_norm`` or became non-finite at any
             step (a chain can run away to 1e11 with finite values; kept on the device until then). ``None``
             (default) follows :func:`genlib.set_validate_args`; ``False`` skips them all, so a run reads no
             tensor value on the host and compiles without graph breaks.
-        max_norm: the bound on each chain's Euclidean norm used by ``validate``.
+        max_norm: the bound on each chain's Euclidean norm used by ``validate_args``.
 
     Returns:
         The final states (detached, ``z0``'s shape) and a :class:`LangevinDiagnostics`.
 
     Raises:
         RuntimeError: an unadjusted chain produced a non-finite log-prob or gradient (step too large), or
-            (with ``validate``) a chain blew up past ``max_norm``; the message names the step and step size.
-        ValueError: (with ``validate``) ``z0``, or the log-prob or its gradient at ``z0``, is not finite.
+            (with ``validate_args``) a chain blew up past ``max_norm``; the message names the step and step
+            size.
+        ValueError: (with ``validate_args``) ``z0``, or the log-prob or its gradient at ``z0``, is not finite.
     """
-    validate = resolve_validate_args(validate, "validate")
-    z0 = _check_z0(z0, validate)
+    validate_args = resolve_validate_args(validate_args, "validate_args")
+    z0 = _check_z0(z0, validate_args)
     check_int(n_steps, "n_steps", 0)
     step_size = check_positive(step_size, "step_size")
     temperature = check_positive(temperature, "temperature")
     max_norm = check_positive(max_norm, "max_norm")
     precond = _Identity()
     st = _state(log_prob_fn, z0, precond)
-    if validate:
+    if validate_args:
         _check_start(st)
-    trace = _Trace(z0, max_norm if validate else None)
+    trace = _Trace(z0, max_norm if validate_args else None)
     trace.record(st)
     for t in range(n_steps):
-        st, acc = _step(log_prob_fn, st, precond, step_size, temperature, mala, generator, t, validate)
+        st, acc = _step(log_prob_fn, st, precond, step_size, temperature, mala, generator, t, validate_args)
         trace.record(st, acc)
         if callback is not None:
             callback(t + 1, st.z)
@@ -313,11 +314,11 @@ class LangevinSampler:
     step_size: float = 0.08
     temperature: float = 1.0
     mala: bool = False
-    validate: bool | None = None
+    validate_args: bool | None = None
     max_norm: float = 1e6
 
     def __post_init__(self) -> None:
-        resolve_validate_args(self.validate, "validate")
+        resolve_validate_args(self.validate_args, "validate_args")
         check_int(self.n_steps, "n_steps", 0)
         check_positive(self.step_size, "step_size")
         check_positive(self.temperature, "temperature")
@@ -340,6 +341,6 @@ class LangevinSampler:
             self.mala,
             generator=generator,
             callback=callback,
-            validate=self.validate,
+            validate_args=self.validate_args,
             max_norm=self.max_norm,
         )

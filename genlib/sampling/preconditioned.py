@@ -94,12 +94,12 @@ class PreconditionedLangevin:
             update averages one pair per chain (low noise) and, with PSGD's normalised step, the flat
             directions of an ill-conditioned energy are fitted at a rate of roughly ``μ`` per update.
         preconditioner_kwargs: other constructor arguments of the preconditioner (e.g. ``rank`` for LRA).
-        validate: check the chains' values as :func:`~genlib.sampling.langevin` does: finite ``z0`` and
+        validate_args: check the chains' values as :func:`~genlib.sampling.langevin` does: finite ``z0`` and
             log-prob / gradient there, finite unadjusted steps (a sync per step), and at the end of each run
             a ``RuntimeError`` (naming the step and step size) if a chain's norm exceeded ``max_norm`` or
             became non-finite. ``None`` (default) follows :func:`genlib.set_validate_args`; ``False`` skips
             them all.
-        max_norm: the bound on each chain's Euclidean norm used by ``validate``.
+        max_norm: the bound on each chain's Euclidean norm used by ``validate_args``.
     """
 
     def __init__(
@@ -114,7 +114,7 @@ class PreconditionedLangevin:
         updates_per_step: int = 1,
         preconditioner_lr: float = 0.5,
         preconditioner_kwargs: dict[str, Any] | None = None,
-        validate: bool | None = None,
+        validate_args: bool | None = None,
         max_norm: float = 1e6,
     ):
         if isinstance(preconditioner, str):
@@ -140,8 +140,8 @@ class PreconditionedLangevin:
         self.updates_per_step = check_int(updates_per_step, "updates_per_step", 1)
         self.preconditioner_lr = check_positive(preconditioner_lr, "preconditioner_lr")
         self.preconditioner_kwargs = dict(preconditioner_kwargs or {})
-        resolve_validate_args(validate, "validate")  # reject a non-bool early
-        self.validate = validate
+        resolve_validate_args(validate_args, "validate_args")  # reject a non-bool early
+        self.validate_args = validate_args
         self.max_norm = check_positive(max_norm, "max_norm")
 
     def reset(self) -> None:
@@ -175,7 +175,7 @@ class PreconditionedLangevin:
         generator: torch.Generator | None = None,
     ) -> Any:
         """``n_updates`` PSGD updates of ``P`` from pairs ``(v, H v)`` at the states ``z`` ``(B, *event)``."""
-        z = _check_z0(z, resolve_validate_args(self.validate, "validate"))
+        z = _check_z0(z, resolve_validate_args(self.validate_args, "validate_args"))
         check_int(n_updates, "n_updates", 0)
         if self.preconditioner is None:
             self.preconditioner = self._build(z)
@@ -196,25 +196,25 @@ class PreconditionedLangevin:
         ``diagnostics.n_warmup`` marks the adaptive steps; ``acceptance`` covers the frozen steps only.
         ``callback(t, z_t)`` is called after every step, warm-up steps included (``t`` counts both).
         """
-        validate = resolve_validate_args(self.validate, "validate")
-        z0 = _check_z0(z0, validate)
+        validate_args = resolve_validate_args(self.validate_args, "validate_args")
+        z0 = _check_z0(z0, validate_args)
         precond = self.fit(log_prob_fn, z0, self.fit_steps, generator)
         s, temp = self.step_size, self.temperature
         st = _state(log_prob_fn, z0, precond)
-        if validate:
+        if validate_args:
             _check_start(st)
-        trace = _Trace(z0, self.max_norm if validate else None)
+        trace = _Trace(z0, self.max_norm if validate_args else None)
         trace.record(st)
         for t in range(self.warmup_steps):
             self.fit(log_prob_fn, st.z, self.updates_per_step, generator)
             st.drift = precond.precondition(st.grad)  # P changed
-            st, _ = _step(log_prob_fn, st, precond, s, temp, False, generator, t, validate)
+            st, _ = _step(log_prob_fn, st, precond, s, temp, False, generator, t, validate_args)
             trace.record(st)
             if callback is not None:
                 callback(t + 1, st.z)
         st.drift = precond.precondition(st.grad)
         for t in range(self.warmup_steps, self.warmup_steps + self.n_steps):
-            st, acc = _step(log_prob_fn, st, precond, s, temp, self.mala, generator, t, validate)
+            st, acc = _step(log_prob_fn, st, precond, s, temp, self.mala, generator, t, validate_args)
             trace.record(st, acc)
             if callback is not None:
                 callback(t + 1, st.z)

@@ -158,8 +158,8 @@ def test_runaway_chains_raise_naming_the_step_and_step_size():
         langevin(repulsive_log_prob, z0, n_steps=37, step_size=0.5)
     with pytest.raises(RuntimeError, match="max_norm=100"):
         LangevinSampler(n_steps=10, step_size=0.5, max_norm=100.0).run(repulsive_log_prob, z0)
-    # validate=False skips the check: the chains end far out, but finite (which the old code let through)
-    z, _ = langevin(repulsive_log_prob, z0, n_steps=37, step_size=0.5, validate=False)
+    # validate_args=False skips the check: the chains end far out, but finite (which the old code let through)
+    z, _ = langevin(repulsive_log_prob, z0, n_steps=37, step_size=0.5, validate_args=False)
     assert torch.isfinite(z).all() and z.norm(dim=1).max() > 1e9
     # a well-behaved run under the same bound does not raise
     langevin(diag_gaussian_log_prob, torch.randn(8, 4), n_steps=20, step_size=0.1, max_norm=100.0)

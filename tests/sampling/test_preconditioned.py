@@ -174,5 +174,5 @@ def test_runaway_chains_raise_naming_the_step_and_step_size():
     kw = dict(n_steps=60, step_size=0.5, warmup_steps=0, fit_steps=5)
     with pytest.raises(RuntimeError, match=r"(?s)blew up at step \d+ of 60.*step_size=0\.5.*smaller"):
         PreconditionedLangevin("diag", **kw).run(repulsive, z0)
-    z, _ = PreconditionedLangevin("diag", validate=False, **kw).run(repulsive, z0)
+    z, _ = PreconditionedLangevin("diag", validate_args=False, **kw).run(repulsive, z0)
     assert torch.isfinite(z).all() and z.norm(dim=1).max() > 1e8
