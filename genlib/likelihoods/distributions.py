@@ -530,7 +530,24 @@ def _broadcast_complex(loc: Tensor | complex, scale: Tensor | float) -> tuple[Te
     return loc, scale
 
 
-class CircularComplexNormal(_ComplexDensity):
+class _LocScaleComplexDensity(_ComplexDensity):
+    """A complex density with a complex location ``loc`` and a real ``scale > 0``, broadcast together."""
+
+    def __init__(self, loc: Tensor | complex, scale: Tensor | float, validate_args: bool | None = None):
+        self.loc, self.scale = _broadcast_complex(loc, scale)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance=None) -> _LocScaleComplexDensity:
+        cls = type(self)
+        new = self._get_checked_instance(cls, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc, new.scale = self.loc.expand(batch_shape), self.scale.expand(batch_shape)
+        _ComplexDensity.__init__(new, batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+
+class CircularComplexNormal(_LocScaleComplexDensity):
     """Circular complex Gaussian ``CN(mu, sigma^2)``: ``exp(-|x - mu|^2 / sigma^2) / (pi sigma^2)``.
 
     Equivalently the real and imaginary parts are independent ``N(Re mu, sigma^2/2)`` and
@@ -546,19 +563,6 @@ class CircularComplexNormal(_ComplexDensity):
 
     arg_constraints = {"loc": complex_plane, "scale": constraints.positive}
     has_rsample = True
-
-    def __init__(self, loc: Tensor | complex, scale: Tensor | float, validate_args: bool | None = None):
-        self.loc, self.scale = _broadcast_complex(loc, scale)
-        super().__init__(self.loc.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance=None) -> _ComplexDensity:
-        cls = type(self)
-        new = self._get_checked_instance(cls, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.loc, new.scale = self.loc.expand(batch_shape), self.scale.expand(batch_shape)
-        super(cls, new).__init__(batch_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     def _parts(self) -> Normal:
         return Normal(torch.zeros_like(self.scale), self.scale / math.sqrt(2.0), validate_args=False)
@@ -587,7 +591,7 @@ class CircularComplexNormal(_ComplexDensity):
         return self.scale.square()
 
 
-class CircularComplexLaplace(_ComplexDensity):
+class CircularComplexLaplace(_LocScaleComplexDensity):
     """Circularly-symmetric complex Laplace: ``p(x) = exp(-|x - mu| / b) / (2 pi b^2)``.
 
     *Normaliser.* In polar coordinates about ``mu``,
@@ -604,19 +608,6 @@ class CircularComplexLaplace(_ComplexDensity):
 
     arg_constraints = {"loc": complex_plane, "scale": constraints.positive}
     has_rsample = True
-
-    def __init__(self, loc: Tensor | complex, scale: Tensor | float, validate_args: bool | None = None):
-        self.loc, self.scale = _broadcast_complex(loc, scale)
-        super().__init__(self.loc.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance=None) -> _ComplexDensity:
-        cls = type(self)
-        new = self._get_checked_instance(cls, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.loc, new.scale = self.loc.expand(batch_shape), self.scale.expand(batch_shape)
-        super(cls, new).__init__(batch_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     def log_prob(self, value: Tensor) -> Tensor:
         self._check(value)
