@@ -129,24 +129,6 @@ def test_run_records_its_architecture_and_an_lstm_study_is_its_own_column(tmp_pa
     assert len(done) == 2 and len(run_study(study, done=done)) == 4  # the LSTM runs are not re-run
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--summarize", "x", "--full"], "--summarize runs no study: it does not combine with --full"),
-        (["--bench-rnn", "--paper-settings"], "--bench-rnn runs no study"),
-        (["--quick", "--full"], "not allowed with argument"),
-        (["--precond-lr", "0"], "argument --precond-lr: must be a finite number > 0"),
-        (["--sgd-momentum", "1"], "argument --sgd-momentum: must be a number in [0.0, 1.0)"),
-        (["--archs", "gru"], "argument --archs: invalid choice"),
-    ],
-)
-def test_mode_and_setting_flags_are_checked(tmp_path, capsys, argv, message):
-    with pytest.raises(SystemExit) as info:
-        main([*argv, "--out", str(tmp_path)])
-    assert info.value.code == 2 and message in capsys.readouterr().err
-    assert not (tmp_path / "results.json").exists()
-
-
 def test_bad_config_values_name_the_setting():
     with pytest.raises(ValueError, match="archs"):
         XorConfig(archs=("gru",))
@@ -282,6 +264,12 @@ def test_load_saved_study_names_every_changed_setting(tmp_path):
         (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
         (["--workers", "0"], "argument --workers: must be an integer >= 1"),
         (["--lengths", "5"], "argument --lengths: must be an integer >= 10"),
+        (["--summarize", "x", "--full"], "--summarize runs no study: it does not combine with --full"),
+        (["--bench-rnn", "--paper-settings"], "--bench-rnn runs no study"),
+        (["--quick", "--full"], "not allowed with argument"),
+        (["--precond-lr", "0"], "argument --precond-lr: must be a finite number > 0"),
+        (["--sgd-momentum", "1"], "argument --sgd-momentum: must be a number in [0.0, 1.0)"),
+        (["--archs", "gru"], "argument --archs: invalid choice"),
     ],
 )
 def test_bad_flags_are_one_line_argparse_errors(tmp_path, capsys, argv, message):
