@@ -3,12 +3,13 @@ model, fits every preconditioner, sees one draw of the noise and negatives per s
 exactly."""
 
 import functools
+import math
 
 import pytest
 import torch
 
 from genlib.optim import LRA, Kron
-from genlib.train import SemiSupervisedTrainer, latent_accuracy
+from genlib.train import AugmentConfig, SemiSupervisedTrainer, latent_accuracy
 from tests.train.test_semisup import _blobs, _cfg, _vae
 
 
@@ -71,11 +72,40 @@ def test_repeated_closure_calls_see_the_same_noise_and_negatives(negative_init):
         assert len(opt.seen) == 3
         for first, second in opt.seen:
             assert first == second
-    # the model closure's first value is the recorded -ELBO plus the weighted label loss
-    for (value, _), loss, ce in zip(trainer.opt_model.seen, hist["loss"], hist["class_loss"]):
-        assert value == pytest.approx(loss + cfg.class_weight * ce, rel=1e-5)
+    # the encoder/decoder closure's value is the recorded -ELBO plus the weighted label loss;
+    # F's closure: its ML loss plus the label loss at the latents the encoder's closure saw
+    for it in range(3):
+        ce = cfg.class_weight * hist["class_loss"][it]
+        assert trainer.opt_model.seen[it][0] == pytest.approx(hist["loss"][it] + ce, rel=1e-5)
+        assert trainer.opt_ebm.seen[it][0] == pytest.approx(hist["ebm_loss"][it] + ce, rel=1e-5)
     # and the step moved on: iterations see new batches, so the losses differ between iterations
     assert len({v for v, _ in trainer.opt_model.seen}) == 3
+
+
+def test_augmentation_loss_enters_both_closures():
+    x_u, x_l, y_l, _, _ = _data()
+
+    def run(loss_weight: float) -> tuple[SemiSupervisedTrainer, dict]:
+        aug = AugmentConfig(20, start_iter=5, reselect_every=5, batch_size=16, loss_weight=loss_weight)
+        cfg = _cfg(n_iters=10, batch_size=32, langevin_steps=5, lr=0.05, ebm_lr=0.05, augment=aug)
+        trainer = SemiSupervisedTrainer(_vae(), cfg, optimizer=functools.partial(_TwiceKron, curvature="hvp"),
+                                        device="cpu")
+        return trainer, trainer.fit(x_u, x_l, y_l)
+
+    trainer, hist = run(1.0)
+    assert all(math.isnan(v) for v in hist["aug_loss"][:5])
+    assert all(math.isfinite(v) and v > 0 for v in hist["aug_loss"][5:])
+    for opt in (trainer.opt_model, trainer.opt_ebm):  # the synthetic batch is drawn once per step too
+        assert all(first == second for first, second in opt.seen)
+    # both closures hold the weighted synthetic cross-entropy (F's at the same latents as the encoder's)
+    cw = trainer.config.class_weight
+    for it in range(5, 10):
+        ce, aug = hist["class_loss"][it], hist["aug_loss"][it]
+        assert trainer.opt_model.seen[it][0] == pytest.approx(hist["loss"][it] + cw * (ce + aug), rel=1e-5)
+        assert trainer.opt_ebm.seen[it][0] == pytest.approx(hist["ebm_loss"][it] + cw * (ce + aug), rel=1e-5)
+    # and its weight moves the parameters
+    other, _ = run(0.0)
+    assert not torch.equal(trainer.vae.prior.score.net[0].weight, other.vae.prior.score.net[0].weight)
 
 
 def test_grad_clip_bounds_the_preconditioned_step():
