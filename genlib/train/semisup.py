@@ -238,8 +238,9 @@ class SemiSupervisedTrainer:
         # Closure mode: config.grad_clip becomes PSGD's trust region on the preconditioned step in the groups
         # whose grad_clip_max_norm was left unset (the optimizer takes the gradients itself, so we cannot clip
         # them; and a Newton step P·g with P ≈ |H|⁻¹ does not grow with the gradient's scale anyway).
+        # (optimizer, group index), not the group dicts: load_state_dict replaces those on a resume
         self._clip_groups = [
-            g for opt in (self.opt_model, self.opt_ebm) for g in opt.param_groups
+            (opt, i) for opt in (self.opt_model, self.opt_ebm) for i, g in enumerate(opt.param_groups)
             if self._closure and g.get("grad_clip_max_norm", 0.0) is None
         ]
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -333,8 +334,8 @@ class SemiSupervisedTrainer:
         The encoder/decoder step first, while F is still the F their loss was drawn for.
         """
         vae, prior, cfg = self.vae, self.prior, self.config
-        for g in self._clip_groups:  # the config may change between fits
-            g["grad_clip_max_norm"] = cfg.grad_clip
+        for opt, i in self._clip_groups:  # the config may change between fits
+            opt.param_groups[i]["grad_clip_max_norm"] = cfg.grad_clip
         with torch.no_grad():
             mu, logvar = vae.encode(x_u)
         eps_u = torch.randn_like(mu)

@@ -120,6 +120,13 @@ def test_grad_clip_bounds_the_preconditioned_step():
         moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(opt.param_groups[0]["params"], before)])
         assert 0 < float(moved.norm()) <= lr * clip * (1 + 1e-4)
         assert opt.param_groups[0]["grad_clip_max_norm"] == clip
+    # it follows the config, also into the param groups a checkpoint restored
+    for opt in (trainer.opt_model, trainer.opt_ebm):
+        opt.load_state_dict(opt.state_dict())
+    trainer.config.grad_clip = 2e-3
+    trainer.step(x_u[:64], x_l, y_l)
+    for opt in (trainer.opt_model, trainer.opt_ebm):
+        assert opt.param_groups[0]["grad_clip_max_norm"] == 2e-3
     # an optimizer's own trust region wins; grad_clip=None leaves PSGD unclipped
     own = SemiSupervisedTrainer(_vae(), _cfg(grad_clip=5.0), device="cpu",
                                 optimizer=functools.partial(Kron, curvature="hvp", grad_clip_max_norm=0.5))
