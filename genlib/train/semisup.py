@@ -343,6 +343,7 @@ class SemiSupervisedTrainer:
                              z0=self._negative_start(mu, logvar))
         if cfg.negative_init == "persistent":
             self._chains[self._chain_idx] = z_neg.detach().to(self._chains)
+
         def noise(n: int) -> torch.Tensor:
             return torch.randn(n, mu.shape[1], dtype=mu.dtype, device=mu.device)
 
