@@ -50,6 +50,7 @@ from recipes.svhn_semisup import OPTIMIZERS, Config, build, load_data
 
 # name -> (SemiSupervisedConfig overrides, recipe Config overrides, optimizer)
 NOISE = {"negative_init": "noise"}
+PERSISTENT = {"negative_init": "persistent"}
 TRAINING = {
     "750 it (before)": ({"n_iters": 750, **NOISE}, {}, "adam"),
     "1500 it": ({"n_iters": 1500, **NOISE}, {}, "adam"),
@@ -58,6 +59,8 @@ TRAINING = {
     "2000 it, chains from q(z|x) (paper)": ({"negative_init": "posterior"}, {}, "adam"),
     "2000 it, persistent chains (default)": ({"negative_init": "persistent"}, {}, "adam"),
     "3000 it, persistent chains": ({"n_iters": 3000, "negative_init": "persistent"}, {}, "adam"),
+    "2000 it, persistent, no score penalty": ({**PERSISTENT, "score_penalty": 0.0}, {}, "adam"),
+    "2000 it, persistent, score penalty 0.3": ({**PERSISTENT, "score_penalty": 0.3}, {}, "adam"),
     "2000 it, EBM 256x256": (NOISE, {"ebm_hidden": (256, 256)}, "adam"),
     "2000 it, psgd-kron": (NOISE, {}, "psgd-kron"),
 }
