@@ -1,6 +1,5 @@
 """Image loaders on the shared real files and semi-supervised splits (SVHN's .mat files: test_svhn.py)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,9 @@ from genlib.data import (
     semi_supervised_split,
 )
 from genlib.data import images as images_module
+from tests._paths import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 MNIST = DATA / "digits" / "mnist_4k.npz"
 CROPS = DATA / "digits" / "svhn_real_crops"
 needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"{MNIST} not present")

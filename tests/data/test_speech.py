@@ -18,8 +18,9 @@ from genlib.data import (
     split_by_speaker,
 )
 from genlib.data.stft import stft
+from tests._paths import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 SPEECH = DATA / "speech"
 LAYOUT_ERROR = r"(?s)no utterances found under .*empty.*wav48_silence_trimmed.*CHAPTER"
 

@@ -1,6 +1,5 @@
 """The paper's STFT: agreement with librosa, perfect reconstruction, features and Griffin-Lim."""
 
-from pathlib import Path
 
 import librosa
 import numpy as np
@@ -10,8 +9,9 @@ import torch
 
 from genlib.data import stft as S
 from genlib.metrics import spectral_convergence
+from tests._paths import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 
 
 @pytest.fixture(scope="module")

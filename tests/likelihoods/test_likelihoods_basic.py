@@ -1,6 +1,5 @@
 """Gaussian and Bernoulli likelihoods against torch.distributions / scipy, and learning sigma."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +9,9 @@ from scipy.special import log_expit
 from torch.distributions import Normal
 
 from genlib.likelihoods import Bernoulli, Gaussian, positive
+from tests._paths import SHARED_DATA
 
-DIGITS = Path(__file__).resolve().parents[3] / "shared" / "data" / "digits" / "mnist_4k.npz"
+DIGITS = SHARED_DATA / "digits" / "mnist_4k.npz"
 
 
 def test_fixed_gaussian_matches_torch_and_scipy():

@@ -3,7 +3,6 @@ and maximum-likelihood fits on real VCTK spectra."""
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +20,9 @@ from genlib.likelihoods import (
     LogNormalVonMises,
     positive,
 )
+from tests._paths import SHARED_DATA
 
-VCTK = Path(__file__).resolve().parents[3] / "shared" / "data" / "speech" / "vctk16k"
+VCTK = SHARED_DATA / "speech" / "vctk16k"
 SPECTRAL = [Gamma, ItakuraSaito, LogNormalVonMises, GammaVonMises, ComplexNormal, ComplexLaplace]
 COMPLEX_ONLY = [LogNormalVonMises, GammaVonMises, ComplexNormal, ComplexLaplace]
 

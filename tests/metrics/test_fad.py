@@ -1,7 +1,6 @@
 """Fréchet Audio Distance: closed forms, scipy reference, rank-deficient covariances, the embedding
 protocol, Resemblyzer on real VCTK speakers and the VGGish loader / front end."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +20,9 @@ from genlib.metrics import (
     gaussian_fit,
     vggish_examples,
 )
+from tests._paths import SHARED_DATA
 
-VCTK = Path(__file__).resolve().parents[3] / "shared" / "data" / "speech" / "vctk16k"
+VCTK = SHARED_DATA / "speech" / "vctk16k"
 
 
 def test_identical_sets_give_zero():

@@ -17,8 +17,9 @@ from genlib.metrics import (
     spectral_convergence,
     stoi,
 )
+from tests._paths import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "speech"
+DATA = SHARED_DATA / "speech"
 
 
 def _read(path: Path) -> np.ndarray:

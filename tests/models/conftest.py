@@ -1,12 +1,10 @@
 """Small real-data batches for the model tests, read from ../shared/data (never copied into the repo)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+from tests._paths import SHARED_DATA as DATA
 
 
 @pytest.fixture(scope="session")

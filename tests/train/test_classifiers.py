@@ -1,15 +1,14 @@
 """Downstream classifiers: shapes for 8x8 / 28x28 / 32x32 inputs, configs, input checks, and learning."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from genlib.data import semi_supervised_split
 from genlib.train import MLPClassifier, SmallConvNet, train_classifier
+from tests._paths import SHARED_DATA
 
-MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "digits" / "mnist_4k.npz"
+MNIST = SHARED_DATA / "digits" / "mnist_4k.npz"
 
 
 @pytest.mark.parametrize("channels, size", [(1, 28), (3, 32)])
