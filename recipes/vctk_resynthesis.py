@@ -124,6 +124,7 @@ from genlib.nn import Conv1dFrameDecoder, Conv1dFrameEncoder, LogPowerFeatures, 
 from genlib.optim import LRA, ExponentialDecaySchedule
 from genlib.train import Checkpointer
 from genlib.train.checkpoint import normalize_settings
+from genlib.train.classify import needs_closure
 from genlib.utils import default_device, seed_everything, write_json
 from genlib.viz import save_loss_curves, save_precision_map, save_spectrograms
 
@@ -204,7 +205,9 @@ class Config:
     window_batch_size: int = 16  # windows (conv rows)
     lr: float = 1e-3  # Adam
     psgd_lr: float = 1e-4  # PSGD-LRA: lr 1e-3 diverged (NaN) within 3 epochs on VCTK frames
-    optimizer: str = "psgd-lra"  # or "adam"
+    # psgd-lra-hvp (the papers' Newton type, exact Hessian-vector products): lr is a fraction of a Newton step
+    psgd_hvp_lr: float = 1e-2
+    optimizer: str = "psgd-lra"  # or "psgd-lra-hvp" or "adam"
     grad_clip: float | None = None  # max gradient norm (None: off); see benchmarks/vctk_resynthesis.md
     checkpoint_every: int = 10  # epochs between atomic checkpoints (<out>/<row>/train_<epoch>.pt, vae.pt)
     n_test_utterances: int = 10  # per test speaker
@@ -418,15 +421,24 @@ def build_vae(cfg: Config, row: Row, n_freq: int) -> VAE:
 def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr)
+    # refit the preconditioner every step at first, then on ~10% of steps (the PSGD papers' schedule)
+    refit = ExponentialDecaySchedule(start=1.0, end=0.1, decay_steps=200)
     if cfg.optimizer == "psgd-lra":
-        # refit the preconditioner every step at first, then on ~10% of steps (the PSGD papers' schedule)
-        refit = ExponentialDecaySchedule(start=1.0, end=0.1, decay_steps=200)
         return LRA(params, lr=cfg.psgd_lr, momentum=0.9, rank=10, update_probability=refit)
-    raise ValueError(f"optimizer must be 'psgd-lra' or 'adam', got {cfg.optimizer!r}")
+    if cfg.optimizer == "psgd-lra-hvp":
+        # the optimizer differentiates the loss itself (step(closure)), so --grad-clip bounds its step
+        return LRA(params, lr=cfg.psgd_hvp_lr, rank=10, curvature="hvp", update_probability=refit,
+                   grad_clip_max_norm=cfg.grad_clip)
+    raise ValueError(f"optimizer must be 'psgd-lra', 'psgd-lra-hvp' or 'adam', got {cfg.optimizer!r}")
+
+
+def optimizer_lr(cfg: Config) -> float:
+    """The learning rate the chosen optimizer uses."""
+    return {"adam": cfg.lr, "psgd-lra-hvp": cfg.psgd_hvp_lr}.get(cfg.optimizer, cfg.psgd_lr)
 
 
 def _diverged(cfg: Config, epoch: int, what: str, checkpoints: Checkpointer | None) -> RuntimeError:
-    lr = cfg.lr if cfg.optimizer == "adam" else cfg.psgd_lr
+    lr = optimizer_lr(cfg)
     latest = checkpoints.latest() if checkpoints is not None else None
     resume = f"; {latest} holds the last saved epoch: rerun with the same --out to continue" if latest else ""
     return RuntimeError(
@@ -464,6 +476,7 @@ def train(
     written there (atomically, :meth:`VAE.save`, with its ``epoch``) at every checkpoint, ready to evaluate.
     """
     opt = make_optimizer(cfg, vae.parameters())
+    closure_mode = needs_closure(opt)
     losses: list[float] = []
     if checkpoints is not None:
         setup = _training_setup(cfg)
@@ -485,16 +498,20 @@ def train(
         total = 0.0
         for idx in perm.split(batch_size):
             try:  # the likelihood refuses NaN / Inf decoder outputs: the weights have blown up
-                loss = vae.elbo(data[idx]).loss
+                if closure_mode:  # the optimizer differentiates the loss itself
+                    loss = opt.step(lambda batch=data[idx]: vae.elbo(batch).loss)
+                else:
+                    loss = vae.elbo(data[idx]).loss
             except ValueError as err:
                 raise _diverged(cfg, epoch, str(err), checkpoints) from err
             if not torch.isfinite(loss):
                 raise _diverged(cfg, epoch, f"loss {float(loss)}", checkpoints)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
-            opt.step()
+            if not closure_mode:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+                opt.step()
             total += loss.item()
         losses.append(total / math.ceil(len(data) / batch_size))
         if checkpoints is not None:
@@ -673,7 +690,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
     parser.add_argument("--every", type=int, default=None, help="FC rows: keep every n-th frame (default 10)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
-        "--optimizer", choices=("psgd-lra", "adam"), default=None, help="default psgd-lra (adam with --quick)"
+        "--optimizer", choices=("psgd-lra", "psgd-lra-hvp", "adam"), default=None,
+        help="default psgd-lra (adam with --quick); psgd-lra-hvp: the papers' Newton-type PSGD (exact "
+             "Hessian-vector products, about twice a step's cost)",
     )
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the chosen optimizer")
     parser.add_argument(
@@ -734,7 +753,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
     if args.lr is not None:
         if not args.lr > 0:
             parser.error(f"--lr must be > 0, got {args.lr}")
-        cfg.lr = cfg.psgd_lr = args.lr
+        cfg.lr = cfg.psgd_lr = cfg.psgd_hvp_lr = args.lr
     for name in ("corpus", "optimizer", "data_dir", "librispeech_dir", "latent_dim", "epochs", "every",
                  "n_test_utterances", "max_librispeech_utterances", "device", "test_dir", "train_speakers",
                  "test_speakers", "train_speaker_fraction"):  # fmt: skip

@@ -174,6 +174,20 @@ def test_training_resumes_from_its_checkpoint_bit_exactly(utterances, tmp_path):
         vr.train(cfg, vae, frames, batch_size=32, checkpoints=ckpts)
 
 
+def test_newton_type_psgd_trains_through_a_closure(utterances):
+    # --optimizer psgd-lra-hvp: the optimizer differentiates the ELBO itself (exact Hessian-vector products)
+    train_waves, _ = utterances
+    cfg = vr.Config(latent_dim=8, hidden=(64,), epochs=4, optimizer="psgd-lra-hvp", grad_clip=1.0,
+                    device="cpu")
+    frames = stft(train_waves[0])[:, ::4].T.contiguous()
+    torch.manual_seed(0)
+    vae = vr.build_vae(cfg, vr.ROWS["gamma-fc"], frames.shape[1])
+    opt = vr.make_optimizer(cfg, vae.parameters())
+    assert opt.curvature == "hvp" and opt.param_groups[0]["grad_clip_max_norm"] == 1.0
+    losses = vr.train(cfg, vae, frames, batch_size=32)
+    assert losses[-1] < losses[0] - 1.0, losses
+
+
 def test_vggish_checkpoint_switches_the_fad_embedding(tmp_path):
     from genlib.metrics import VGGish
 
