@@ -41,9 +41,8 @@ from genlib.train import (
     SemiSupervisedConfig,
     SemiSupervisedTrainer,
     evaluate_accuracy,
-    evaluate_generation,
-    fit_reference_classifier,
     generate_labelled,
+    judge_generation,
     select_synthetic,
     train_classifier,
 )
@@ -205,14 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                             coreset="craig", coreset_fraction=cfg.coreset_fraction)
     chosen = select_synthetic(generated, augment, seed=cfg.seed)
     # the draws judged by a reference classifier trained on the real labels (the generator never saw them)
-    x_known, y_known = torch.cat([x_l, x_u]), torch.cat([y_l, data.y_unlabeled])
-    judge, other = fit_reference_classifier(x_known, y_known, n_other=len(x_t), epochs=cfg.judge_epochs,
-                                            seed=cfg.seed, device=cfg.device)
-    judge.save(out / "reference_classifier.pt")
-    report, _, _ = evaluate_generation(vae, judge, x_t, samples_per_class=cfg.samples_per_class,
-                                       generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed),
-                                       x_real_other=x_known[other], x_to_reconstruct=x_known[other],
-                                       filter_config=augment)
+    report, _, _ = judge_generation(
+        vae, torch.cat([x_l, x_u]), torch.cat([y_l, data.y_unlabeled]), x_t, out,
+        samples_per_class=cfg.samples_per_class, epochs=cfg.judge_epochs, seed=cfg.seed, device=cfg.device,
+        generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed), filter_config=augment)
     print(report.format())
     print(f"2-3. drew {chosen.counts['generated']}, entropy filter kept {chosen.counts['filtered']}, "
           f"CRAIG kept {chosen.counts['selected']} (weights sum {float(chosen.weights.sum()):.0f})")

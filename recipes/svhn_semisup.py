@@ -68,9 +68,8 @@ from genlib.train import (
     SemiSupervisedTrainer,
     SmallConvNet,
     evaluate_accuracy,
-    evaluate_generation,
-    fit_reference_classifier,
     get_rng_state,
+    judge_generation,
     predict_logits,
     save_generation_grids,
     set_rng_state,
@@ -430,14 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     # Class-conditional draws (the prior's generation sampler), judged by a reference classifier trained on
     # the real labels the split knows, which the generator never saw.
     x_known, y_known = torch.cat([x_l, x_u]), torch.cat([y_l, data.y_unlabeled])
-    judge, other = fit_reference_classifier(x_known, y_known, n_other=cfg.quality_per_class * 10,
-                                            epochs=cfg.judge_epochs, seed=args.seed, device=device)
-    judge.save(out / "reference_classifier.pt")
+    report, generated, judge = judge_generation(
+        vae, x_known, y_known, x_t[: cfg.quality_per_class * 10], out,
+        samples_per_class=cfg.quality_per_class, epochs=cfg.judge_epochs, seed=args.seed, device=device,
+        generator=torch.Generator().manual_seed(args.seed), filter_config=cfg.augment)
     acc_judge = float((judge.predict(x_t) == y_t.cpu()).float().mean())
-    report, generated, _ = evaluate_generation(
-        vae, judge, x_t[: cfg.quality_per_class * 10], samples_per_class=cfg.quality_per_class,
-        generator=torch.Generator().manual_seed(args.seed), x_real_other=x_known[other],
-        x_to_reconstruct=x_known[other], filter_config=cfg.augment)
     save_generation_grids(generated, out)
     if history["iter"]:  # --iters 0 trains nothing: no curves to draw
         save_loss_curves({k: history[k] for k in ("iter", "loss", "ebm_loss", "class_loss")},

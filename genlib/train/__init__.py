@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         aggregate_posterior_samples,
         evaluate_generation,
         fit_reference_classifier,
+        judge_generation,
         latent_frechet_distance,
         reconstruct_images,
         save_generation_grids,
@@ -61,11 +62,11 @@ if TYPE_CHECKING:
 # first use of one of their names (PEP 562).
 _LAZY = dict.fromkeys(
     ["GenerationReport", "aggregate_posterior_samples", "evaluate_generation", "fit_reference_classifier",
-     "latent_frechet_distance", "reconstruct_images", "save_generation_grids"],
+     "judge_generation", "latent_frechet_distance", "reconstruct_images", "save_generation_grids"],
     "genlib.train.quality",
 )
 __all__ += ["GenerationReport", "aggregate_posterior_samples", "evaluate_generation",
-            "fit_reference_classifier", "latent_frechet_distance", "reconstruct_images",
+            "fit_reference_classifier", "judge_generation", "latent_frechet_distance", "reconstruct_images",
             "save_generation_grids"]
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "latent_frechet_distance",
     "reconstruct_images",
     "fit_reference_classifier",
+    "judge_generation",
     "save_generation_grids",
 ]
 
@@ -210,6 +211,38 @@ def fit_reference_classifier(
     judge = train_reference_classifier(x[train], y[train], int(y.max()) + 1, epochs=epochs, seed=seed,
                                        device=device, max_shift=max_shift)
     return judge, other
+
+
+def judge_generation(
+    vae: VAE,
+    x_known: torch.Tensor,
+    y_known: torch.Tensor,
+    x_real: torch.Tensor,
+    folder: str | os.PathLike,
+    *,
+    samples_per_class: int = 100,
+    n_reference: int | None = None,
+    epochs: int = 8,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    generator: torch.Generator | None = None,
+    filter_config: AugmentConfig | None = None,
+) -> tuple[GenerationReport, Generated, ReferenceClassifier]:
+    """What an image recipe reports: fit the judge on the real images whose labels are known, save it as
+    ``folder/reference_classifier.pt``, and judge ``samples_per_class`` draws per class against ``x_real``.
+
+    ``n_reference`` known images (default ``len(x_real)``) are held out of the judge's training as the second
+    real set and the images whose reconstructions are the decoder's reference
+    (:func:`fit_reference_classifier`, :func:`evaluate_generation`). Returns ``(report, generated, judge)``.
+    """
+    n_other = x_real.shape[0] if n_reference is None else n_reference
+    judge, other = fit_reference_classifier(x_known, y_known, n_other=n_other, epochs=epochs, seed=seed,
+                                            device=device)
+    judge.save(Path(folder) / "reference_classifier.pt")
+    report, generated, _ = evaluate_generation(
+        vae, judge, x_real, samples_per_class=samples_per_class, generator=generator,
+        x_real_other=x_known[other], x_to_reconstruct=x_known[other], filter_config=filter_config)
+    return report, generated, judge
 
 
 def save_generation_grids(

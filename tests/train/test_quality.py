@@ -73,3 +73,24 @@ def test_report_flags_draws_outside_the_aggregate_posterior():
 def test_save_generation_grids_rejects_what_is_not_a_batch_of_draws(tmp_path):
     with pytest.raises(ValueError, match="generated must be a genlib.train.Generated"):
         save_generation_grids(torch.rand(4, 1, 8, 8), tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:.*fewer than the classifier's feature_dim:RuntimeWarning")
+def test_judge_generation_fits_saves_and_reports(tmp_path):
+    from genlib.metrics.images import ReferenceClassifier
+    from genlib.train.quality import judge_generation
+
+    torch.manual_seed(0)
+    shape = (1, 8, 8)
+    vae = VAE(MLPEncoder(shape, 2, hidden=(16,)), MLPDecoder(2, shape, hidden=(16,)), Gaussian(0.5),
+              LatentEBMPrior(2, 3, hidden=(8,), n_steps=10))
+    x, y = torch.rand(300, *shape), torch.arange(3).repeat(100)
+    y_known = y.clone()
+    y_known[:30] = -1  # unknown labels are not the judge's
+    report, generated, judge = judge_generation(vae, x, y_known, x[:60], tmp_path, samples_per_class=20,
+                                                epochs=1, generator=torch.Generator().manual_seed(0))
+    saved = ReferenceClassifier.load(tmp_path / "reference_classifier.pt")
+    torch.testing.assert_close(saved.predict(x[:10]), judge.predict(x[:10]))
+    assert generated.y.shape == (60,) and report.unfiltered.n_samples == 60
+    assert report.unfiltered.n_reference == 60 and report.unfiltered.fd_real_real is not None
+    assert report.latent_fd_real is not None  # the held-out known images are the second real set
