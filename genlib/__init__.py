@@ -16,7 +16,7 @@ Sub-packages (each importable on its own; none imports "upward"):
 
 Validation of tensor values on hot paths (ELBO, likelihoods, EBM energy, Langevin steps) is on by default;
 ``genlib.set_validate_args(False)`` or ``with genlib.validate_args(False):`` turns it off for speed and
-graph-break-free ``torch.compile`` (each such class also takes ``validate_args=`` / ``validate=`` for itself).
+graph-break-free ``torch.compile`` (each such class also takes ``validate_args=`` for itself).
 """
 
 __version__ = "0.1.0"

@@ -68,6 +68,17 @@ def _rand(n: int, like: torch.Tensor, generator: torch.Generator | None) -> torc
     return torch.rand(n, generator=generator, dtype=like.dtype, device=like.device)
 
 
+def _checked_log_prob(log_prob_fn: LogProbFn, z: torch.Tensor) -> torch.Tensor:
+    """``log_prob_fn(z)``, which must be one value per chain: shape ``(z.shape[0],)``."""
+    lp = log_prob_fn(z)
+    if not isinstance(lp, torch.Tensor) or lp.shape != (z.shape[0],):
+        got = tuple(lp.shape) if isinstance(lp, torch.Tensor) else type(lp).__name__
+        raise ValueError(
+            f"log_prob_fn must map z of shape {tuple(z.shape)} to shape ({z.shape[0]},), got {got}"
+        )
+    return lp
+
+
 def log_prob_and_grad(log_prob_fn: LogProbFn, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log p(z), grad_z log p(z))`` for a batch of chains, both detached.
 
@@ -79,12 +90,7 @@ def log_prob_and_grad(log_prob_fn: LogProbFn, z: torch.Tensor) -> tuple[torch.Te
         return _log_prob_and_grad_func(log_prob_fn, z)
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
-        lp = log_prob_fn(z)
-        if not isinstance(lp, torch.Tensor) or lp.shape != (z.shape[0],):
-            got = tuple(lp.shape) if isinstance(lp, torch.Tensor) else type(lp).__name__
-            raise ValueError(
-                f"log_prob_fn must map z of shape {tuple(z.shape)} to shape ({z.shape[0]},), got {got}"
-            )
+        lp = _checked_log_prob(log_prob_fn, z)
         (grad,) = torch.autograd.grad(lp.sum(), z, allow_unused=True)
     if grad is None:  # log p does not depend on z: a flat target
         grad = torch.zeros_like(z)
@@ -95,12 +101,7 @@ def _log_prob_and_grad_func(log_prob_fn: LogProbFn, z: torch.Tensor) -> tuple[to
     """:func:`log_prob_and_grad` via ``torch.func``: ``autograd.grad`` and ``requires_grad_`` break graphs."""
 
     def total(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lp = log_prob_fn(z)
-        if not isinstance(lp, torch.Tensor) or lp.shape != (z.shape[0],):
-            got = tuple(lp.shape) if isinstance(lp, torch.Tensor) else type(lp).__name__
-            raise ValueError(
-                f"log_prob_fn must map z of shape {tuple(z.shape)} to shape ({z.shape[0]},), got {got}"
-            )
+        lp = _checked_log_prob(log_prob_fn, z)
         return lp.sum(), lp
 
     with torch.enable_grad():
