@@ -48,15 +48,20 @@ def test_batch_targets_are_xor_of_the_two_marked_values():
     assert torch.equal(x, x2) and torch.equal(y, y2)
 
 
-def test_rnn_loop_matches_torch_rnn():
-    gen = torch.Generator().manual_seed(1)
-    model = XorRNN(2, 30, generator=gen)
-    ref = nn.RNN(2, 30, batch_first=True)
+def _load_into_torch(ref: nn.RNNBase, model: nn.Module) -> None:
+    """Copy ``model``'s weights into the equivalent one-layer ``torch.nn`` recurrent module."""
     with torch.no_grad():
         ref.weight_ih_l0.copy_(model.w_x.T)
         ref.weight_hh_l0.copy_(model.w_h.T)
         ref.bias_ih_l0.copy_(model.b)
         ref.bias_hh_l0.zero_()
+
+
+def test_rnn_loop_matches_torch_rnn():
+    gen = torch.Generator().manual_seed(1)
+    model = XorRNN(2, 30, generator=gen)
+    ref = nn.RNN(2, 30, batch_first=True)
+    _load_into_torch(ref, model)
     x, _ = make_batch(8, 20, gen)
     h_last = ref(x)[1][0]
     expected = (h_last @ model.w_o).squeeze(-1) + model.b_o
@@ -69,11 +74,7 @@ def test_lstm_loop_matches_torch_lstm():
     gen = torch.Generator().manual_seed(2)
     model = XorLSTM(2, 30, generator=gen)
     ref = nn.LSTM(2, 30, batch_first=True)  # same gate order (i, f, g, o)
-    with torch.no_grad():
-        ref.weight_ih_l0.copy_(model.w_x.T)
-        ref.weight_hh_l0.copy_(model.w_h.T)
-        ref.bias_ih_l0.copy_(model.b)
-        ref.bias_hh_l0.zero_()
+    _load_into_torch(ref, model)
     x, _ = make_batch(8, 20, gen)
     h_last = ref(x)[1][0][0]
     torch.testing.assert_close(model(x), (h_last @ model.w_o).squeeze(-1) + model.b_o, rtol=1e-5, atol=1e-6)
