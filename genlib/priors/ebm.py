@@ -92,8 +92,22 @@ class LatentEBMPrior(Prior):
         self.score = MLP(latent_dim, n_classes, hidden, activation)
         self.sampler = LangevinSampler(n_steps=n_steps, step_size=check_positive(step_size, "step_size"),
                                        temperature=check_positive(temperature, "temperature"))
-        self.guidance = check_positive(guidance, "guidance")
+        self.guidance = guidance
         self.validate_args = validate_args
+
+    @property
+    def guidance(self) -> float:
+        """The class-guidance scale ``w`` of conditional draws; assigning checks it (finite, > 0)."""
+        return self._guidance
+
+    @guidance.setter
+    def guidance(self, value: float) -> None:
+        self._guidance = check_positive(value, "guidance")
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(guidance=self.guidance, validate_args=self.validate_args)  # the live values
+        return config
 
     @property
     def validating(self) -> bool:
@@ -169,7 +183,7 @@ class LatentEBMPrior(Prior):
         ``= logsumexp F(z) - ||z||²/2 + w (F(z)[y] - logsumexp F(z))``; at ``w = 1`` it is :meth:`log_prob`
         ``(z, y)``.
         """
-        return self._guided_log_prob(z, y, guidance, check=None)
+        return self._guided_log_prob(z, y, check_positive(guidance, "guidance"), check=None)
 
     def _guided_log_prob(
         self, z: torch.Tensor, y: int | torch.Tensor, guidance: float, check: bool | None

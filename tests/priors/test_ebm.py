@@ -207,6 +207,8 @@ def test_prior_contract_config_and_no_parameter_grads_from_sampling():
     assert isinstance(prior, Prior) and prior.latent_dim == 4
     rebuilt = from_spec(to_spec(prior))
     assert rebuilt.guidance == 8.0
+    prior.guidance = 5.0  # a checkpoint keeps the live setting, as genlib sample --guidance sets it
+    assert from_spec(to_spec(prior)).guidance == 5.0
     rebuilt.load_state_dict(prior.state_dict())
     z = torch.randn(6, 4)
     torch.testing.assert_close(rebuilt.log_prob(z), prior.log_prob(z))
@@ -241,5 +243,9 @@ def test_bad_arguments_are_rejected():
         LatentEBMPrior(2, 3, guidance=0.0)
     with pytest.raises(ValueError, match="guidance"):
         prior.sample(2, y=0, guidance=float("nan"))
+    with pytest.raises(ValueError, match="guidance must be finite and > 0"):
+        prior.guidance = -1.0
+    with pytest.raises(ValueError, match="guidance must be finite and > 0"):
+        prior.guided_log_prob(torch.randn(4, 2), 0, float("inf"))
     with pytest.raises(ValueError, match="logvar"):
         prior.kl(torch.randn(4, 2), torch.randn(4, 3), torch.randn(4, 2))
