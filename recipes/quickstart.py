@@ -14,7 +14,7 @@ selected dataset, loadable with ``genlib.data.SyntheticDataset``), ``samples.png
 a rerun in the same ``--out`` with other settings, e.g. another ``--seed``, is refused, naming them).
 
     python -m recipes.quickstart            # about 2 minutes on a 2-core CPU
-    python -m recipes.quickstart --quick    # smoke run, about 1.5 minutes
+    python -m recipes.quickstart --quick    # smoke run, under a minute
 """
 
 from __future__ import annotations
