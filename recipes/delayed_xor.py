@@ -20,7 +20,7 @@ Modes: default (lengths 32 and 55, 3 seeds, 20k-iteration cap); ``--quick`` (~1 
 seed); ``--full`` (10 seeds at 32/55/64/112 with the paper's 100k cap: GPU / overnight); ``--rank-study``
 (PSGD-LRA with rank 0/1/2/5/10; combines with ``--quick`` or ``--full``, e.g. ``--full --rank-study
 --paper-settings`` is figure B.6 as run in the paper). Seeds run in parallel processes, one torch thread
-each (``--workers``).
+each (``--workers``), or over processes and GPUs under torchrun (below).
 Writes ``results.json`` (atomically, after every finished run, marked ``"complete": false`` until the study
 ends) and ``loss_curves.png`` under ``--out``; ``--summarize DIR...`` merges saved studies
 (e.g. one invocation per optimizer or length) into one table plus one line per run.
@@ -34,6 +34,17 @@ criterion, learning rates, momentum, gradient clip, ``curve_every``) must match 
 the rerun is refused with the changed settings named (saved, now); use another ``--out`` for them.
 ``--workers`` and ``--device`` may change freely.
 
+Spreading a study over processes or GPUs: start it with torchrun, e.g. ``torchrun --nproc-per-node 8 -m
+recipes.delayed_xor --full`` (or ``-m genlib.recipes.delayed_xor``). Run ``i`` of the missing runs (in the
+study's fixed order) goes to process ``i mod N``, which runs its share one at a time (``--workers`` is not
+used) on ``cuda:LOCAL_RANK`` with ``--device cuda`` (the default when GPUs are visible; processes share a
+GPU when there are more of them than GPUs), else on the CPU with one torch thread. A run seeds its own
+generators, so its result does not depend on which process ran it. Each process saves its finished runs
+atomically to ``results.rank<R>.part.json`` under ``--out``; process 0 refreshes ``results.json`` from them
+after each of its own runs, gathers every run at the end, writes ``results.json`` and ``loss_curves.png``,
+prints the table and removes the part files. A later start (torchrun or not) first merges the part files a
+killed study left, so no finished run is lost (on several nodes, put ``--out`` on a shared filesystem).
+
     python -m recipes.delayed_xor --quick
 """
 
@@ -43,12 +54,15 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -68,6 +82,11 @@ PAPER_SETTINGS = dict(psgd_lr=0.01, psgd_preconditioner_lr=0.01, grad_clip=1.0, 
 RUN_SETTINGS = ("max_iters", "batch_size", "hidden", "solved_loss", "solved_window", "psgd_lr",
                 "psgd_preconditioner_lr", "adam_lr", "sgd_lr", "sgd_momentum", "grad_clip", "curve_every")
 STUDY_SETTINGS = ("lengths", "seeds", "optimizers", "archs", "ranks")
+# Under torchrun each process saves its finished runs here (``R`` its rank) until process 0 merges them.
+PART_GLOB = "results.rank*.part.json"
+# How long a process waits for the others (at the start for process 0's merge, at the end for the slowest
+# process's last run): a bound on a study's length, not a network timeout.
+STUDY_TIMEOUT = timedelta(days=30)
 
 
 @dataclass
@@ -230,6 +249,7 @@ def _make_optimizer(name: str, params: list[nn.Parameter], cfg: XorConfig, rank:
             grad_clip_max_norm=cfg.grad_clip,
             seed=seed,
             check_finite=False,
+            sync_closure_grads=False,  # one run per process: nothing to average even under torchrun
         )
     if name == "adam":
         return torch.optim.Adam(params, lr=cfg.adam_lr)
@@ -299,6 +319,21 @@ def run_key(record: dict) -> tuple:
     return record["optimizer"], record["arch"], int(record["length"]), int(record["seed"]), rank
 
 
+def missing_runs(cfg: XorConfig, done: list[dict] | None = None) -> list[tuple]:
+    """The runs of ``cfg`` not in ``done``, in the study's fixed order, as the arguments of :func:`run_one`
+    after ``cfg``: ``(optimizer, length, seed, rank, arch)`` (rank 10, unused, for Adam and SGD)."""
+    finished = {run_key(r) for r in done or []}
+    runs = []
+    for opt in cfg.optimizers:
+        for arch in cfg.archs:
+            for rank in cfg.ranks if opt == "psgd_lra" else (None,):
+                for length in cfg.lengths:
+                    for seed in cfg.seeds:
+                        if (opt, arch, length, seed, rank) not in finished:
+                            runs.append((opt, length, seed, 10 if rank is None else rank, arch))
+    return runs
+
+
 def run_study(
     cfg: XorConfig, on_result: Callable[[list[dict]], None] | None = None, done: list[dict] | None = None
 ) -> list[dict]:
@@ -308,15 +343,7 @@ def run_study(
     ``done``: runs finished earlier (e.g. loaded by :func:`load_saved_study`); they are not run again, lead
     the returned list and are part of every ``records_so_far``."""
     records: list[dict] = list(done or [])
-    finished = {run_key(r) for r in records}
-    tasks = []
-    for opt in cfg.optimizers:
-        for arch in cfg.archs:
-            for rank in cfg.ranks if opt == "psgd_lra" else (None,):
-                for length in cfg.lengths:
-                    for seed in cfg.seeds:
-                        if (opt, arch, length, seed, rank) not in finished:
-                            tasks.append((cfg, opt, length, seed, 10 if rank is None else rank, arch))
+    tasks = [(cfg, *run) for run in missing_runs(cfg, records)]
     if not tasks:
         return records
 
@@ -397,16 +424,67 @@ def load_saved_study(cfg: XorConfig) -> tuple[list[dict], XorConfig]:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"--out {cfg.out}: {path} is not a readable delayed_xor results.json ({err!r}); "
                          "move it away or choose another --out") from None
+    _check_run_settings(saved, cfg, "holds a study")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"--out {cfg.out}: {path} lists a run twice; it was not written by this recipe")
+    return list(runs), _widened(cfg, saved)
+
+
+def _check_run_settings(saved: dict, cfg: XorConfig, what: str) -> None:
+    """Raise ``ValueError`` naming each setting of :data:`RUN_SETTINGS` where ``saved`` differs from
+    ``cfg``."""
     now = asdict(cfg)
     changed = [f"{k} (saved {saved.get(k, 'not recorded')!r}, now {now[k]!r})"
                for k in RUN_SETTINGS if saved.get(k) != now[k]]
     if changed:
-        raise ValueError(f"--out {cfg.out} holds a study with other settings: {'; '.join(changed)}. Rerun "
+        raise ValueError(f"--out {cfg.out} {what} with other settings: {'; '.join(changed)}. Rerun "
                          "with the saved settings to continue it, or choose another --out")
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"--out {cfg.out}: {path} lists a run twice; it was not written by this recipe")
+
+
+def _widened(cfg: XorConfig, saved: dict) -> XorConfig:
+    """``cfg`` with the study settings (lengths, seeds, ...) widened to include the ``saved`` ones."""
     widened = {k: _union(list(saved.get(k, ())), getattr(cfg, k)) for k in STUDY_SETTINGS}
-    return list(runs), XorConfig(**{**now, **widened})
+    return XorConfig(**{**asdict(cfg), **widened})
+
+
+def _read_part(path: Path) -> tuple[dict, list[dict]]:
+    """The config and runs of one process's part file (see :data:`PART_GLOB`)."""
+    try:
+        data = json.loads(path.read_text())
+        saved, runs = data["config"], data["runs"]
+        for r in runs:
+            run_key(r)  # every run names its optimizer, arch, length, seed and rank
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--out: {path} is not a readable delayed_xor part file ({err!r}); move it away "
+                         "or choose another --out") from None
+    return saved, list(runs)
+
+
+def merge_part_files(cfg: XorConfig) -> int:
+    """Fold the part files a torchrun study left in ``cfg.out`` (killed before process 0 merged them) into
+    ``results.json``, then remove them; returns the number of runs added.
+
+    Raises ``ValueError`` like :func:`load_saved_study` when ``results.json`` or a part file holds a study
+    with other run settings than ``cfg`` (nothing is written or removed then)."""
+    parts = sorted(Path(cfg.out).glob(PART_GLOB))
+    if not parts:
+        return 0
+    records, study = load_saved_study(cfg)
+    seen = {run_key(r) for r in records}
+    added = 0
+    for path in parts:
+        saved, runs = _read_part(path)
+        _check_run_settings(saved, cfg, f"holds a part file {path.name}")
+        study = _widened(study, saved)
+        for r in runs:
+            if run_key(r) not in seen:
+                seen.add(run_key(r))
+                records.append(r)
+                added += 1
+    write_results(records, study, complete=False)  # before the parts go: a kill here loses nothing
+    for path in parts:
+        path.unlink()
+    return added
 
 
 def write_results(records: list[dict], cfg: XorConfig, complete: bool) -> Path:
@@ -554,7 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-iters", type=int_at_least(1), help="iteration cap per run")
     ap.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, help="subset of optimizers")
     ap.add_argument("--workers", type=int_at_least(1), default=2,
-                    help="parallel processes (one torch thread each)")
+                    help="parallel processes (one torch thread each); not used under torchrun, where "
+                         "each process runs its share of the runs one at a time")
     ap.add_argument("--device", type=device_arg, default="auto",
                     help="auto (cuda when visible, else cpu), cpu, cuda or cuda:N")
     ap.add_argument("--out", default="runs/delayed_xor",
@@ -614,7 +693,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{k:<14}{v:8.2f} ms")
         return 0
     cfg = config_from_args(a)
+    env = torchrun_env()
+    if env is not None:
+        return _main_distributed(ap, cfg, *env)
     try:
+        merge_part_files(cfg)
         done, study = load_saved_study(cfg)
     except ValueError as err:
         ap.error(str(err))
@@ -628,6 +711,102 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(summarize(records), cfg.max_iters))
     print(f"saved to {save(records, study)}")
     return 0
+
+
+def torchrun_env() -> tuple[int, int, int] | None:
+    """``(rank, world size, local rank)`` from the environment torchrun sets, or ``None`` for a plain start
+    (or a torchrun start of a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def rank_device(device: str, local_rank: int) -> str:
+    """A torchrun process's device: ``cuda`` becomes ``cuda:LOCAL_RANK`` (modulo the visible GPUs);
+    ``cpu`` and an explicit ``cuda:N`` stay."""
+    if device == "cuda":
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return device
+
+
+def _main_distributed(ap: argparse.ArgumentParser, cfg: XorConfig, rank: int, world: int,
+                      local_rank: int) -> int:
+    """The study under torchrun: process ``rank`` of ``world`` runs every ``world``-th missing run; process 0
+    merges, saves and prints (module docstring, "Spreading a study")."""
+    if not dist.is_available():
+        ap.error("started by torchrun, but this torch build has no torch.distributed")
+    torch.set_num_threads(1)
+    device = rank_device(cfg.device, local_rank)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    # The processes exchange only a few Python objects (CPU, gloo); nccl is registered for CUDA tensors.
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo",
+                            timeout=STUDY_TIMEOUT)
+    try:
+        start: list = [None, [], None]  # error, runs done, study config: process 0 reads --out, once
+        if rank == 0:
+            try:
+                merge_part_files(cfg)
+                done, study = load_saved_study(cfg)
+                start = [None, done, asdict(study)]
+            except ValueError as err:
+                start = [str(err), [], None]
+        dist.broadcast_object_list(start, src=0)
+        error, done, study_dict = start
+        if error is not None:
+            if rank == 0:
+                ap.error(error)
+            return 2
+        study = XorConfig(**study_dict)
+        todo = missing_runs(cfg, done)
+        if rank == 0:
+            if done:
+                print(f"continuing the study in {cfg.out}: {len(done)} saved run(s) kept, not run again")
+            print(f"torchrun: {len(todo)} missing run(s) over {world} processes ({device} on process 0)",
+                  flush=True)
+        run_cfg = replace(cfg, device=device)
+        out = Path(cfg.out)
+        own: list[dict] = []
+        for run in todo[rank::world]:
+            own.append(run_one(run_cfg, *run))
+            part = dict(config=asdict(study), rank=rank, runs=own)
+            atomic_write_text(out / f"results.rank{rank}.part.json", json.dumps(part, indent=1))
+            if rank == 0:  # results.json keeps up with every process's saved runs, as without torchrun
+                write_results(_with_parts(done + own, out), study, complete=False)
+        gathered: list | None = [None] * world if rank == 0 else None
+        dist.gather_object(own, gathered, dst=0)
+        if rank != 0:
+            return 0
+        order = {run: i for i, run in enumerate(todo)}
+        new = [r for rs in gathered for r in rs]
+        new.sort(key=lambda r: order[(r["optimizer"], r["length"], r["seed"],
+                                      10 if r["rank"] is None else r["rank"], r["arch"])])
+        records = done + new  # the order of a single-process study
+        print(format_table(summarize(records), cfg.max_iters))
+        print(f"saved to {save(records, study)}")
+        for path in out.glob(PART_GLOB):
+            path.unlink()
+        return 0
+    finally:
+        dist.destroy_process_group()
+
+
+def _with_parts(records: list[dict], out: Path) -> list[dict]:
+    """``records`` and the runs of the part files in ``out`` not among them (a part being replaced reads
+    as its old or new version: they are written atomically)."""
+    records = list(records)
+    seen = {run_key(r) for r in records}
+    for path in sorted(out.glob(PART_GLOB)):
+        try:
+            runs = _read_part(path)[1]
+        except ValueError:
+            continue
+        for r in runs:
+            if run_key(r) not in seen:
+                seen.add(run_key(r))
+                records.append(r)
+    return records
 
 
 if __name__ == "__main__":

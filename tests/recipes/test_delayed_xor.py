@@ -18,10 +18,14 @@ from recipes.delayed_xor import (
     logistic_loss,
     main,
     make_batch,
+    merge_part_files,
+    missing_runs,
+    rank_device,
     run_one,
     run_study,
     summarize,
     summarize_files,
+    torchrun_env,
     write_results,
 )
 
@@ -317,3 +321,42 @@ def test_study_skips_the_runs_already_done():
     records = run_study(cfg, on_result=lambda done: seen.append(len(done)), done=[old])
     assert records[0] is old and [r["seed"] for r in records] == [0, 1]
     assert seen == [2]  # one new run; the saved one leads every records_so_far
+
+
+def test_part_files_of_a_killed_torchrun_study_are_merged_by_a_plain_rerun(tmp_path, capsys):
+    # A two-process study killed after each process saved one run to its part file, before any merge.
+    main([*TINY, "--seeds", "3", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "results.json").read_text())
+    (tmp_path / "results.json").unlink()
+    for rank, run in enumerate(data["runs"][:2]):
+        part = dict(config=data["config"], rank=rank, runs=[dict(run, seconds=1000.0 + rank)])
+        (tmp_path / f"results.rank{rank}.part.json").write_text(json.dumps(part))
+    other = XorConfig(**{**data["config"], "max_iters": 7})
+    with pytest.raises(ValueError, match=r"part file results.rank0.part.json with other settings: max_iters"):
+        merge_part_files(other)
+    assert len(list(tmp_path.glob("results.rank*"))) == 2  # refused: nothing removed
+    capsys.readouterr()
+    assert main([*TINY, "--seeds", "3", "--out", str(tmp_path)]) == 0
+    assert "2 saved run(s) kept" in capsys.readouterr().out
+    assert [(r["seed"], r["seconds"]) for r in _runs(tmp_path)][:2] == [(0, 1000.0), (1, 1001.0)]
+    assert len(_runs(tmp_path)) == 3 and not list(tmp_path.glob("results.rank*"))
+
+
+def test_torchrun_environment_rank_devices_and_the_order_of_missing_runs(monkeypatch):
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert torchrun_env() is None  # a plain start
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert torchrun_env() is None  # torchrun with one process runs the study as without it
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert torchrun_env() == (5, 4, 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [rank_device("cuda", r) for r in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert rank_device("cpu", 1) == "cpu" and rank_device("cuda:1", 0) == "cuda:1"
+    cfg = XorConfig(lengths=(10,), seeds=(0, 1), optimizers=("psgd_lra", "adam"), ranks=(0, 10))
+    done = [dict(optimizer="psgd_lra", arch="rnn", length=10, seed=1, rank=0)]
+    assert missing_runs(cfg, done) == [("psgd_lra", 10, 0, 0, "rnn"), ("psgd_lra", 10, 0, 10, "rnn"),
+                                       ("psgd_lra", 10, 1, 10, "rnn"), ("adam", 10, 0, 10, "rnn"),
+                                       ("adam", 10, 1, 10, "rnn")]
