@@ -29,6 +29,7 @@ __all__ = [
     "float_in",
     "find_data_folder",
     "DATA_DIR_HELP",
+    "add_engine_arguments",
 ]
 
 # Appended to each image recipe's --data-dir help, so every recipe states the same two accepted forms.
@@ -128,3 +129,14 @@ def find_data_folder(
         if (folder / filename).is_file():
             return folder
     return None
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--precision``, ``--compile`` and ``--num-workers``: the training engine's options
+    (:class:`genlib.train.Engine`), the same flags in every recipe that trains."""
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="autocast precision of the loss (fp16 with a gradient scaler; default fp32)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model and loss (genlib's value checks off inside)")
+    parser.add_argument("--num-workers", type=int_at_least(0), default=0,
+                        help="DataLoader worker processes preparing batches (default 0: in the trainer)")

@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         generator=torch.Generator().manual_seed(args.seed), filter_config=cfg.augment)
     acc_judge = float((judge.predict(x_t) == y_t.cpu()).float().mean())
     save_generation_grids(generated, out)
-    if history["iter"]:  # --iters 0 trains nothing: no curves to draw
+    if history.get("iter"):  # --iters 0 trains nothing: no curves to draw
         save_loss_curves({k: history[k] for k in ("iter", "loss", "ebm_loss", "class_loss")},
                          out / "loss_curves.png")
     vae.save(out / "vae.pt")
@@ -447,8 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         "n_unlabeled": len(x_u),
         "n_test": len(x_t),
         "train_seconds": seconds,
-        "eval_iter": history["eval_iter"],
-        "eval_accuracy": history["eval_accuracy"],
+        "eval_iter": history.get("eval_iter", []),
+        "eval_accuracy": history.get("eval_accuracy", []),
         "device": str(device),
         "selection_counts": None if trainer.selection is None else trainer.selection.counts,
         "reference_classifier_accuracy": acc_judge,

@@ -2,11 +2,13 @@
 
 A Bernoulli MLP VAE on scikit-learn's bundled 8×8 digits (or MNIST-4k with ``--data-dir``), trained for the
 same number of steps by Adam and by two PSGD families (Kron and LRA, gradient-whitening curvature, so a plain
-``loss.backward(); opt.step()`` loop). Prints held-out ELBO and importance-weighted log p(x) per optimizer and
-saves a sample grid and loss curves next to ``results.json``.
+``loss.backward(); opt.step()``; ``psgd-kron-hvp`` steps with a closure), all on :class:`genlib.train.Engine`
+(``--precision``, ``--compile``, ``torchrun``). Prints held-out ELBO and importance-weighted log p(x) per
+optimizer and saves a sample grid and loss curves next to ``results.json``.
 
     python -m recipes.vae_optimizers            # ~1 minute on a CPU
     python -m recipes.vae_optimizers --help
+    torchrun --nproc-per-node 2 -m recipes.vae_optimizers   # DDP: each process trains on half of each batch
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from genlib.cli_args import DATA_DIR_HELP, find_data_folder, int_at_least
+from genlib.cli_args import DATA_DIR_HELP, add_engine_arguments, find_data_folder, int_at_least
 from genlib.cli_args import device as device_arg
 from genlib.data import load_digits_sklearn, load_mnist_npz
 from genlib.likelihoods import Bernoulli
 from genlib.models import VAE
 from genlib.nn import MLPDecoder, MLPEncoder
 from genlib.optim import LRA, ExponentialDecaySchedule, Kron
-from genlib.train.classify import needs_closure
+from genlib.train.batches import StepBatches, step_loader
+from genlib.train.distributed import init_distributed
+from genlib.train.engine import Engine
 from genlib.utils import default_device, seed_everything, write_json
 from genlib.viz import save_image_grid, save_loss_curves
 
@@ -43,6 +46,9 @@ class Config:
     optimizers: tuple[str, ...] = ("adam", "psgd-lra")  # "psgd-kron", "psgd-kron-hvp" also available
     out: str = "runs/vae_optimizers"
     device: str = field(default_factory=lambda: str(default_device()))
+    precision: str = "fp32"
+    compile: bool = False
+    num_workers: int = 0
 
 
 # PSGD refits its preconditioner every step at first, then on ~10% of steps (the papers' schedule): the
@@ -85,34 +91,28 @@ def build_vae(cfg: Config, image_shape: tuple[int, ...]) -> VAE:
 
 def train(cfg: Config, name: str, train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[VAE, dict]:
     seed_everything(cfg.seed)  # same initial weights and batches for every optimizer
-    device = torch.device(cfg.device)
-    vae = build_vae(cfg, tuple(train_x.shape[1:])).to(device)
+    vae = build_vae(cfg, tuple(train_x.shape[1:]))
     opt = OPTIMIZERS[name](vae.parameters())
-    closure_mode = needs_closure(opt)
-    train_x, test_x = train_x.to(device), test_x.to(device)
-    history: dict[str, list[float]] = {"step": [], "train_loss": []}
+
+    def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
+        # closure optimizers ("hvp") re-evaluate it; "finite_diff" restores the RNG, so the noise repeats
+        loss = vae.elbo(batch["x"]).loss
+        return loss, {"train_loss": loss}
+
+    engine = Engine(vae, opt, loss_fn, device=torch.device(cfg.device), precision=cfg.precision,
+                    compile=cfg.compile, desc=name)
+    batches = StepBatches({"x": train_x}, cfg.batch_size, seed=cfg.seed, **engine.shard)
     start = time.perf_counter()
-    for step in tqdm(range(1, cfg.steps + 1), desc=name, leave=False):
-        idx = torch.randint(len(train_x), (cfg.batch_size,), device=device)
-        batch = train_x[idx]
-        if closure_mode:
-            # the optimizer differentiates the loss itself; a re-run closure ("finite_diff") gets the RNG
-            # state restored by PSGD, so the reparameterisation noise repeats
-            loss = opt.step(lambda batch=batch: vae.elbo(batch).loss)
-        else:
-            loss = vae.elbo(batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if step % 20 == 0:
-            history["step"].append(step)
-            history["train_loss"].append(loss.item())
+    history = engine.fit(lambda a, b: step_loader(batches, a, b, num_workers=cfg.num_workers), cfg.steps,
+                         total_name="--steps", log_every=20)
     seconds = time.perf_counter() - start
     vae.eval()
+    test_x = test_x.to(engine.device)
     with torch.no_grad():
         test_elbo = vae.elbo(test_x).elbo.mean().item()
     test_logpx = vae.log_likelihood(test_x, n_importance=200).mean().item()
-    return vae, {"history": history, "test_elbo": test_elbo, "test_log_px": test_logpx, "seconds": seconds}
+    curve = {"step": history["iter"], "train_loss": history["train_loss"]}
+    return vae, {"history": curve, "test_elbo": test_elbo, "test_log_px": test_logpx, "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,17 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", type=device_arg, default=None,
                         help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="smoke config: 100 steps")
+    add_engine_arguments(parser)
     args = parser.parse_args(argv)
     if args.steps <= 0:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
     steps = 100 if args.quick else args.steps
     if args.data_dir is not None and find_data_folder(args.data_dir, "mnist_4k.npz", ("digits",)) is None:
         parser.error(f"--data-dir {args.data_dir} holds no mnist_4k.npz (looked in it and its digits/)")
-    cfg = Config(data_dir=args.data_dir, steps=steps, seed=args.seed, out=args.out)
-    if args.device:
-        cfg.device = args.device
+    cfg = Config(data_dir=args.data_dir, steps=steps, seed=args.seed, out=args.out, precision=args.precision,
+                 compile=args.compile, num_workers=args.num_workers)
+    ctx, device = init_distributed(args.device)  # under torchrun: one process per GPU / CPU share
+    cfg.device = str(device)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
 
     train_x, test_x = load_data(cfg)
     shape = tuple(train_x.shape[1:])
@@ -151,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = res  # with its loss curve ("history"), which assets/make_figures.py draws
         curves[f"{name} train loss"] = res["history"]["train_loss"]
         curves.setdefault("step", res["history"]["step"])
-        samples = vae.sample(64).cpu()
-        save_image_grid(samples, out / f"samples_{name}.png", nrow=8, title=f"VAE samples ({name})")
+        if ctx.is_main:
+            samples = vae.sample(64).cpu()
+            save_image_grid(samples, out / f"samples_{name}.png", nrow=8, title=f"VAE samples ({name})")
+    if not ctx.is_main:
+        return 0
 
     print(f"\n{'optimizer':<12}{'test ELBO':>12}{'test log p(x)':>16}{'seconds':>10}")
     for name, r in results.items():

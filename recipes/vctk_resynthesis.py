@@ -85,10 +85,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from genlib.cli_args import add_engine_arguments, float_in, int_at_least, positive_float
 from genlib.cli_args import device as device_arg
-from genlib.cli_args import float_in, int_at_least, positive_float
 from genlib.data import default_data_root
 from genlib.data.speech import (
     SpeechFrames,
@@ -123,8 +122,9 @@ from genlib.models import VAE
 from genlib.nn import Conv1dFrameDecoder, Conv1dFrameEncoder, LogPowerFeatures, MLPDecoder, MLPEncoder
 from genlib.optim import LRA, ExponentialDecaySchedule
 from genlib.train import Checkpointer
+from genlib.train.batches import StepBatches, step_loader
 from genlib.train.checkpoint import normalize_settings
-from genlib.train.classify import needs_closure
+from genlib.train.engine import Engine
 from genlib.utils import default_device, seed_everything, write_json
 from genlib.viz import save_loss_curves, save_precision_map, save_spectrograms
 
@@ -218,6 +218,9 @@ class Config:
     seed: int = 0
     out: str = "runs/vctk_resynthesis"  # each row writes into <out>/<row>/
     device: str = field(default_factory=lambda: str(default_device()))
+    precision: str = "fp32"  # the training engine's autocast: fp32, bf16 or fp16
+    compile: bool = False
+    num_workers: int = 0
 
 
 # --quick uses Adam unless --optimizer is given: PSGD-LRA costs ~7 s/epoch here on one CPU thread vs ~1 s.
@@ -452,7 +455,7 @@ def _training_setup(cfg: Config) -> dict:
     metrics; the training files themselves are checked by :func:`training_data_id`)."""
     skip = {"epochs", "out", "n_test_utterances", "griffin_lim_iters", "fad", "fad_rate", "vggish_checkpoint",
             "device", "checkpoint_every", "rows", "test_dir", "test_speakers", "librispeech_test_speakers",
-            "evaluate_only"}  # fmt: skip
+            "evaluate_only", "compile", "num_workers"}  # fmt: skip
     return {k: v for k, v in asdict(cfg).items() if k not in skip}
 
 
@@ -476,52 +479,35 @@ def train(
     written there (atomically, :meth:`VAE.save`, with its ``epoch``) at every checkpoint, ready to evaluate.
     """
     opt = make_optimizer(cfg, vae.parameters())
-    closure_mode = needs_closure(opt)
-    losses: list[float] = []
     if checkpoints is not None:
         setup = _training_setup(cfg)
         if data_id is not None:
             setup["training_data"] = data_id
         checkpoints.settings = normalize_settings(setup)
-        resumed = checkpoints.resume(
-            map_location=next(vae.parameters()).device,
-            max_step=cfg.epochs,
-            max_step_name="--epochs",
-            vae=vae,
-            optimizer=opt,
-        )
-        if resumed is not None:
-            losses = list(resumed.extra["losses"])
-    vae.train()
-    for epoch in tqdm(range(len(losses) + 1, cfg.epochs + 1), desc="epochs", leave=False):
-        perm = torch.randperm(len(data), device=data.device)
-        total = 0.0
-        for idx in perm.split(batch_size):
-            try:  # the likelihood refuses NaN / Inf decoder outputs: the weights have blown up
-                if closure_mode:  # the optimizer differentiates the loss itself
-                    loss = opt.step(lambda batch=data[idx]: vae.elbo(batch).loss)
-                else:
-                    loss = vae.elbo(data[idx]).loss
-            except ValueError as err:
-                raise _diverged(cfg, epoch, str(err), checkpoints) from err
-            if not torch.isfinite(loss):
-                raise _diverged(cfg, epoch, f"loss {float(loss)}", checkpoints)
-            if not closure_mode:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
-                opt.step()
-            total += loss.item()
-        losses.append(total / math.ceil(len(data) / batch_size))
-        if checkpoints is not None:
-            saved = checkpoints.maybe_save(
-                epoch, force=epoch == cfg.epochs, extra={"losses": losses}, vae=vae, optimizer=opt
-            )
-            if saved is not None and model_path is not None:
-                vae.save(model_path, epoch=epoch)
+    engine: Engine
+
+    def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
+        try:  # the likelihood refuses NaN / Inf decoder outputs: the weights have blown up
+            loss = vae.elbo(batch["frames"]).loss
+        except ValueError as err:
+            raise _diverged(cfg, engine.units_done + 1, str(err), checkpoints) from err
+        return loss, {"loss": loss}
+
+    batches = StepBatches({"frames": data}, batch_size, seed=cfg.seed, order="epochs")
+    engine = Engine(
+        vae, opt, loss_fn, device=data.device, precision=cfg.precision, compile=cfg.compile,
+        grad_clip=cfg.grad_clip, checkpointer=checkpoints, unit="epoch",
+        steps_per_unit=batches.steps_per_epoch(), desc="epochs",
+        divergence_hint=lambda epoch, what: str(_diverged(cfg, epoch, what, checkpoints)),
+    )
+    batches = StepBatches({"frames": data}, batch_size, seed=cfg.seed, order="epochs", **engine.shard)
+    history = engine.fit(
+        lambda a, b: step_loader(batches, a, b, num_workers=cfg.num_workers), cfg.epochs,
+        total_name="--epochs",
+        on_save=None if model_path is None else (lambda epoch: vae.save(model_path, epoch=epoch)),
+    )
     vae.eval()
-    return losses
+    return history.get("loss", [])
 
 
 @torch.no_grad()
@@ -701,6 +687,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         default=None,
         help="clip the gradient norm to this finite value > 0 (default: off)",
     )
+    add_engine_arguments(parser)
     parser.add_argument("--n-test-utterances", type=int, default=None, help="per test speaker")
     parser.add_argument(
         "--max-librispeech-utterances",
@@ -762,6 +749,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
     if args.train_dir:
         cfg.train_dirs = tuple(args.train_dir)
     cfg.evaluate_only = args.evaluate_only
+    cfg.precision, cfg.compile, cfg.num_workers = args.precision, args.compile, args.num_workers
     cfg.fad = cfg.fad and not args.no_fad
     cfg.vggish_checkpoint = args.vggish_checkpoint
     try:  # the data choice is checked before anything is written or trained

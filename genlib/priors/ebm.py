@@ -245,13 +245,17 @@ class LatentEBMPrior(Prior):
         return (z, diag) if return_diagnostics else z
 
     # ------------------------------------------------------------------ training terms
-    def kl(self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def kl(
+        self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor, *, score_grad: bool = True
+    ) -> torch.Tensor:
         """Per-example ``KL(q(z|x) || p(z)) - log Z = KL(q || N(0, I)) - logsumexp F(z)``, ``(B,)``.
 
-        ``KL(q || p) = E_q[log q - log N(z; 0, I) - logsumexp F(z)] + log Z``: the Gaussian part is analytic,
-        the score part is the one-sample estimate at the reparameterised ``z``, and ``log Z`` (which does not
-        depend on the encoder) is dropped. Gradients flow to the encoder through ``mu``, ``logvar``, ``z`` and
-        to ``F``; train ``F`` with :meth:`ebm_loss`, not through this term.
+        ``KL(q || p) = E_q[log q - log N(z; 0, I) - logsumexp F(z)] + log Z``: the Gaussian part is
+        analytic, the score part is the one-sample estimate at the reparameterised ``z``, and ``log Z`` (which
+        does not depend on the encoder) is dropped. Gradients flow to the encoder through ``mu``, ``logvar``,
+        ``z`` and, with ``score_grad`` (default), to ``F``; ``F`` is trained with :meth:`ebm_loss`, so a
+        trainer that sums both terms into one loss passes ``score_grad=False`` (``F`` with detached
+        parameters).
         """
         self._z(mu, "mu")
         if logvar.shape != mu.shape or z.shape != mu.shape:
@@ -260,7 +264,12 @@ class LatentEBMPrior(Prior):
                 f"{tuple(mu.shape)}, {tuple(logvar.shape)}, {tuple(z.shape)}"
             )
         kl_normal = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(1)
-        return kl_normal - self.logits(z).logsumexp(-1)
+        if score_grad:
+            scores = self.logits(z)
+        else:
+            detached = {k: v.detach() for k, v in self.score.named_parameters()}
+            scores = torch.func.functional_call(self.score, detached, (self._z(z),))
+        return kl_normal - scores.logsumexp(-1)
 
     def ebm_loss(
         self, z_posterior: torch.Tensor, z_prior_samples: torch.Tensor, score_penalty: float = 0.0

@@ -1,5 +1,9 @@
-"""Training utilities: weighted classifier training, downstream classifiers, checkpoints, metric logs.
+"""Training utilities: one engine for every trainer, weighted classifier training, downstream classifiers,
+checkpoints, metric logs.
 
+- :class:`Engine`: step / evaluate / checkpoint / resume / log for any loss; mixed precision, torch.compile,
+  DDP under ``torchrun``; :class:`StepBatches` / :func:`step_loader`: batches as a function of the step,
+  read through a DataLoader (any world size sees the same global batches)
 - :func:`train_classifier` / :func:`evaluate_accuracy`: per-example weighted cross-entropy with any
   ``torch.optim`` or ``genlib.optim`` optimizer (a factory), tqdm progress, optional checkpoint/resume
 - :class:`MLPClassifier`, :class:`SmallConvNet`: the downstream models of the augmentation experiments
@@ -12,12 +16,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from genlib._lazy import lazy_attributes
+from genlib.train.batches import StepBatches, step_loader
 from genlib.train.checkpoint import Checkpointer, Resumed, get_rng_state, set_rng_state
 from genlib.train.classifiers import MLPClassifier, SmallConvNet
 from genlib.train.classify import evaluate_accuracy, predict_logits, train_classifier, weighted_cross_entropy
+from genlib.train.distributed import DistributedContext, init_distributed
+from genlib.train.engine import Engine, needs_closure
 from genlib.train.logger import MetricsLogger, read_jsonl
 
 __all__ = [
+    "Engine",
+    "needs_closure",
+    "StepBatches",
+    "step_loader",
+    "DistributedContext",
+    "init_distributed",
     "Checkpointer",
     "Resumed",
     "get_rng_state",

@@ -10,7 +10,6 @@ batches, a zero-weight example contributes exactly nothing and weight 2 equals a
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm.auto import tqdm
 
 from genlib.data.synthetic import WeightedConcatDataset
+from genlib.train.batches import StepBatches, step_loader
 from genlib.train.checkpoint import Checkpointer
+from genlib.train.engine import Engine
 from genlib.train.logger import MetricsLogger
 from genlib.utils import check_positive, default_device, seed_everything
 
@@ -30,11 +30,9 @@ __all__ = [
     "train_classifier",
     "evaluate_accuracy",
     "predict_logits",
-    "needs_closure",
 ]
 
 Data = Dataset | tuple[torch.Tensor, ...]
-_SYNC_EVERY = 25  # batches between reads of the loss (progress bar, NaN check)
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 Batch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 
@@ -188,15 +186,6 @@ def evaluate_accuracy(
 # ---------------------------------------------------------------------------------------------- training
 
 
-def needs_closure(opt: torch.optim.Optimizer) -> bool:
-    """PSGD in "hvp" / "finite_diff" curvature modes differentiates a closure itself (no backward() by us)."""
-    flag = getattr(opt, "needs_closure", None)
-    if flag is not None:
-        return bool(flag)
-    curvature = getattr(opt, "curvature", None) or opt.defaults.get("curvature")
-    return curvature in ("hvp", "finite_diff")
-
-
 def train_classifier(
     model: nn.Module,
     train_data: Data,
@@ -233,11 +222,15 @@ def train_classifier(
         progress: show a tqdm bar.
         logger: receives one record per epoch.
         checkpointer: resumes from its newest checkpoint when there is one, and saves every
-            ``checkpointer.every`` epochs and after the last (model, optimizer, shuffling generator, RNGs
-            and history), so an interrupted call repeated with the same arguments ends as if uninterrupted.
+            ``checkpointer.every`` epochs and after the last (model, optimizer, RNGs and history), so an
+            interrupted call repeated with the same arguments ends as if uninterrupted.
+
+    Training runs on :class:`~genlib.train.Engine` (one shuffled pass per epoch through a DataLoader; under
+    ``torchrun`` each rank trains on its share of every batch with DDP).
 
     ``history`` has per-epoch lists ``epoch``, ``train_loss`` (mean weighted objective over the epoch's
-    batches), ``seconds`` and, with ``eval_data``, ``eval_accuracy``.
+    batches), ``seconds`` (since the start of this call) and, with ``eval_data``, ``eval_epoch`` and
+    ``eval_accuracy``.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -281,93 +274,28 @@ def train_classifier(
     if seed is not None:
         seed_everything(seed)
     # seed=None: the shuffling order comes from the (unseeded) global RNG too
-    shuffle = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ())))
-    model.to(device)
+    shuffle_seed = seed if seed is not None else int(torch.randint(2**62, ()))
     opt = (optimizer or torch.optim.Adam)(model.parameters(), lr=lr)
-    closure_mode = needs_closure(opt)
-    epoch_batches = _iterate(train_data, batch_size, shuffle, weights)
+    if t is not None:
+        source: Any = (x, y) if w is None else (x, y, w)
+    else:
+        source = train_data if weights is None else _WithWeights(train_data, weights)
+    batches = StepBatches({"data": source}, batch_size, seed=shuffle_seed, order="epochs")
 
-    history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "seconds": []}
-    if eval_data is not None:
-        history["eval_accuracy"] = []
-    start = 0
-    if checkpointer is not None:
-        resumed = checkpointer.resume(model=model, optimizer=opt, shuffle=shuffle)
-        if resumed is not None:
-            start = resumed.step
-            history = resumed.extra.get("history", history)
-            if logger is not None:  # epochs logged after the checkpoint are trained (and logged) again
-                logger.rewind(start, key="epoch")
+    def loss_fn(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        xb, yb, *rest = batch["data"]
+        loss = weighted_cross_entropy(model(xb), yb, rest[0] if rest else None, mean_weight)
+        return loss, {"train_loss": loss}
 
-    n_batches = math.ceil(len(train_data[0] if isinstance(train_data, tuple) else train_data) / batch_size)
-    bar = tqdm(total=(epochs - start) * n_batches, desc="train", disable=not progress, leave=False)
-    model.train()
-    for epoch in range(start, epochs):
-        t0, total, count = time.perf_counter(), torch.zeros((), device=device), 0
-        for xb, yb, wb in epoch_batches():
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            wb = None if wb is None else wb.to(device, non_blocking=True)
-            loss = _step(model, opt, closure_mode, xb, yb, wb, mean_weight)
-            total, count = total + loss, count + 1
-            bar.update(1)
-            # reading the loss waits for the GPU: only every _SYNC_EVERY batches and at the epoch's end
-            if count % _SYNC_EVERY == 0:
-                _check_finite(float(total), epoch, count)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4f}")
-        mean_loss = float(total) / max(count, 1)
-        _check_finite(mean_loss, epoch, count)
-        history["epoch"].append(epoch + 1)
-        history["train_loss"].append(mean_loss)
-        history["seconds"].append(time.perf_counter() - t0)
-        record = {"epoch": epoch + 1, "train_loss": history["train_loss"][-1]}
-        if eval_data is not None:
-            acc = evaluate_accuracy(model, eval_data, device=device)
-            history["eval_accuracy"].append(acc)
-            record["eval_accuracy"] = acc
-            bar.set_postfix(epoch=epoch + 1, loss=f"{record['train_loss']:.4f}", acc=f"{acc:.3f}")
-        if logger is not None:
-            logger.log(**record)
-        if checkpointer is not None:
-            checkpointer.maybe_save(
-                epoch + 1, force=epoch + 1 == epochs, model=model, optimizer=opt, shuffle=shuffle,
-                extra={"history": history},
-            )
-    bar.close()
+    def evaluate() -> dict[str, float]:
+        return {"eval_accuracy": evaluate_accuracy(model, eval_data, device=device)}
+
+    engine = Engine(model, opt, loss_fn, device=device, checkpointer=checkpointer, logger=logger,
+                    unit="epoch", steps_per_unit=batches.steps_per_epoch(), progress=progress,
+                    desc="train", divergence_hint="lower lr")
+    history = engine.fit(lambda start, stop: step_loader(batches, start, stop), epochs, total_name="epochs",
+                         evaluate=None if eval_data is None else evaluate, eval_every=1)
     return model, history
-
-
-def _step(
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    closure_mode: bool,
-    xb: torch.Tensor,
-    yb: torch.Tensor,
-    wb: torch.Tensor | None,
-    mean_weight: float,
-) -> torch.Tensor:
-    """One optimizer step on a batch; returns the detached loss (before the step) without a GPU sync."""
-    opt.zero_grad(set_to_none=True)
-    if closure_mode:
-        seen: list[torch.Tensor] = []
-
-        def closure() -> torch.Tensor:
-            loss = weighted_cross_entropy(model(xb), yb, wb, mean_weight)
-            seen.append(loss.detach())
-            return loss
-
-        opt.step(closure)
-        return seen[0]  # the loss at the parameters before the step
-    loss = weighted_cross_entropy(model(xb), yb, wb, mean_weight)
-    loss.backward()
-    opt.step()
-    return loss.detach()
-
-
-def _check_finite(value: float, epoch: int, count: int) -> None:
-    if not math.isfinite(value):
-        raise RuntimeError(
-            f"training loss became {value} in epoch {epoch + 1} (within its first {count} batches)"
-        )
 
 
 def _weights_of_dataset(data: Dataset) -> torch.Tensor | None:

@@ -25,15 +25,12 @@ and from then on adds ``class_weight * loss_weight *`` their weighted cross-entr
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from genlib.models.vae import VAE
 from genlib.priors.ebm import LatentEBMPrior
@@ -47,8 +44,11 @@ from genlib.train.augment import (
     pseudo_label,
     select_synthetic,
 )
+from genlib.train.batches import StepBatches, step_loader
 from genlib.train.checkpoint import Checkpointer, normalize_settings
-from genlib.train.classify import needs_closure, weighted_cross_entropy
+from genlib.train.classify import weighted_cross_entropy
+from genlib.train.distributed import derive_seed
+from genlib.train.engine import PRECISIONS, Engine, needs_closure
 from genlib.train.logger import MetricsLogger
 from genlib.utils import check_int, check_positive, check_tensor, default_device
 
@@ -90,6 +90,9 @@ class SemiSupervisedConfig:
         checkpoint_every: checkpoint every this many iterations (used when a checkpoint folder is given).
         seed: seeds the batch sampling / Langevin generator.
         progress: show a tqdm bar.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; see :class:`~genlib.train.Engine`).
+        compile: ``torch.compile`` the loss (genlib's value checks off inside it).
+        num_workers: DataLoader workers preparing batches (0: in the training process).
         augment: synthetic augmentation (Algorithm 2, steps 7-8), an
             :class:`~genlib.train.augment.AugmentConfig` (or a dict of its fields); ``None``: off.
     """
@@ -112,6 +115,9 @@ class SemiSupervisedConfig:
     checkpoint_every: int = 1000
     seed: int = 0
     progress: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    num_workers: int = 0
     augment: AugmentConfig | None = None
 
     def __post_init__(self) -> None:
@@ -140,6 +146,9 @@ class SemiSupervisedConfig:
         check_int(self.eval_every, "eval_every", 0)
         check_int(self.checkpoint_every, "checkpoint_every")
         check_int(self.seed, "seed", 0)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_int(self.num_workers, "num_workers", 0)
 
 
 @torch.no_grad()
@@ -169,15 +178,16 @@ class SemiSupervisedTrainer:
         optimizer: factory ``optimizer(params, lr=...)`` used for both parameter groups (encoder/decoder
             with ``config.lr``, the EBM with ``config.ebm_lr``), e.g. ``torch.optim.Adam`` (default) or a
             ``genlib.optim`` class in any curvature mode: ``"whiten"`` steps after ``backward()``, the
-            Newton-type ``"hvp"`` / ``"finite_diff"`` get ``step(closure)`` over the current batch (see
-            :meth:`_closure_step`; there ``config.grad_clip`` is PSGD's ``grad_clip_max_norm``, a bound on
-            the preconditioned step, in groups that leave it unset).
+            Newton-type ``"hvp"`` / ``"finite_diff"`` get ``step(closure)`` over the current batch, the
+            encoder/decoder's first, then F's (see :class:`~genlib.train.Engine`; there ``config.grad_clip``
+            is PSGD's ``grad_clip_max_norm``, a bound on the preconditioned step, in groups that leave it
+            unset).
         sampler: the Langevin sampler of the training chains ``z-``; default
             ``LangevinSampler(config.langevin_steps, config.langevin_step_size)``. The class-conditional
             draws of augmentation use the prior's own sampler (``vae.prior.sampler``: generation settings).
         device: default :func:`genlib.utils.default_device`.
         checkpoint_dir: folder for atomic checkpoints every ``config.checkpoint_every`` iterations; when it
-            holds one, :meth:`fit` resumes from it (models, optimizers, generator, RNGs, history), so an
+            holds one, :meth:`fit` resumes from it (models, optimizers, RNGs, history), so an
             interrupted run repeated with the same arguments ends as if uninterrupted. A checkpoint of other
             settings (the config except ``n_iters``, ``eval_every``, ``checkpoint_every`` and ``progress``;
             the optimizer class; ``settings``) or past ``config.n_iters`` is refused, naming what differs.
@@ -188,8 +198,12 @@ class SemiSupervisedTrainer:
             :class:`~genlib.train.Checkpointer`).
 
     ``history`` (returned by :meth:`fit`) has per-iteration lists ``iter``, ``loss`` (-ELBO),
-    ``reconstruction``, ``kl``, ``ebm_loss``, ``class_loss``, and per-evaluation lists ``eval_iter``,
-    ``eval_accuracy``.
+    ``reconstruction``, ``kl``, ``ebm_loss``, ``class_loss``, ``aug_loss`` (NaN before augmentation starts),
+    per-evaluation lists ``eval_iter``, ``eval_accuracy``, and per-selection ``select_iter``, ``n_selected``.
+
+    Every random draw of an iteration comes from a generator seeded by (``config.seed``, iteration, rank),
+    so a resumed run repeats the uninterrupted one's draws. Under ``torchrun`` each rank trains on its
+    share of every global batch (``batch_size`` is the global size) with DDP.
     """
 
     def __init__(
@@ -229,218 +243,139 @@ class SemiSupervisedTrainer:
         model_params = [p for p in vae.parameters() if id(p) not in ebm_ids]
         self.opt_model = factory(model_params, lr=config.lr)
         self.opt_ebm = factory(list(self.prior.parameters()), lr=config.ebm_lr)
-        self._closure = needs_closure(self.opt_model)
-        if needs_closure(self.opt_ebm) != self._closure:
+        if needs_closure(self.opt_model) != needs_closure(self.opt_ebm):
             raise ValueError(
                 "optimizer built one optimizer that needs step(closure) and one that does not; the factory "
                 "must give both parameter groups the same curvature mode"
             )
-        # Closure mode: config.grad_clip becomes PSGD's trust region on the preconditioned step in the groups
-        # whose grad_clip_max_norm was left unset (the optimizer takes the gradients itself, so we cannot clip
-        # them; and a Newton step P·g with P ≈ |H|⁻¹ does not grow with the gradient's scale anyway).
-        # (optimizer, group index), not the group dicts: load_state_dict replaces those on a resume
-        self._clip_groups = [
-            (opt, i) for opt in (self.opt_model, self.opt_ebm) for i, g in enumerate(opt.param_groups)
-            if self._closure and g.get("grad_clip_max_norm", 0.0) is None
-        ]
-        self.generator = torch.Generator().manual_seed(config.seed)
         if settings is not None and not isinstance(settings, dict):
             raise ValueError(f"settings must be a dict of name -> value, got {type(settings).__name__}")
         self._run_settings = dict(settings or {})
-        self.checkpointer = (
-            Checkpointer(checkpoint_dir, every=config.checkpoint_every, keep=2, settings=self._settings())
-            if checkpoint_dir is not None
-            else None
+        self.engine = Engine(
+            vae, [self.opt_model, self.opt_ebm], self._loss, prepare=self._prepare, device=self.device,
+            precision=config.precision, compile=config.compile, grad_clip=config.grad_clip,
+            checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every, keep=2,
+            settings=self._settings(), logger=logger, unit="iter", progress=config.progress, desc="semi-sup",
+            divergence_hint="lower lr / ebm_lr or langevin_step_size",
         )
         self.logger = logger
-        self.iteration = 0  # iterations done; fit() continues from here
         self._chains: torch.Tensor | None = None  # persistent prior chains (negative_init="persistent")
-        self._chain_idx: torch.Tensor | None = None
         self.selection: Selection | None = None  # the current synthetic (+ pseudo-labelled) training set
-        self.history: dict[str, list[float]] = {
-            k: []
-            for k in ("iter", "loss", "reconstruction", "kl", "ebm_loss", "class_loss", "aug_loss",
-                      "eval_iter", "eval_accuracy", "select_iter", "n_selected")
-        }
+
+    @property
+    def iteration(self) -> int:
+        """Iterations done; :meth:`fit` continues from here."""
+        return self.engine.units_done
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        return self.engine.history
+
+    @property
+    def checkpointer(self) -> Checkpointer | None:
+        """The run's :class:`~genlib.train.Checkpointer` (``None``: none); set ``None`` on a copy that must
+        not write into the original's folder (e.g. an ablation branch)."""
+        return self.engine.checkpointer
+
+    @checkpointer.setter
+    def checkpointer(self, value: Checkpointer | None) -> None:
+        self.engine.checkpointer = value
 
     # ------------------------------------------------------------------ one iteration
-    def step(self, x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor) -> dict[str, float]:
-        """One update of every parameter from unlabelled ``x_u`` and labelled ``(x_l, y_l)`` batches.
+    def _generator(self, stream: str) -> torch.Generator:
+        """This iteration's generator of ``stream``: a function of (seed, iteration, rank) only, so a
+        resumed run draws what the uninterrupted one did, on any world size."""
+        ctx = self.engine.ctx
+        return torch.Generator().manual_seed(derive_seed(self.config.seed, stream, self.iteration, ctx.rank))
 
-        Optimizers that differentiate a closure themselves (PSGD with ``curvature="hvp"`` or
-        ``"finite_diff"``, see :func:`~genlib.train.classify.needs_closure`) are stepped with
-        ``step(closure)`` (:meth:`_closure_step`); all others with ``backward()`` then ``step()``."""
-        vae, prior, cfg = self.vae, self.prior, self.config
-        x_u, x_l, y_l = x_u.to(self.device), x_l.to(self.device), y_l.to(self.device)
-        vae.train()
-        if self._closure:
-            return self._closure_step(x_u, x_l, y_l)
-        self.opt_model.zero_grad(set_to_none=True)
-        self.opt_ebm.zero_grad(set_to_none=True)
-
-        # Encoder/decoder: -ELBO with the EBM prior's KL. F's gradient from this term is discarded below.
-        mu, logvar = vae.encode(x_u)
-        z_pos = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        rec = vae._log_px_z(x_u, z_pos)
-        kl = prior.kl(mu, logvar, z_pos)
-        loss = -(rec - vae.beta * kl).mean()
-        loss.backward()
-        for p in prior.parameters():
-            p.grad = None
-
-        # EBM: positive samples from q (detached), negative from short-run Langevin from N(0, I).
-        z_neg = prior.sample(x_u.shape[0], sampler=self.sampler, generator=self.generator,
-                             z0=self._negative_start(mu, logvar))
-        if cfg.negative_init == "persistent":
-            self._chains[self._chain_idx] = z_neg.detach().to(self._chains)
-        ebm_loss = prior.ebm_loss(z_pos.detach(), z_neg, score_penalty=cfg.score_penalty)
-        # Labels: cross-entropy of p(y|z) at posterior samples of labelled x; trains encoder and F.
-        mu_l, logvar_l = vae.encode(x_l)
-        z_l = mu_l + torch.exp(0.5 * logvar_l) * torch.randn_like(mu_l)
-        class_loss = prior.classification_loss(z_l, y_l)
-        total = ebm_loss + cfg.class_weight * class_loss
-        aug_loss = self._augmentation_loss()
-        if aug_loss is not None:
-            total = total + cfg.class_weight * cfg.augment.loss_weight * aug_loss
-        total.backward()
-
-        for name, value in (("loss", loss), ("ebm_loss", ebm_loss), ("class_loss", class_loss)):
-            if not torch.isfinite(value):
-                raise RuntimeError(f"{name} became {value.item()}: lower lr / ebm_lr or langevin_step_size")
-        if cfg.grad_clip is not None:
-            for opt in (self.opt_model, self.opt_ebm):
-                torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], cfg.grad_clip)
-        self.opt_model.step()
-        self.opt_ebm.step()
-        return {
-            "loss": loss.item(),
-            "reconstruction": rec.mean().item(),
-            "kl": kl.mean().item(),
-            "ebm_loss": ebm_loss.item(),
-            "class_loss": class_loss.item(),
-            "aug_loss": float("nan") if aug_loss is None else aug_loss.item(),
-        }
-
-    def _closure_step(self, x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor) -> dict[str, float]:
-        """:meth:`step` for optimizers that take ``step(closure)`` (closures return the loss, no backward).
-
-        PSGD evaluates a closure more than once per step ("finite_diff" re-runs it at ``θ + δv`` and reads
-        the change of the gradient as curvature), so each closure must be a deterministic function of the
-        parameters: the posterior noise, the Langevin negatives ``z-`` and the augmentation batch are drawn
-        once here, outside the closures. Two closures, as in the plain path: the encoder/decoder minimise
-        ``-ELBO + w·CE`` (F's parameters are not theirs, so the ELBO's ``-logsumexp F`` term gives F no
-        gradient); F minimises ``ebm_loss + w·CE`` at latents encoded before the step (detached), so it does
-        not see the encoder's update and both updates start from the same parameters, as with backward().
-        The encoder/decoder step first, while F is still the F their loss was drawn for.
-        """
-        vae, prior, cfg = self.vae, self.prior, self.config
-        for opt, i in self._clip_groups:  # the config may change between fits
-            opt.param_groups[i]["grad_clip_max_norm"] = cfg.grad_clip
-        with torch.no_grad():
-            mu, logvar = vae.encode(x_u)
-        eps_u = torch.randn_like(mu)
-        z_neg = prior.sample(x_u.shape[0], sampler=self.sampler, generator=self.generator,
-                             z0=self._negative_start(mu, logvar))
-        if cfg.negative_init == "persistent":
-            self._chains[self._chain_idx] = z_neg.detach().to(self._chains)
+    def _prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The iteration's random, gradient-free work, drawn once: posterior noise, the prior chains ``z-``
+        and the synthetic batch (closure optimizers evaluate the loss more than once)."""
+        prior, cfg = self.prior, self.config
+        x_u, (x_l, y_l) = batch["u"], batch["l"]
+        g = self._generator("iteration")
 
         def noise(n: int) -> torch.Tensor:
-            return torch.randn(n, mu.shape[1], dtype=mu.dtype, device=mu.device)
+            return torch.randn(n, prior.latent_dim, generator=g).to(self.device)
 
-        eps_l = noise(x_l.shape[0])
-        aug = self._augmentation_batch()
+        eps_u, eps_l = noise(x_u.shape[0]), noise(x_l.shape[0])
+        z0 = self._negative_start(x_u, eps_u, g)
+        z_neg = prior.sample(x_u.shape[0], sampler=self.sampler, generator=g, z0=z0).detach()
+        if cfg.negative_init == "persistent":
+            self._chains[self._chain_idx] = z_neg.to(self._chains)
+        aug = self._augmentation_batch(g)
         eps_a = None if aug is None else noise(len(aug[0]))
+        return {"x_u": x_u, "x_l": x_l, "y_l": y_l, "eps_u": eps_u, "eps_l": eps_l, "z_neg": z_neg,
+                "aug": aug, "eps_a": eps_a}
 
-        def posterior(x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            m, lv = vae.encode(x)
-            return m + torch.exp(0.5 * lv) * eps, m, lv
+    def _loss(self, p: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``-ELBO(x_u) + ebm_loss + w·CE(x_l) (+ w·loss_weight·CE(synthetic))`` for one backward() (or
+        closure): the ELBO's ``-logsumexp F`` term is evaluated with ``F`` detached (``F`` learns from
+        ``ebm_loss`` and the labels), and ``ebm_loss`` sees detached posterior samples, so each parameter
+        set gets exactly its gradient of Algorithm 2."""
+        vae, prior, cfg = self.vae, self.prior, self.config
 
-        def aug_loss_at(z: torch.Tensor) -> torch.Tensor:
-            _, y, w, mean_w = aug
-            return weighted_cross_entropy(prior.logits(z), y, w, mean_weight=mean_w)
+        def posterior(x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            mu, logvar = vae.encode(x)
+            return mu + torch.exp(0.5 * logvar) * eps, mu, logvar
 
-        with torch.no_grad():  # F's latents, at the encoder before its update
-            z_pos_f = mu + torch.exp(0.5 * logvar) * eps_u
-            z_l_f = posterior(x_l, eps_l)[0]
-            z_a_f = None if aug is None else posterior(aug[0], eps_a)[0]
-        w_aug = cfg.class_weight * (cfg.augment.loss_weight if aug is not None else 0.0)
-        record: dict[str, float] = {}
+        z_pos, mu, logvar = posterior(p["x_u"], p["eps_u"])
+        rec = vae._log_px_z(p["x_u"], z_pos)
+        kl = prior.kl(mu, logvar, z_pos, score_grad=False)
+        loss = -(rec - vae.beta * kl).mean()
+        ebm_loss = prior.ebm_loss(z_pos.detach(), p["z_neg"], score_penalty=cfg.score_penalty)
+        class_loss = prior.classification_loss(posterior(p["x_l"], p["eps_l"])[0], p["y_l"])
+        total = loss + ebm_loss + cfg.class_weight * class_loss
+        metrics = {"loss": loss, "reconstruction": rec.mean(), "kl": kl.mean(), "ebm_loss": ebm_loss,
+                   "class_loss": class_loss}
+        if p["aug"] is not None:
+            x_a, y_a, w_a, mean_w = p["aug"]
+            z_a = posterior(x_a, p["eps_a"])[0]
+            aug_loss = weighted_cross_entropy(prior.logits(z_a), y_a, w_a, mean_weight=mean_w)
+            total = total + cfg.class_weight * cfg.augment.loss_weight * aug_loss
+            metrics["aug_loss"] = aug_loss
+        return total, metrics
 
-        def model_closure() -> torch.Tensor:
-            z_pos, m, lv = posterior(x_u, eps_u)
-            rec = vae._log_px_z(x_u, z_pos)
-            kl = prior.kl(m, lv, z_pos)
-            loss = -(rec - vae.beta * kl).mean()
-            class_loss = prior.classification_loss(posterior(x_l, eps_l)[0], y_l)
-            total = loss + cfg.class_weight * class_loss
-            aug_loss = None if aug is None else aug_loss_at(posterior(aug[0], eps_a)[0])
-            if aug_loss is not None:
-                total = total + w_aug * aug_loss
-            if not record:  # the first evaluation, at the parameters the step starts from
-                record.update(loss=loss.item(), reconstruction=rec.mean().item(), kl=kl.mean().item(),
-                              class_loss=class_loss.item(),
-                              aug_loss=float("nan") if aug_loss is None else aug_loss.item())
-                for name in ("loss", "class_loss"):
-                    if not math.isfinite(record[name]):
-                        raise RuntimeError(
-                            f"{name} became {record[name]}: lower lr / ebm_lr or langevin_step_size")
-            return total
+    def step(self, x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor) -> dict[str, float]:
+        """One update of every parameter from unlabelled ``x_u`` and labelled ``(x_l, y_l)`` batches
+        (outside :meth:`fit`, e.g. to probe one update); returns the metrics."""
+        self.engine.grad_clip = self.config.grad_clip
+        rec = self.engine.step({"u": x_u, "l": (x_l, y_l)})
+        return {k: float(v) for k, v in rec.items() if k != "objective"}
 
-        def ebm_closure() -> torch.Tensor:
-            ebm_loss = prior.ebm_loss(z_pos_f, z_neg, score_penalty=cfg.score_penalty)
-            total = ebm_loss + cfg.class_weight * prior.classification_loss(z_l_f, y_l)
-            if aug is not None:
-                total = total + w_aug * aug_loss_at(z_a_f)
-            if "ebm_loss" not in record:
-                record["ebm_loss"] = ebm_loss.item()
-                if not torch.isfinite(ebm_loss):
-                    raise RuntimeError(
-                        f"ebm_loss became {record['ebm_loss']}: lower lr / ebm_lr or langevin_step_size")
-            return total
-
-        self.opt_model.zero_grad(set_to_none=True)
-        self.opt_ebm.zero_grad(set_to_none=True)
-        self.opt_model.step(model_closure)
-        self.opt_ebm.step(ebm_closure)
-        return {k: record[k] for k in ("loss", "reconstruction", "kl", "ebm_loss", "class_loss", "aug_loss")}
-
-    def _augmentation_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None:
+    def _augmentation_batch(
+        self, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None:
         """``(x, y, weights, mean weight)``: a batch of the current selection (``None``: no augmentation)."""
         sel = self.selection
         if self.config.augment is None or sel is None or sel.y.numel() == 0:
             return None
-        idx = torch.randint(sel.y.numel(), (self.config.augment.batch_size,), generator=self.generator)
+        idx = torch.randint(sel.y.numel(), (self.config.augment.batch_size,), generator=g)
         x, y, w = (t[idx].to(self.device) for t in (sel.x, sel.y, sel.weights))
         return x, y, w, float(sel.weights.mean())
 
-    def _negative_start(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor | None:
+    def _negative_start(
+        self, x_u: torch.Tensor, eps: torch.Tensor, g: torch.Generator
+    ) -> torch.Tensor | None:
         """Initial states of the prior chains (``None``: the prior's own ``N(0, I)``)."""
         cfg = self.config
         if cfg.negative_init == "noise":
             return None
         if cfg.negative_init == "posterior":
-            eps = torch.randn(mu.shape, generator=self.generator, dtype=mu.dtype).to(mu.device)
-            return (mu + torch.exp(0.5 * logvar) * eps).detach()
-        n, d = mu.shape
+            with torch.no_grad():
+                mu, logvar = self.vae.encode(x_u)
+            return mu + torch.exp(0.5 * logvar) * torch.randn(eps.shape, generator=g).to(eps)
+        n, d = eps.shape
         if self._chains is None:
-            self._chains = torch.randn(cfg.persistent_chains, d, generator=self.generator)
-        self._chain_idx = torch.randint(cfg.persistent_chains, (n,), generator=self.generator)
+            start = torch.Generator().manual_seed(derive_seed(cfg.seed, "chains"))
+            self._chains = torch.randn(cfg.persistent_chains, d, generator=start)
+        self._chain_idx = torch.randint(cfg.persistent_chains, (n,), generator=g)
         z0 = self._chains[self._chain_idx].clone()
-        reset = torch.rand(n, generator=self.generator) < cfg.persistent_reset
-        z0[reset] = torch.randn(int(reset.sum()), d, generator=self.generator)
-        return z0.to(device=mu.device, dtype=mu.dtype)
+        reset = torch.rand(n, generator=g) < cfg.persistent_reset
+        z0[reset] = torch.randn(int(reset.sum()), d, generator=g)
+        return z0.to(device=eps.device, dtype=eps.dtype)
 
     # ------------------------------------------------------------------ steps 7-8: augmentation
-    def _augmentation_loss(self) -> torch.Tensor | None:
-        """Weighted cross-entropy of ``p(y|z)``, ``z ~ q(z|x)``, on a batch of the current selection."""
-        batch = self._augmentation_batch()
-        if batch is None:
-            return None
-        x, y, w, mean_w = batch
-        mu, logvar = self.vae.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        return weighted_cross_entropy(self.prior.logits(z), y, w, mean_weight=mean_w)
-
     def reselect(self, x_unlabeled: torch.Tensor | None = None) -> Selection:
         """Draw, filter and select a new synthetic training set with the current model (and pseudo-label
         ``x_unlabeled`` when ``augment.pseudo_label_threshold`` is set); stores it in ``selection``."""
@@ -448,7 +383,7 @@ class SemiSupervisedTrainer:
         if aug is None:
             raise RuntimeError("reselect() needs config.augment (an AugmentConfig)")
         # the prior's own sampler: the generation settings (e.g. a lower temperature)
-        generated = generate_labelled(self.vae, aug.samples_per_class, generator=self.generator)
+        generated = generate_labelled(self.vae, aug.samples_per_class, generator=self._generator("reselect"))
         sel = select_synthetic(generated, aug, seed=self.config.seed + self.iteration)
         if aug.pseudo_label_threshold is not None and x_unlabeled is not None:
             idx, labels, entropy = pseudo_label(self.vae, x_unlabeled, aug.pseudo_label_threshold)
@@ -461,8 +396,8 @@ class SemiSupervisedTrainer:
                 counts={**sel.counts, "pseudo_labeled": idx.numel()},
             )
         self.selection = sel
-        self.history["select_iter"].append(self.iteration)
-        self.history["n_selected"].append(sel.y.numel())
+        self.history.setdefault("select_iter", []).append(self.iteration)
+        self.history.setdefault("n_selected", []).append(sel.y.numel())
         return sel
 
     def _due_for_selection(self) -> bool:
@@ -472,18 +407,18 @@ class SemiSupervisedTrainer:
         return (self.iteration - aug.start_iter) % aug.reselect_every == 0 or self.selection is None
 
     # ------------------------------------------------------------------ loop
-    def _state(self) -> dict[str, Any]:
-        return {"vae": self.vae, "opt_model": self.opt_model, "opt_ebm": self.opt_ebm,
-                "generator": self.generator}
-
     def _extra(self) -> dict[str, Any]:
         sel = None if self.selection is None else asdict(self.selection)
-        return {"history": self.history, "config": asdict(self.config), "selection": sel,
-                "chains": self._chains}
+        return {"config": asdict(self.config), "selection": sel, "chains": self._chains}
+
+    def _restore(self, extra: dict[str, Any]) -> None:
+        sel = extra.get("selection")
+        self.selection = None if sel is None else Selection(**sel)
+        self._chains = extra.get("chains")
 
     def _settings(self) -> dict[str, Any]:
         """What a checkpoint must match to be continued (not the iteration target, cadences, progress)."""
-        skip = {"n_iters", "eval_every", "checkpoint_every", "progress"}
+        skip = {"n_iters", "eval_every", "checkpoint_every", "progress", "compile", "num_workers"}
         train = {k: v for k, v in asdict(self.config).items() if k not in skip}
         return {"train": train, "optimizer_class": type(self.opt_model).__name__, **self._run_settings}
 
@@ -530,47 +465,31 @@ class SemiSupervisedTrainer:
             if not (isinstance(eval_data, (tuple, list)) and len(eval_data) == 2):
                 raise ValueError("eval_data must be a pair (x, y) of tensors")
             check_tensor(eval_data[0], "eval_data[0]", floating=True)
-        if self.checkpointer is not None:
-            self.checkpointer.settings = normalize_settings(self._settings())  # config may change per fit
-            # a trainer that has trained already holds newer state than any checkpoint it wrote
-            resumed = None if self.iteration else self.checkpointer.resume(
-                max_step=cfg.n_iters, max_step_name="n_iters", **self._state())
-            if resumed is not None and resumed.step > self.iteration:
-                self.iteration = resumed.step
-                self.history = {k: list(v) for k, v in resumed.extra["history"].items()}
-                sel = resumed.extra.get("selection")
-                self.selection = None if sel is None else Selection(**sel)
-                self._chains = resumed.extra.get("chains")
-            if self.logger is not None:
-                self.logger.rewind(self.iteration, key="iter")
-        start = self.iteration
-        n_u, n_l = x_unlabeled.shape[0], x_labeled.shape[0]
-        b_u = min(cfg.batch_size, n_u)
-        b_l = min(cfg.labeled_batch_size or cfg.batch_size, n_l)
-        bar = tqdm(range(start, cfg.n_iters), disable=not cfg.progress, desc="semi-sup", initial=start,
-                   total=cfg.n_iters)
-        t0 = time.perf_counter()
-        for it in bar:
+        engine = self.engine
+        engine.grad_clip = cfg.grad_clip  # the config may change between fits
+        engine.progress = cfg.progress
+        if engine.checkpointer is not None:
+            engine.checkpointer.every = cfg.checkpoint_every
+            engine.checkpointer.settings = normalize_settings(self._settings())
+        batch_sizes = {"u": min(cfg.batch_size, x_unlabeled.shape[0]),
+                       "l": min(cfg.labeled_batch_size or cfg.batch_size, x_labeled.shape[0])}
+        batches = StepBatches({"u": x_unlabeled, "l": (x_labeled, y_labeled)}, batch_sizes, seed=cfg.seed,
+                              **engine.shard)
+
+        def evaluate() -> dict[str, float]:
+            x, y = eval_data
+            return {"eval_accuracy": latent_accuracy(self.vae, x, y, n_samples=cfg.classifier_samples)}
+
+        def before(iteration: int) -> None:
             if self._due_for_selection():
                 self.reselect(x_unlabeled)
-            iu = torch.randint(n_u, (b_u,), generator=self.generator)
-            il = torch.randint(n_l, (b_l,), generator=self.generator)
-            rec = self.step(x_unlabeled[iu], x_labeled[il], y_labeled[il])
-            self.iteration = it + 1
-            self.history["iter"].append(it + 1)
-            for k, v in rec.items():
-                self.history[k].append(v)
-            last = it + 1 == cfg.n_iters
-            if eval_data is not None and (last or (cfg.eval_every and (it + 1) % cfg.eval_every == 0)):
-                acc = latent_accuracy(self.vae, eval_data[0], eval_data[1], n_samples=cfg.classifier_samples)
-                self.history["eval_iter"].append(it + 1)
-                self.history["eval_accuracy"].append(acc)
-                bar.set_postfix(loss=f"{rec['loss']:.1f}", acc=f"{acc:.3f}")
-                if self.logger is not None:
-                    self.logger.log(iter=it + 1, eval_accuracy=acc, seconds=time.perf_counter() - t0, **rec)
-            if self.checkpointer is not None:
-                self.checkpointer.maybe_save(it + 1, force=last, extra=self._extra(), **self._state())
-        return self.history
+
+        return engine.fit(
+            lambda start, stop: step_loader(batches, start, stop, num_workers=cfg.num_workers,
+                                            pin_memory=self.device.type == "cuda"),
+            cfg.n_iters, evaluate=None if eval_data is None else evaluate, eval_every=cfg.eval_every,
+            before_unit=before, extra_state=self._extra, on_resume=self._restore,
+        )
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Latent-classifier accuracy ``argmax softmax F(mu(x))`` on ``(x, y)``."""

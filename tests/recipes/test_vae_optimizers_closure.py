@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from genlib.train.classify import needs_closure
+from genlib.train.engine import needs_closure
 from recipes.vae_optimizers import OPTIMIZERS, Config, load_data, train
 
 

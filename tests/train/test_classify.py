@@ -159,7 +159,7 @@ def test_learns_digits_and_logs(tmp_path):
     records = read_jsonl(tmp_path / "run.jsonl")
     assert [r["epoch"] for r in records] == list(range(1, 11))
     assert [r["eval_accuracy"] for r in records] == h["eval_accuracy"]
-    assert (tmp_path / "run.csv").read_text().splitlines()[0] == "epoch,train_loss,eval_accuracy"
+    assert (tmp_path / "run.csv").read_text().splitlines()[0] == "epoch,train_loss,eval_accuracy,seconds"
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -205,7 +205,7 @@ def test_bad_arguments():
         train_classifier(m, (x, y - 1), progress=False)
     with pytest.raises(ValueError, match="epochs must be a positive int"):
         train_classifier(m, (x, y), epochs=0, progress=False)
-    with pytest.raises(RuntimeError, match="training loss became nan"):
+    with pytest.raises(RuntimeError, match="train_loss became non-finite by epoch 1"):
         train_classifier(m, (x * float("nan"), y), progress=False, device="cpu")
 
 
