@@ -216,7 +216,7 @@ def dense_fit(d: int = 1930, blocks: int = 12, per_block: int = 4, seed: int = 0
         return pairs[k[0] % len(pairs)]
 
     fits = {
-        "genlib": lambda: ours._update(*nxt()),
+        "genlib": lambda: ours.fit(*nxt()),
         "psgd_torch": lambda: (lambda v, h: ptp.update_precond_newton_math_(
             q, inv_q, v.mT, h.mT, 0.1, "2nd", 1.2e-38))(*nxt()),
     }
