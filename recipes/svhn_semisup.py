@@ -4,6 +4,11 @@ Full run (the paper's SVHN setting: WRN-28-2 inference net, DCGAN generator, 3-l
 T_LD = 60 Langevin steps, 1000 balanced labels; the SVHN ``.mat`` files are read from ``--data-dir``)::
 
     python -m recipes.svhn_semisup --data-dir /path/to/svhn
+    torchrun --nproc-per-node 4 -m recipes.svhn_semisup --data-dir /path/to/svhn --precision bf16
+
+(under ``torchrun`` every process trains its share of each global batch of 100 with DDP, rank 0 writes the
+checkpoints and, after training, evaluates and reports alone; ``--precision``, ``--compile`` and
+``--num-workers`` are the training engine's, :class:`genlib.train.Engine`).
 
 Quick run (a few CPU minutes: MNIST-4k from the shared data folder, 100 balanced labels, the rest
 unlabelled, 1000 held out; MLP nets)::
@@ -45,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from genlib.cli_args import DATA_DIR_HELP, find_data_folder, int_at_least
+from genlib.cli_args import DATA_DIR_HELP, add_engine_arguments, find_data_folder, int_at_least
 from genlib.cli_args import device as device_arg
 from genlib.data.images import (
     SemiSupervisedData,
@@ -76,7 +81,8 @@ from genlib.train import (
     train_classifier,
 )
 from genlib.train.checkpoint import check_settings_file
-from genlib.utils import atomic_write_text, default_device, json_dumps, seed_everything, write_json
+from genlib.train.distributed import finish_distributed, init_distributed
+from genlib.utils import atomic_write_text, json_dumps, seed_everything, write_json
 from genlib.viz import save_loss_curves
 
 
@@ -370,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int_at_least(0), nargs="+", default=None, help="ablation seeds")
     p.add_argument("--ls", type=int, nargs="+", default=None, help="ablation samples per class L")
     p.add_argument("--t-a", type=int, default=None, help="iteration T_a of the first augmentation")
+    add_engine_arguments(p)
     args = p.parse_args(argv)
 
     cfg = Config.quick() if args.quick else Config()
@@ -379,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.train.n_iters = args.iters
     cfg.train.seed = args.seed
     cfg.train.progress = not args.no_progress and not args.ablation
+    cfg.train.precision, cfg.train.compile = args.precision, args.compile
+    cfg.train.num_workers = args.num_workers
     if args.seeds:
         cfg.ablation_seeds = tuple(args.seeds)
     if args.ls:
@@ -398,9 +407,12 @@ def main(argv: list[str] | None = None) -> int:
         if folder is None:
             p.error(f"--data-dir {args.data_dir} holds no {wanted} (looked in it and in its {sub}/ folder)")
         args.data_dir = str(folder)
-    device = torch.device(args.device) if args.device else default_device()
+    ctx, device = init_distributed(args.device)  # under torchrun: DDP, one process per GPU / CPU share
+    if args.ablation and ctx.distributed:
+        p.error("--ablation runs in one process (its branches are many short runs); drop torchrun")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     seed_everything(args.seed)
     if args.ablation:
         run_ablation(cfg, args, device, out)
@@ -413,13 +425,15 @@ def main(argv: list[str] | None = None) -> int:
     vae, baseline = build(cfg, tuple(x_l.shape[1:]))
 
     t0 = time.perf_counter()
-    logger = MetricsLogger(out, resume=True)
+    logger = MetricsLogger(out, resume=True) if ctx.is_main else None
     trainer = SemiSupervisedTrainer(vae, cfg.train, optimizer=OPTIMIZERS[args.optimizer], device=device,
                                     checkpoint_dir=out / "checkpoints",
                                     logger=logger, settings=run_settings(cfg, args, args.seed))
     history = trainer.fit(x_u, x_l, y_l, eval_data=(x_t, y_t))
-    acc_latent = trainer.accuracy(x_t, y_t)
     seconds = time.perf_counter() - t0
+    if not finish_distributed():  # rank 0 alone evaluates and reports
+        return 0
+    acc_latent = trainer.accuracy(x_t, y_t)
 
     # Supervised-only reference: the same labels, no unlabelled data.
     baseline, _ = train_classifier(baseline, (x_l, y_l), epochs=cfg.baseline_epochs, batch_size=100,

@@ -28,7 +28,7 @@ from genlib.models import VAE
 from genlib.nn import MLPDecoder, MLPEncoder
 from genlib.optim import LRA, ExponentialDecaySchedule, Kron
 from genlib.train.batches import StepBatches, step_loader
-from genlib.train.distributed import init_distributed
+from genlib.train.distributed import finish_distributed, init_distributed
 from genlib.train.engine import Engine
 from genlib.utils import default_device, seed_everything, write_json
 from genlib.viz import save_image_grid, save_loss_curves
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.is_main:
             samples = vae.sample(64).cpu()
             save_image_grid(samples, out / f"samples_{name}.png", nrow=8, title=f"VAE samples ({name})")
-    if not ctx.is_main:
+    if not finish_distributed():  # rank 0 alone reports
         return 0
 
     print(f"\n{'optimizer':<12}{'test ELBO':>12}{'test log p(x)':>16}{'seconds':>10}")

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "init_distributed", "context", "all_gather_objects", "barrier",
-           "derive_seed"]
+__all__ = ["DistributedContext", "init_distributed", "finish_distributed", "context", "all_gather_objects",
+           "barrier", "derive_seed"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,13 @@ def derive_seed(seed: int, *keys: int | str) -> int:
 
     text = ":".join(str(k) for k in (seed, *keys)).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def finish_distributed() -> bool:
+    """End distributed training: wait for every rank and close the process group; returns whether this
+    process goes on (rank 0, alone, for evaluation and reports). ``True`` in a single process."""
+    ctx = context()
+    if ctx.distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return ctx.is_main

@@ -40,3 +40,26 @@ def test_data_dir_is_the_data_root_or_the_folder_and_bad_flags_exit_2(tmp_path, 
             main([*argv, "--out", str(tmp_path / "o")])
         assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_runs_under_torchrun_with_two_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "recipes.vae_optimizers", "--steps", "40", "--out", str(tmp_path), "--device", "cpu"]
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("test ELBO") == 1  # rank 0 alone reports
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    for r in results.values():
+        assert r["test_log_px"] > 64 * math.log(0.5) + 5 and len(r["history"]["train_loss"]) == 2
