@@ -98,7 +98,8 @@ def optimizers(
     lr, mom, plr = args.lr, args.momentum, args.preconditioner_lr
     whiten = args.curvature == "whiten"
     common = dict(lr=lr, momentum=mom, preconditioner_lr=plr, curvature=args.curvature,
-                  update_probability=coins, check_finite=False, seed=probe_seed)
+                  update_probability=coins, check_finite=False, seed=probe_seed,
+                  max_update_rms=math.inf)  # psgd_torch has no trust region: like for like
     ref = dict(lr_params=lr, momentum=mom, lr_preconditioner=plr, preconditioner_update_probability=0.0,
                exact_hessian_vector_product=True, preconditioner_type="whitening" if whiten else "Newton")
     import psgd_torch as pt  # benchmark-only reference, never imported by genlib

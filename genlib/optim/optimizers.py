@@ -153,13 +153,15 @@ def _mix(z: torch.Tensor) -> torch.Tensor:
 
 
 def _hash_normal(key: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Standard normals shaped like ``like`` from the SplitMix64 stream at ``key`` (Box-Muller on two 24-bit
-    uniforms per pair of draws)."""
-    i = torch.arange(2 * like.numel(), device=like.device, dtype=torch.int64)
+    """Standard normals shaped like ``like`` from the SplitMix64 stream at ``key``: each 64-bit hash gives two
+    24-bit uniforms, and Box-Muller turns them into two normals (cos and sin)."""
+    n = like.numel()
+    i = torch.arange((n + 1) // 2, device=like.device, dtype=torch.int64)
     z = _mix(key.to(like.device) + (i + 1) * _ODD)
-    u = ((_srl(z, 40).float() + 0.5) / 2.0**24).view(2, -1)
-    v = torch.sqrt(-2.0 * torch.log(u[0])) * torch.cos((2 * math.pi) * u[1])
-    return v.view(like.shape).to(like.dtype)
+    u1 = (_srl(z, 40).float() + 0.5) / 2.0**24
+    u2 = ((z >> 16) & 0xFFFFFF).float() / 2.0**24
+    r, t = torch.sqrt(-2.0 * torch.log(u1)), (2 * math.pi) * u2
+    return torch.cat([r * torch.cos(t), r * torch.sin(t)])[:n].view(like.shape).to(like.dtype)
 
 
 def _split_like(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -497,8 +499,10 @@ class PSGD(torch.optim.Optimizer):
                 for p in params
             ]
             anchors = params
+        rate = 1.0 if callable(self._update_probability) else self._update_probability
         for p, pc in zip(anchors, pcs):
             pc.bind(self.state[p])
+            pc.refit_rate = rate  # a hint for Kron's product cache
         return pcs
 
     # ---- randomness: pure functions of (seed, step)
@@ -609,6 +613,9 @@ class PSGD(torch.optim.Optimizer):
         step = int(self._step_count())
         if callable(p):
             p = _check_number(p(step), f"update_probability({step}) (schedule output)", 0.0, 1.0)
+        for pcs in self._preconds:  # Kron caches its factor products when fits are rare enough
+            for pc in pcs:
+                pc.refit_rate = p
         # the first step always refits while a scale is still to be set from data (init_scale=None)
         first = step == 0 and any(not pc.initialized for g in self._preconds for pc in g)
         return self._coin(step) < p or first

@@ -101,17 +101,23 @@ def mlp_problem():
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("curvature", ["hvp", "finite_diff", "whiten"])
 def test_every_family_and_curvature_trains_an_mlp(family, curvature):
-    model, loss = mlp_problem()
-    start = float(loss().detach())
-    if curvature == "whiten":  # plain loss.backward(); opt.step()
-        opt = family(model.parameters(), lr=0.1, momentum=0.9, grad_clip_max_norm=1.0)
-        train(opt, loss, 120, closure=False)
-    else:
-        opt = family(model.parameters(), lr=0.3, curvature=curvature, grad_clip_max_norm=1.0)
-        train(opt, loss, 120, closure=True)
+    # The final loss depends on the probe stream by about ±15 % (Dense, hvp: 0.007-0.013 over seeds 0-5):
+    # the bound is on the mean over three streams, and every stream must make the 100-fold progress.
+    finals = []
+    for seed in (0, 1, 2):
+        model, loss = mlp_problem()
+        start = float(loss().detach())
+        if curvature == "whiten":  # plain loss.backward(); opt.step()
+            opt = family(model.parameters(), lr=0.1, momentum=0.9, grad_clip_max_norm=1.0, seed=seed)
+            train(opt, loss, 120, closure=False)
+        else:
+            opt = family(model.parameters(), lr=0.3, curvature=curvature, grad_clip_max_norm=1.0, seed=seed)
+            train(opt, loss, 120, closure=True)
+        finals.append(float(loss().detach()))
+        assert finals[-1] < start / 100
+        assert all(pc.initialized and pc.num_updates == 120 for pcs in opt.preconditioners for pc in pcs)
     # Full-batch SGD's best over lr ∈ {0.03, 0.1, 0.3, 1} reaches 0.015 after 150 steps on this problem.
-    assert float(loss().detach()) < 0.012 < start / 100
-    assert all(pc.initialized and pc.num_updates == 120 for pcs in opt.preconditioners for pc in pcs)
+    assert sum(finals) / 3 < 0.012
 
 
 RESUME_CONFIGS = {

@@ -466,3 +466,28 @@ def test_lra_moves_u_or_v_by_a_fair_reproducible_coin():
     assert 0.3 < a.count("U") / len(a) < 0.7
     assert any(x == y for x, y in zip(a, a[1:]))  # not strict alternation
     assert picks(0) == a and picks(1) != a
+
+
+def test_kron_caches_a_factor_product_only_when_fits_are_rare_enough():
+    # A 40 × 8 matrix: the 8-dim factor's product always pays (d ≤ rest); the 40-dim one (rest 8) only when
+    # at most one fit per 5 calls is expected. Cached or not, P·g is the same, and a fit drops the cache.
+    pre = KronPreconditioner((40, 8), max_skew=math.inf, dtype=DT)
+    g = torch.Generator().manual_seed(2)
+    v = torch.randn(3, 40, 8, generator=g, dtype=DT)
+    pre.update(v, v * torch.linspace(0.5, 2.0, 8, dtype=DT) + 0.1 * v.flip(1))
+    x = torch.randn(5, 40, 8, generator=g, dtype=DT)
+    results = {}
+    for rate in (1.0, 0.25, 0.2, 0.0):
+        pre.refit_rate = rate
+        pre._P.clear()
+        results[rate] = pre.precondition(x)
+        assert sorted(pre._P) == ([0, 1] if rate <= 0.2 else [1]), rate
+    for rate in (0.25, 0.2, 0.0):
+        torch.testing.assert_close(results[rate], results[1.0], rtol=1e-12, atol=0)
+    pre.update(v, 2 * v)
+    assert not pre._P
+    from genlib.optim import Kron
+
+    w = torch.nn.Parameter(torch.randn(40, 8, dtype=DT))
+    opt = Kron([w], update_probability=0.1, max_skew=math.inf)
+    assert opt.preconditioners[0][0].refit_rate == 0.1
