@@ -213,6 +213,7 @@ class Engine:
             if checkpoint_dir is not None else None
         )
         self.units_done = 0
+        self.steps_done = 0  # optimizer steps, also outside fit(): what per-step random streams key on
         self.history: dict[str, list[float]] = {}
         self._series: dict[str, set[str]] = {"step": set(), "eval": set()}  # which history lists align
 
@@ -230,6 +231,7 @@ class Engine:
         prepared = self.prepare(batch) if self.prepare is not None else batch
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
+        self.steps_done += 1
         if self.closure:
             return self._closure_step(prepared)
         with self._autocast():
@@ -307,6 +309,7 @@ class Engine:
         else:  # another world size: each rank a fresh stream, still a function of the step only
             torch.manual_seed(derive_seed(0, "resume", resumed.step, self.ctx.rank))
         self.units_done = resumed.step
+        self.steps_done = resumed.step * self.steps_per_unit
         self.history = {k: list(v) for k, v in extra.pop("history", {}).items()}
         self._series = {k: set(v) for k, v in extra.pop("series", {"step": [], "eval": []}).items()}
         return extra

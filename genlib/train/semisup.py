@@ -283,10 +283,10 @@ class SemiSupervisedTrainer:
 
     # ------------------------------------------------------------------ one iteration
     def _generator(self, stream: str) -> torch.Generator:
-        """This iteration's generator of ``stream``: a function of (seed, iteration, rank) only, so a
-        resumed run draws what the uninterrupted one did, on any world size."""
-        ctx = self.engine.ctx
-        return torch.Generator().manual_seed(derive_seed(self.config.seed, stream, self.iteration, ctx.rank))
+        """This step's generator of ``stream``: a function of (seed, step, rank) only, so a resumed run
+        draws what the uninterrupted one did."""
+        key = derive_seed(self.config.seed, stream, self.engine.steps_done, self.engine.ctx.rank)
+        return torch.Generator().manual_seed(key)
 
     def _prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The iteration's random, gradient-free work, drawn once: posterior noise, the prior chains ``z-``
