@@ -1,9 +1,11 @@
-"""PSGD: preconditioned SGD with Lie-group preconditioners (Li 2015/2018; Pooladzandi & Li 2024).
+"""PSGD: preconditioned SGD with Lie-group preconditioners (Li 2015/2018/2024; Pooladzandi & Li 2024).
 
 - :mod:`genlib.optim.preconditioners`: ``P = QᵀQ`` objects over one tensor shape (Dense, Diag, LRA, XMat,
-  Kron) sharing one fitting skeleton: ``update(v, h)``, ``precondition(g)``, ``apply_qt(x)``.
-- :mod:`genlib.optim.optimizers`: ``torch.optim.Optimizer`` families on one shared step (Kron, Diag, LRA,
-  XMat, Dense); curvature from exact HVPs, finite differences or gradient whitening.
+  Kron) sharing one fitting skeleton (``update(v, h)``, ``precondition(g)``, ``apply_qt(x)``), their state a
+  dict of tensors; Kron and Diag also fit in Li 2024's ``dQ = Q·E`` coordinates / with Lipschitz steps.
+- :mod:`genlib.optim.optimizers`: ``torch.optim.Optimizer`` families on one update skeleton: a curvature
+  source (gradient whitening, exact HVPs, finite differences), then chained transforms (momentum,
+  preconditioning, trust region, norm clip) and decoupled weight decay; all state in ``opt.state[p]``.
 - :mod:`genlib.optim.schedules`: picklable refit-probability schedules.
 """
 

@@ -184,7 +184,7 @@ def _whiten(opt: PSGD, params, closure, refit):
             grads = opt._all_reduce(opt._grad(_loss_of(out), params))
     if any(g is not None and g.is_sparse for g in grads):
         raise RuntimeError("sparse gradients are not supported by PSGD")
-    return out, grads, None, None  # the probes are drawn by the refit itself
+    return out, grads, None, None  # step() pairs the gradients with probes on refit steps
 
 
 def _hvp(opt: PSGD, params, closure, refit):
@@ -549,7 +549,8 @@ class PSGD(torch.optim.Optimizer):
         present = [(k, x) for k, x in enumerate(xs) if x is not None]
         if not present:
             return
-        bad = ~torch.isfinite(torch.stack([n.cpu() for n in torch._foreach_norm([x for _, x in present])]))
+        norms = torch._foreach_norm([x for _, x in present])
+        bad = ~torch.isfinite(torch.stack([n.to(norms[0].device) for n in norms]).cpu())
         if bool(bad.any()):  # one sync; the message is worth it only when something is wrong
             k, x = present[int(bad.nonzero()[0, 0])]
             where = [(gi, pi) for gi, g in enumerate(self.param_groups) for pi, q in enumerate(g["params"])]
@@ -641,7 +642,8 @@ class PSGD(torch.optim.Optimizer):
             return
         by_id = {id(p): pc for p, pc in zip(group["params"], pcs)}
         fits = [(by_id[id(p)], v, h) for p, v, h in zip(ps, vs, hs)]
-        fresh = [f for f in fits if not f[0].initialized] if self.group_init else []
+        # the fit counters live on the CPU: finding the first fits needs no device sync
+        fresh = [f for f in fits if f[0].num_updates == 0 and not f[0].initialized] if self.group_init else []
         if fresh:  # one starting scale (‖v‖/‖h‖)^(1/2) over the concatenated pairs, as LRA(rank=0) takes
             nv = _safe_norm(torch.stack([_safe_norm(v.float()).cpu() for _, v, _ in fresh]))
             nh = _safe_norm(torch.stack([_safe_norm(h.float()).cpu() for _, _, h in fresh]))
