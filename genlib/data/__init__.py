@@ -1,11 +1,13 @@
 """Dataset loaders and features.
 
 - images: scikit-learn digits, the shared MNIST subset, SVHN (through ``torchvision.datasets.SVHN``), PNG
-  crops, semi-supervised splits
+  crops, semi-supervised splits; ``MemmapImages`` / ``svhn_dataset`` stream uint8 images from a ``.npy``
+  memory map (SVHN ``extra``) as a map-style ``torch.utils.data.Dataset`` of float32 batches
 - synthetic: the generated-dataset file format, weighted datasets and real + synthetic mixing
 - speech / stft: speech corpora and the STFT features; genlib keeps its own VCTK / LibriSpeech loaders (read
   with soundfile) because torchaudio's datasets decode through TorchCodec, which torchaudio 2.9+ needs and
-  this stack does not install
+  this stack does not install; ``SpeechFrameCache`` keeps the STFT frames of a corpus in a complex64 ``.npy``
+  on disk (built utterance by utterance, reused while the sources and settings match) instead of memory
 
 The speech half (:mod:`genlib.data.speech`, :mod:`genlib.data.stft`) needs torchaudio and soundfile; it is
 imported on first use of one of its names, so ``import genlib.data`` (and everything that only needs images)
@@ -19,6 +21,8 @@ from typing import TYPE_CHECKING
 from genlib._lazy import lazy_attributes
 from genlib.data import images, synthetic
 from genlib.data.images import (
+    ConcatImages,
+    MemmapImages,
     SemiSupervisedData,
     SplitIndices,
     default_data_root,
@@ -28,6 +32,7 @@ from genlib.data.images import (
     load_svhn,
     load_svhn_semi_supervised,
     semi_supervised_split,
+    svhn_dataset,
 )
 from genlib.data.synthetic import (
     SyntheticDataset,
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
     # STFT functions live in genlib.data.stft (stft, istft, log_power, phase, griffin_lim, reconstruct).
     from genlib.data import speech, stft
     from genlib.data.speech import (
+        SpeechFrameCache,
         SpeechFrames,
         SpeechWindows,
         Utterance,
@@ -58,7 +64,7 @@ _LAZY = {
     "stft": "genlib.data.stft",
     **dict.fromkeys(
         ["Utterance", "discover_vctk", "discover_librispeech", "discover_utterances", "load_audio",
-         "split_by_speaker", "SpeechFrames", "SpeechWindows"],
+         "split_by_speaker", "SpeechFrames", "SpeechFrameCache", "SpeechWindows"],
         "genlib.data.speech",
     ),
 }
@@ -70,6 +76,9 @@ __all__ = [
     "load_digits_sklearn",
     "load_mnist_npz",
     "load_svhn",
+    "svhn_dataset",
+    "MemmapImages",
+    "ConcatImages",
     "load_image_folder_crops",
     "SplitIndices",
     "semi_supervised_split",
@@ -90,6 +99,7 @@ __all__ = [
     "load_audio",
     "split_by_speaker",
     "SpeechFrames",
+    "SpeechFrameCache",
     "SpeechWindows",
 ]
 

@@ -13,14 +13,19 @@ Layouts understood (``root`` may be the corpus root or the folder holding the sp
 
 Audio is read with soundfile, mixed to mono, resampled with ``torchaudio.functional.resample`` and returned
 as float32; :func:`sample_rates` counts the native rates of a list of files (what will be resampled).
-Datasets hold complex STFT frames of the paper's STFT (:mod:`genlib.data.stft`).
+Datasets hold complex STFT frames of the paper's STFT (:mod:`genlib.data.stft`): :class:`SpeechFrames` and
+:class:`SpeechWindows` in memory, :class:`SpeechFrameCache` (the frames of :class:`SpeechFrames`) in a
+complex64 ``.npy`` on disk, computed utterance by utterance and read through a memory map, so a whole corpus
+(VCTK's 44 hours: ~2 M frames at ``every=10``, ~8 GB) streams through a ``DataLoader``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +35,9 @@ import torch
 import torchaudio
 from torch.utils.data import Dataset
 
+from genlib.data.images import _random_access
 from genlib.data.stft import HOP_LENGTH, N_FFT, SAMPLE_RATE, stft
+from genlib.utils import _atomic_write, atomic_write_text
 
 __all__ = [
     "Utterance",
@@ -42,6 +49,7 @@ __all__ = [
     "load_audio",
     "split_by_speaker",
     "SpeechFrames",
+    "SpeechFrameCache",
     "SpeechWindows",
 ]
 
@@ -306,27 +314,40 @@ def split_by_speaker(
 Source = Utterance | str | os.PathLike | torch.Tensor
 
 
-def _spectra(sources: Sequence[Source], sample_rate: int, n_fft: int, hop_length: int) -> list[torch.Tensor]:
+def _check_sources(sources: Sequence[Source]) -> None:
     if isinstance(sources, (str, os.PathLike, torch.Tensor, Utterance)) or len(sources) == 0:
         raise ValueError("sources must be a non-empty sequence of Utterance, paths or 1-D waveform tensors")
-    out = []
+
+
+def _spectrum(i: int, src: Source, sample_rate: int, n_fft: int, hop_length: int) -> torch.Tensor:
+    """The complex STFT ``(F, T)`` of ``sources[i]``."""
+    if isinstance(src, torch.Tensor):
+        if src.ndim != 1 or src.is_complex():
+            raise ValueError(f"sources[{i}] must be a real 1-D waveform, got shape {tuple(src.shape)}")
+        wave = src.to(torch.float32)
+        where = f"sources[{i}]"
+    else:
+        path = src.path if isinstance(src, Utterance) else src
+        wave = load_audio(path, sample_rate)
+        where = f"sources[{i}] ({path})"
+    if wave.shape[0] <= n_fft // 2:  # name the file here: stft's own error cannot
+        what = "no samples (empty audio)" if wave.shape[0] == 0 else f"only {wave.shape[0]} samples"
+        raise ValueError(
+            f"{where} has {what} at {sample_rate} Hz; the STFT needs more than n_fft/2 = {n_fft // 2}"
+        )
+    return stft(wave, n_fft=n_fft, hop_length=hop_length)
+
+
+def _iter_spectra(
+    sources: Sequence[Source], sample_rate: int, n_fft: int, hop_length: int
+) -> Iterator[torch.Tensor]:
+    _check_sources(sources)
     for i, src in enumerate(sources):
-        if isinstance(src, torch.Tensor):
-            if src.ndim != 1 or src.is_complex():
-                raise ValueError(f"sources[{i}] must be a real 1-D waveform, got shape {tuple(src.shape)}")
-            wave = src.to(torch.float32)
-            where = f"sources[{i}]"
-        else:
-            path = src.path if isinstance(src, Utterance) else src
-            wave = load_audio(path, sample_rate)
-            where = f"sources[{i}] ({path})"
-        if wave.shape[0] <= n_fft // 2:  # name the file here: stft's own error cannot
-            what = "no samples (empty audio)" if wave.shape[0] == 0 else f"only {wave.shape[0]} samples"
-            raise ValueError(
-                f"{where} has {what} at {sample_rate} Hz; the STFT needs more than n_fft/2 = {n_fft // 2}"
-            )
-        out.append(stft(wave, n_fft=n_fft, hop_length=hop_length))
-    return out
+        yield _spectrum(i, src, sample_rate, n_fft, hop_length)
+
+
+def _spectra(sources: Sequence[Source], sample_rate: int, n_fft: int, hop_length: int) -> list[torch.Tensor]:
+    return list(_iter_spectra(sources, sample_rate, n_fft, hop_length))
 
 
 class SpeechFrames(Dataset):
@@ -400,3 +421,170 @@ class SpeechWindows(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.data[i]
+
+
+_CACHE_VERSION = 1
+_NPY_HEADER = 128  # bytes: a fixed-size .npy v1.0 header, rewritten in place once the frame count is known
+
+
+def _npy_header(shape: tuple[int, ...], descr: str = "<c8") -> bytes:
+    """A ``.npy`` (format 1.0) header of exactly ``_NPY_HEADER`` bytes for a C-ordered array."""
+    text = repr({"descr": descr, "fortran_order": False, "shape": tuple(int(d) for d in shape)})
+    size = _NPY_HEADER - 10  # magic (6) + version (2) + header length (2)
+    if len(text) >= size:
+        raise ValueError(f"shape {shape} does not fit a {_NPY_HEADER}-byte .npy header")
+    return b"\x93NUMPY\x01\x00" + size.to_bytes(2, "little") + (text.ljust(size - 1) + "\n").encode("latin1")
+
+
+def _source_id(i: int, src: Source) -> str:
+    """What identifies a source's audio: a file's resolved path, size and modification time; a waveform's
+    bytes (hashed)."""
+    if isinstance(src, torch.Tensor):
+        data = src.detach().cpu().contiguous()
+        digest = hashlib.sha256(data.numpy().tobytes()).hexdigest()
+        return f"tensor {data.dtype} {tuple(data.shape)} {digest}"
+    path = Path(src.path if isinstance(src, Utterance) else src)
+    try:
+        st = path.stat()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"audio file not found: {path} (sources[{i}])") from e
+    return f"{path.resolve()} {st.st_size} {st.st_mtime_ns}"
+
+
+class SpeechFrameCache(Dataset):
+    """The frames of :class:`SpeechFrames` (every ``every``-th STFT frame of all utterances, complex
+    ``(N, F)``), kept on disk in ``path`` (a folder) instead of memory.
+
+    Files: ``frames.npy`` (complex64 ``(N, F)``, opened as a read-only memory map) and ``cache.json`` (the
+    key: the settings and a fingerprint of the sources -- each file's resolved path, size and modification
+    time, or a waveform's bytes -- plus the frame count of each utterance). Opening a folder whose
+    ``cache.json`` matches the sources and settings (and whose ``frames.npy`` has the recorded shape)
+    reuses it without reading any audio (``status == "reused"``). Otherwise the frames are computed
+    utterance by utterance, appended to a temporary file (peak memory: one utterance) and renamed into
+    place, ``cache.json`` last; a mismatching cache is **rebuilt**, replacing the old files
+    (``status == "rebuilt"``; ``"built"`` when there was none). A half-written cache never counts as one.
+
+    ``dataset.__getitems__(indices)`` is a complex64 batch ``(B, F)`` (what :class:`genlib.train.StepBatches`
+    reads), ``dataset[i]`` frame ``i``; the values equal ``SpeechFrames(sources, every, ...).data``.
+    ``utterance_index[i]`` says where frame ``i`` came from. Pickling (``DataLoader`` workers) carries the
+    path, not the frames. Concurrent builders of one folder (e.g. ranks under ``torchrun``) each write their
+    own temporary file; the last rename wins with the same content.
+    """
+
+    FRAMES = "frames.npy"
+    META = "cache.json"
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        path: str | os.PathLike,
+        every: int = 10,
+        sample_rate: int = SAMPLE_RATE,
+        n_fft: int = N_FFT,
+        hop_length: int = HOP_LENGTH,
+    ) -> None:
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        _check_sources(sources)
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(f"frame cache path must be a folder, got a file: {self.path}")
+        fingerprint = hashlib.sha256(
+            "\n".join(_source_id(i, s) for i, s in enumerate(sources)).encode()
+        ).hexdigest()
+        self.key = {"version": _CACHE_VERSION, "every": every, "sample_rate": sample_rate, "n_fft": n_fft,
+                    "hop_length": hop_length, "n_sources": len(sources), "sources_sha256": fingerprint}
+        meta_path, frames_path = self.path / self.META, self.path / self.FRAMES
+        meta = self._read_meta(meta_path)
+        if meta is not None and meta.get("key") == self.key and self._open_ok(frames_path, meta):
+            self.status = "reused"
+        else:
+            self.status = "built" if meta is None and not frames_path.exists() else "rebuilt"
+            meta = self._build(sources, meta_path, frames_path)
+            if not self._open_ok(frames_path, meta):
+                raise RuntimeError(f"{frames_path}: the frames just written do not read back")
+        self.counts = torch.tensor(meta["counts"], dtype=torch.long)
+
+    @staticmethod
+    def _read_meta(meta_path: Path) -> dict | None:
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def _open_ok(self, frames_path: Path, meta: dict) -> bool:
+        """Open ``frames.npy`` as a memory map; False when it is missing or not what ``meta`` records."""
+        try:
+            frames = _random_access(np.load(frames_path, mmap_mode="r"))
+        except (OSError, ValueError):
+            return False
+        if frames.dtype != np.complex64 or frames.shape != (meta.get("n_frames"), meta.get("n_freq")):
+            return False
+        self._frames = frames
+        return True
+
+    def _build(self, sources: Sequence[Source], meta_path: Path, frames_path: Path) -> dict:
+        k = self.key
+        self.path.mkdir(parents=True, exist_ok=True)
+        meta_path.unlink(missing_ok=True)  # the old key must not vouch for the frames being replaced
+        counts: list[int] = []
+        n_freq = [0]
+
+        def write(f) -> None:
+            f.write(b"\0" * _NPY_HEADER)
+            for i, src in enumerate(sources):
+                spec = _spectrum(i, src, k["sample_rate"], k["n_fft"], k["hop_length"])
+                frames = spec[:, :: k["every"]].T.contiguous().to(torch.complex64).numpy()
+                n_freq[0] = frames.shape[1]
+                counts.append(frames.shape[0])
+                f.write(frames.tobytes())
+            f.seek(0)
+            f.write(_npy_header((sum(counts), n_freq[0])))
+            f.seek(0, os.SEEK_END)
+
+        _atomic_write(frames_path, write)
+        meta = {"key": k, "n_frames": sum(counts), "n_freq": n_freq[0], "counts": counts}
+        atomic_write_text(meta_path, json.dumps(meta) + "\n")
+        return meta
+
+    # ------------------------------------------------------------------ dataset
+    @property
+    def frames(self) -> np.ndarray:
+        """All frames, complex64 ``(N, F)``, as a read-only memory map."""
+        if "_frames" not in self.__dict__:
+            self._frames = _random_access(np.load(self.path / self.FRAMES, mmap_mode="r"))
+        return self._frames
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_frames", None)  # a memmap pickles as a copy of its data: reopen instead
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    @property
+    def utterance_index(self) -> torch.Tensor:
+        """``(N,)``: the source each frame came from."""
+        return torch.repeat_interleave(torch.arange(len(self.counts)), self.counts)
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> torch.Tensor:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"index out of range for {n} frames")
+        idx = np.where(idx < 0, idx + n, idx)
+        order = np.argsort(idx, kind="stable")  # read in file order, return in the asked one
+        batch = np.empty((idx.size, self.frames.shape[1]), dtype=np.complex64)
+        batch[order] = self.frames[idx[order]]
+        return torch.from_numpy(batch)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.__getitems__([int(i)])[0]
+
+    def __repr__(self) -> str:
+        return f"SpeechFrameCache({str(self.path)!r}, {len(self)} frames, {self.status})"

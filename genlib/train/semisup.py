@@ -31,10 +31,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from genlib.models.vae import VAE
 from genlib.priors.ebm import LatentEBMPrior
 from genlib.sampling import LangevinSampler
+from genlib.select import PseudoLabeler
 from genlib.train.augment import (
     AugmentConfig,
     Selection,
@@ -44,7 +46,7 @@ from genlib.train.augment import (
     pseudo_label,
     select_synthetic,
 )
-from genlib.train.batches import StepBatches, step_loader
+from genlib.train.batches import StepBatches, _take, step_loader
 from genlib.train.checkpoint import Checkpointer, normalize_settings
 from genlib.train.classify import weighted_cross_entropy
 from genlib.train.distributed import derive_seed
@@ -55,7 +57,21 @@ from genlib.utils import check_int, check_positive, check_tensor, default_device
 __all__ = ["SemiSupervisedConfig", "SemiSupervisedTrainer", "latent_accuracy"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+Images = torch.Tensor | Dataset  # unlabelled images: a tensor, or a map-style dataset streaming them
 
+
+class _Chunks(Dataset):
+    """Consecutive chunks of ``size`` examples of a dataset, each read in one call (a DataLoader over it
+    reads a dataset in order with workers and pinned memory)."""
+
+    def __init__(self, source: Dataset, size: int):
+        self.source, self.size, self.n = source, size, len(source)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.size)
+
+    def __getitem__(self, i: int) -> Any:
+        return _take(self.source, torch.arange(i * self.size, min((i + 1) * self.size, self.n)))
 
 
 @dataclass
@@ -376,9 +392,13 @@ class SemiSupervisedTrainer:
         return z0.to(device=eps.device, dtype=eps.dtype)
 
     # ------------------------------------------------------------------ steps 7-8: augmentation
-    def reselect(self, x_unlabeled: torch.Tensor | None = None) -> Selection:
+    def reselect(self, x_unlabeled: Images | None = None) -> Selection:
         """Draw, filter and select a new synthetic training set with the current model (and pseudo-label
-        ``x_unlabeled`` when ``augment.pseudo_label_threshold`` is set); stores it in ``selection``."""
+        ``x_unlabeled`` when ``augment.pseudo_label_threshold`` is set); stores it in ``selection``.
+
+        ``x_unlabeled`` is a tensor or a map-style ``Dataset`` (scored chunk by chunk through a
+        ``DataLoader`` with ``config.num_workers``); the pseudo-labelled images join the selection in memory.
+        """
         aug = self.config.augment
         if aug is None:
             raise RuntimeError("reselect() needs config.augment (an AugmentConfig)")
@@ -386,9 +406,14 @@ class SemiSupervisedTrainer:
         generated = generate_labelled(self.vae, aug.samples_per_class, generator=self._generator("reselect"))
         sel = select_synthetic(generated, aug, seed=self.config.seed + self.iteration)
         if aug.pseudo_label_threshold is not None and x_unlabeled is not None:
-            idx, labels, entropy = pseudo_label(self.vae, x_unlabeled, aug.pseudo_label_threshold)
+            if isinstance(x_unlabeled, torch.Tensor):
+                idx, labels, entropy = pseudo_label(self.vae, x_unlabeled, aug.pseudo_label_threshold)
+                x_pl = x_unlabeled[idx]
+            else:
+                idx, labels, entropy = self._pseudo_label_dataset(x_unlabeled, aug.pseudo_label_threshold)
+                x_pl = _take(x_unlabeled, idx) if idx.numel() else sel.x[:0]
             sel = Selection(
-                x=torch.cat([sel.x, x_unlabeled[idx].to(sel.x)]),
+                x=torch.cat([sel.x, x_pl.to(sel.x)]),
                 y=torch.cat([sel.y, labels]),
                 weights=torch.cat([sel.weights, torch.ones(idx.numel())]),
                 indices=sel.indices,
@@ -400,6 +425,17 @@ class SemiSupervisedTrainer:
         self.history.setdefault("n_selected", []).append(sel.y.numel())
         return sel
 
+    def _pseudo_label_dataset(
+        self, dataset: Dataset, threshold: float, chunk: int = 1000
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`~genlib.train.augment.pseudo_label` over a dataset read in chunks through a DataLoader:
+        the same ``(indices, labels, entropy)`` as over the tensor of its examples."""
+        loader = DataLoader(_Chunks(dataset, chunk), batch_size=None, num_workers=self.config.num_workers,
+                            pin_memory=self.device.type == "cuda")
+        logits = torch.cat([latent_logits(self.vae, x, chunk) for x in loader])
+        labeler = PseudoLabeler(threshold=threshold)
+        idx, labels, _ = labeler.fit_select(logits)
+        return idx, labels, labeler.scores_[idx]
     def _due_for_selection(self) -> bool:
         aug = self.config.augment
         if aug is None or self.iteration < aug.start_iter:
@@ -422,16 +458,25 @@ class SemiSupervisedTrainer:
         train = {k: v for k, v in asdict(self.config).items() if k not in skip}
         return {"train": train, "optimizer_class": type(self.opt_model).__name__, **self._run_settings}
 
-    def _check_data(
-        self, x_unlabeled: torch.Tensor, x_labeled: torch.Tensor, y_labeled: torch.Tensor
-    ) -> None:
-        check_tensor(x_unlabeled, "x_unlabeled", floating=True)
+    def _check_data(self, x_unlabeled: Images, x_labeled: torch.Tensor, y_labeled: torch.Tensor) -> None:
         check_tensor(x_labeled, "x_labeled", floating=True)
-        if x_unlabeled.shape[0] == 0 or x_labeled.shape[0] == 0:
+        if isinstance(x_unlabeled, torch.Tensor):
+            check_tensor(x_unlabeled, "x_unlabeled", floating=True)
+            n_unlabeled, shape = x_unlabeled.shape[0], tuple(x_unlabeled.shape[1:])
+        elif isinstance(x_unlabeled, Dataset) and hasattr(x_unlabeled, "__len__"):
+            n_unlabeled = len(x_unlabeled)
+            if n_unlabeled:  # one example stands for all: its shape and dtype (reading more would stream)
+                first = x_unlabeled[0]
+                check_tensor(first, "x_unlabeled[0]", floating=True)
+                shape = tuple(first.shape)
+        else:
+            raise ValueError(f"x_unlabeled must be a tensor or a map-style Dataset of tensors, got "
+                             f"{type(x_unlabeled).__name__}")
+        if n_unlabeled == 0 or x_labeled.shape[0] == 0:
             raise ValueError("x_unlabeled and x_labeled must each hold at least one example")
-        if x_labeled.shape[1:] != x_unlabeled.shape[1:]:
+        if tuple(x_labeled.shape[1:]) != shape:
             raise ValueError(
-                f"x_labeled examples must have the shape of x_unlabeled ones {tuple(x_unlabeled.shape[1:])}, "
+                f"x_labeled examples must have the shape of x_unlabeled ones {shape}, "
                 f"got {tuple(x_labeled.shape[1:])}"
             )
         if (not isinstance(y_labeled, torch.Tensor) or y_labeled.shape != (x_labeled.shape[0],)
@@ -447,7 +492,7 @@ class SemiSupervisedTrainer:
 
     def fit(
         self,
-        x_unlabeled: torch.Tensor,
+        x_unlabeled: Images,
         x_labeled: torch.Tensor,
         y_labeled: torch.Tensor,
         eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -456,8 +501,12 @@ class SemiSupervisedTrainer:
 
         Continues from :attr:`iteration` (so a second ``fit`` after raising ``config.n_iters`` trains on,
         e.g. with augmentation switched on) or, when ``checkpoint_dir`` holds a checkpoint, from it.
-        Data tensors stay where they are (e.g. CPU); batches are moved to the device. ``eval_data = (x, y)``
-        is a held-out labelled split for the latent classifier's accuracy.
+        Data tensors stay where they are (e.g. CPU); batches are moved to the device. ``x_unlabeled`` may
+        also be a map-style ``Dataset`` of float examples (e.g. :class:`genlib.data.MemmapImages`: SVHN
+        ``extra`` streamed from disk), read by :class:`~genlib.train.StepBatches` through a ``DataLoader``
+        (``config.num_workers`` workers, pinned memory on CUDA): the same seed draws the same indices, so it
+        trains exactly as the tensor of its examples would. ``eval_data = (x, y)`` is a held-out labelled
+        split for the latent classifier's accuracy.
         """
         cfg = self.config
         self._check_data(x_unlabeled, x_labeled, y_labeled)
@@ -471,7 +520,8 @@ class SemiSupervisedTrainer:
         if engine.checkpointer is not None:
             engine.checkpointer.every = cfg.checkpoint_every
             engine.checkpointer.settings = normalize_settings(self._settings())
-        batch_sizes = {"u": min(cfg.batch_size, x_unlabeled.shape[0]),
+        n_unlabeled = x_unlabeled.shape[0] if isinstance(x_unlabeled, torch.Tensor) else len(x_unlabeled)
+        batch_sizes = {"u": min(cfg.batch_size, n_unlabeled),
                        "l": min(cfg.labeled_batch_size or cfg.batch_size, x_labeled.shape[0])}
         batches = StepBatches({"u": x_unlabeled, "l": (x_labeled, y_labeled)}, batch_sizes, seed=cfg.seed,
                               **engine.shard)
