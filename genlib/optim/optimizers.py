@@ -87,6 +87,7 @@ from .preconditioners import (
 __all__ = ["PSGD", "Kron", "Diag", "LRA", "XMat", "Dense", "CURVATURES", "Params", "PSGDOptions"]
 
 Probability = float | Callable[[int], float]
+Tensors = list[torch.Tensor]
 #: What every optimizer takes as ``params``: tensors, or param-group dicts as for ``torch.optim``.
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
@@ -195,13 +196,10 @@ def _hvp(opt: PSGD, params, closure, refit):
             return out, opt._all_reduce(g), None, None
         vs = opt._probes(params)
         live = [k for k, gk in enumerate(g) if gk.requires_grad]  # a linear loss has H = 0
-        hs = (
-            torch.autograd.grad(
-                [g[k] for k in live], params, [vs[k] for k in live], allow_unused=True, materialize_grads=True
-            )
-            if live
-            else [torch.zeros_like(p) for p in params]
-        )
+        hs = [torch.zeros_like(p) for p in params]
+        if live:
+            hs = torch.autograd.grad([g[k] for k in live], params, [vs[k] for k in live], allow_unused=True,
+                                     materialize_grads=True)
     return out, opt._all_reduce([x.detach() for x in g]), vs, opt._all_reduce(list(hs))
 
 
@@ -255,9 +253,7 @@ def _loss_of(out: Any) -> torch.Tensor:
 
 
 # ---- chained transforms: (optimizer, group, params, updates) -> updates
-def ema_momentum(
-    opt: PSGD, group: dict, ps: list[torch.Tensor], us: list[torch.Tensor]
-) -> list[torch.Tensor]:
+def ema_momentum(opt: PSGD, group: dict, ps: Tensors, us: Tensors) -> Tensors:
     """``m ← β m + (1 − β) g`` (an EMA: no rescaled step) in ``state[p]["momentum_buffer"]``."""
     beta = group["momentum"]
     if beta == 0:
@@ -272,26 +268,21 @@ def ema_momentum(
     return bufs
 
 
-def precondition(
-    opt: PSGD, group: dict, ps: list[torch.Tensor], us: list[torch.Tensor]
-) -> list[torch.Tensor]:
+def precondition(opt: PSGD, group: dict, ps: Tensors, us: Tensors) -> Tensors:
     """``P·u`` with the group's preconditioners (one on the flattened group, or one per tensor)."""
     pcs = opt._preconds[group["_index"]]
     if opt.flatten:
         allp = group["params"]
         full = dict(zip(map(id, ps), us))
         x = _flat([full.get(id(p), torch.zeros_like(p)) for p in allp])  # frozen tensors: zeros
-        out = dict(
-            zip(map(id, allp), _split_like(pcs[0]._precondition(x.to(pcs[0].cdtype)).to(x.dtype), allp))
-        )
+        y = pcs[0]._precondition(x.to(pcs[0].cdtype)).to(x.dtype)
+        out = dict(zip(map(id, allp), _split_like(y, allp)))
         return [out[id(p)] for p in ps]
     by_id = {id(p): pc for p, pc in zip(group["params"], pcs)}
     return [by_id[id(p)]._precondition(u.to(by_id[id(p)].cdtype)).to(u.dtype) for p, u in zip(ps, us)]
 
 
-def trust_region(
-    opt: PSGD, group: dict, ps: list[torch.Tensor], us: list[torch.Tensor]
-) -> list[torch.Tensor]:
+def trust_region(opt: PSGD, group: dict, ps: Tensors, us: Tensors) -> Tensors:
     """Scale each tensor's step to an RMS of at most ``max_update_rms`` (sync-free)."""
     c = group["max_update_rms"]
     if c is None or c == math.inf:
@@ -300,7 +291,7 @@ def trust_region(
     return [u * torch.clamp(c * math.sqrt(u.numel()) / (r + 1e-30), max=1.0) for u, r in zip(us, rms)]
 
 
-def clip_norm(opt: PSGD, group: dict, ps: list[torch.Tensor], us: list[torch.Tensor]) -> list[torch.Tensor]:
+def clip_norm(opt: PSGD, group: dict, ps: Tensors, us: Tensors) -> Tensors:
     """Scale the group's step to a norm of at most ``grad_clip_max_norm`` (sync-free)."""
     c = group["grad_clip_max_norm"]
     if c is None:
@@ -370,27 +361,18 @@ class PSGD(torch.optim.Optimizer):
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self._curvature = curvature
         self._update_probability = _check_probability(update_probability)
-        self.seed, self.sync_closure_grads, self.check_finite = (
-            seed,
-            bool(sync_closure_grads),
-            bool(check_finite),
-        )
+        self.seed, self.sync_closure_grads = seed, bool(sync_closure_grads)
+        self.check_finite = bool(check_finite)
         self.group_init = type(self).group_init
         self._preconds: list[list[Preconditioner]] = []
         self._coin_key, self._probe_key = stream_seed(seed, "coins"), stream_seed(seed, "probes")
+        whiten = curvature == "whiten"  # whitening steps get a trust region by default (module docstring)
         defaults = dict(
-            lr=(1e-3 if curvature == "whiten" else 1e-2) if lr is None else lr,
-            preconditioner_lr=preconditioner_lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            grad_clip_max_norm=grad_clip_max_norm,
-            max_update_rms=(1.1 if curvature == "whiten" else math.inf)
-            if max_update_rms is None
-            else max_update_rms,
-            init_scale=init_scale,
-            preconditioner_dtype=preconditioner_dtype,
-            lipschitz=self._default_lipschitz if lipschitz is None else lipschitz,
-            **family_defaults,
+            lr=(1e-3 if whiten else 1e-2) if lr is None else lr, preconditioner_lr=preconditioner_lr,
+            momentum=momentum, weight_decay=weight_decay, grad_clip_max_norm=grad_clip_max_norm,
+            max_update_rms=(1.1 if whiten else math.inf) if max_update_rms is None else max_update_rms,
+            init_scale=init_scale, preconditioner_dtype=preconditioner_dtype,
+            lipschitz=self._default_lipschitz if lipschitz is None else lipschitz, **family_defaults,
         )
         self._validate_group(defaults, "")
         super().__init__(params, defaults)
@@ -485,19 +467,11 @@ class PSGD(torch.optim.Optimizer):
                     "preconditions the flattened group, so give each device its own group"
                 )
             dtype = group["preconditioner_dtype"] or params[0].dtype
-            pcs = [
-                self._make_preconditioner(
-                    (sum(p.numel() for p in params),), group, dtype, params[0].device, gi
-                )
-            ]
-            anchors = params[:1]
+            dim = sum(p.numel() for p in params)
+            pcs, anchors = [self._make_preconditioner((dim,), group, dtype, params[0].device, gi)], params[:1]
         else:
-            pcs = [
-                self._make_preconditioner(
-                    tuple(p.shape), group, group["preconditioner_dtype"] or p.dtype, p.device, gi
-                )
-                for p in params
-            ]
+            pcs = [self._make_preconditioner(tuple(p.shape), group, group["preconditioner_dtype"] or p.dtype,
+                                             p.device, gi) for p in params]
             anchors = params
         rate = 1.0 if callable(self._update_probability) else self._update_probability
         for p, pc in zip(anchors, pcs):
@@ -534,12 +508,8 @@ class PSGD(torch.optim.Optimizer):
 
     def _all_reduce(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Average over ranks when the optimizer differentiated the loss itself (DDP does not see it)."""
-        if not (
-            self.sync_closure_grads
-            and dist.is_available()
-            and dist.is_initialized()
-            and dist.get_world_size() > 1
-        ):
+        if not (self.sync_closure_grads and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
             return tensors
         flat = _flat(tensors)
         dist.all_reduce(flat)
@@ -657,18 +627,8 @@ class PSGD(torch.optim.Optimizer):
     # ---- checkpoints
     def __getstate__(self) -> dict[str, Any]:
         # torch pickles only defaults/state/param_groups; PSGD's own fields too
-        keep = (
-            "_curvature",
-            "_update_probability",
-            "seed",
-            "sync_closure_grads",
-            "check_finite",
-            "group_init",
-            "_preconds",
-            "_coin_key",
-            "_probe_key",
-            "_anchor",
-        )
+        keep = ("_curvature", "_update_probability", "seed", "sync_closure_grads", "check_finite",
+                "group_init", "_preconds", "_coin_key", "_probe_key", "_anchor")
         return {**super().__getstate__(), **{k: self.__dict__[k] for k in keep}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -687,7 +647,7 @@ class PSGD(torch.optim.Optimizer):
             anchors = group["params"][:1] if self.flatten else group["params"]
             for p, pc in zip(anchors, pcs):
                 st = self.state[p]
-                st.update({k: t for k, t in saved.get(ids[id(p)], {}).items() if k in pc.state})
+                st.update({k: t.clone() for k, t in saved.get(ids[id(p)], {}).items() if k in pc.state})
                 pc.bind(st)
 
 

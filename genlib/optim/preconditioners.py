@@ -86,9 +86,7 @@ def _splitmix64(x: int) -> int:
     return z ^ (z >> 31)
 
 
-def _sq_norms_through(
-    xa: torch.Tensor, xb: torch.Tensor, f: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _sq_norms_through(xa: torch.Tensor, xb: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``(‖xa fᵀ‖², ‖xb fᵀ‖²)`` for ``xa, xb`` ``(n, r)`` and ``f`` ``(dim, r)``: thin products for few rows,
     the Gram route ``x (fᵀf) xᵀ`` for many."""
     n, r = xa.shape
@@ -225,12 +223,8 @@ class Preconditioner:
 
     def _check_trailing(self, x: torch.Tensor, name: str) -> None:
         k = len(self.shape)
-        if (
-            not isinstance(x, torch.Tensor)
-            or not x.is_floating_point()
-            or x.ndim < k
-            or (tuple(x.shape[x.ndim - k :]) != self.shape)
-        ):
+        ok = isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim >= k
+        if not ok or tuple(x.shape[x.ndim - k :]) != self.shape:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{name} must have shape (..., *{self.shape}), got {got}")
 
@@ -301,10 +295,8 @@ class Preconditioner:
             raise ValueError(f"state tensors {sorted(theirs)} do not match expected {sorted(self.keys)}")
         for k in self.keys:
             if tuple(theirs[k].shape) != tuple(self.state[k].shape):
-                raise ValueError(
-                    f"state tensor {k!r} has shape {tuple(theirs[k].shape)}, expected "
-                    f"{tuple(self.state[k].shape)}"
-                )
+                raise ValueError(f"state tensor {k!r} has shape {tuple(theirs[k].shape)}, expected "
+                                 f"{tuple(self.state[k].shape)}")
             self.state[k].copy_(theirs[k])
         self.state["initialized"].fill_(bool(state["initialized"]))
         self.state["fits"].fill_(int(state["num_updates"]))
@@ -392,9 +384,8 @@ class DiagPreconditioner(Preconditioner):
     (For a diagonal Q the local coordinates ``EQ`` and ``QE`` coincide.)
     """
 
-    def __init__(
-        self, shape: tuple[int, ...] | int, *, elementwise_step: bool = False, **kwargs: Any
-    ) -> None:
+    def __init__(self, shape: tuple[int, ...] | int, *, elementwise_step: bool = False,
+                 **kwargs: Any) -> None:
         if not isinstance(elementwise_step, bool):
             raise ValueError(f"elementwise_step must be True or False, got {elementwise_step!r}")
         self.elementwise_step = elementwise_step
@@ -403,9 +394,8 @@ class DiagPreconditioner(Preconditioner):
     def _init_tensors(self, scale):
         out = {"q": torch.full(self.shape, scale, dtype=self.dtype, device=self.device)}
         if self.lipschitz:
-            out["L"] = torch.zeros(
-                self.shape if self.elementwise_step else (), dtype=self.cdtype, device=self.device
-            )
+            shape = self.shape if self.elementwise_step else ()
+            out["L"] = torch.zeros(shape, dtype=self.cdtype, device=self.device)
         return out
 
     def _rescale(self, c):
@@ -509,10 +499,8 @@ class LRAPreconditioner(Preconditioner):
         self.state["U"].copy_(U)
         self.state["V"].copy_(V)
         if k % 16 == 15 or self.dtype != dt:
-            cd = self.cdtype
-            M = torch.eye(self.rank, dtype=cd, device=self.device) + self.state["U"].to(cd).mT @ self.state[
-                "V"
-            ].to(cd)
+            U, V = self._t("U", self.cdtype), self._t("V", self.cdtype)
+            M = torch.eye(self.rank, dtype=self.cdtype, device=self.device) + U.mT @ V
         self.state["M"].copy_(M)
 
     def _precondition(self, g):
@@ -642,12 +630,8 @@ class KronPreconditioner(Preconditioner):
             f = torch.full((d,), s) if kind == "diag" else s * torch.eye(d)
             out[f"Q{i}"] = f.to(dtype=self.dtype, device=self.device)
         if self.lipschitz:
-            out.update(
-                {
-                    f"L{i}": torch.zeros((), dtype=self.cdtype, device=self.device)
-                    for i in range(len(self.kinds))
-                }
-            )
+            for i in range(len(self.kinds)):
+                out[f"L{i}"] = torch.zeros((), dtype=self.cdtype, device=self.device)
         return out
 
     @property
