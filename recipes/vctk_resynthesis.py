@@ -28,12 +28,16 @@ Files not at 16 kHz (VCTK's 48 kHz, LJSpeech's 22.05 kHz) are resampled on load;
 ``--evaluate-only`` trains nothing: it loads each row's saved model and evaluates it on the test set.
 
 FC rows train on every ``every``-th STFT frame of the training speakers, conv rows on ``n_windows`` random
-windows of ``window_frames`` frames; optimizer PSGD-LRA (gradient-whitening curvature) by default, Adam with
-``--optimizer adam`` (and by default with ``--quick``). On the test set each utterance is encoded,
-decoded (posterior mean), and the decoded magnitude (``magnitude_mean``) is turned back into a waveform with
-three phases: the ground-truth phase (GT), Griffin-Lim (GL, torchaudio) and, for von Mises rows, the learned
-phase location (vM; random phase is the reference it must beat). Reported per row and phase: PESQ wideband
-(P.862.2) and narrowband (P.862), STOI / ESTOI, log-spectral distance, and FAD: under VGGish when
+windows of ``window_frames`` frames. The frames are held in memory, or with ``--stream-frames`` (for corpora
+whose frames do not fit, e.g. all of VCTK: ~2 M frames, ~8 GB) computed once, utterance by utterance, into
+``<out>/frames/`` (:class:`genlib.data.speech.SpeechFrameCache`: a complex64 ``.npy`` reused by later runs
+with the same files and STFT settings, rebuilt otherwise) and read from disk through the DataLoader
+(``--num-workers``; same batches, same model as in memory). Optimizer PSGD-LRA (gradient-whitening curvature)
+by default, Adam with ``--optimizer adam`` (and by default with ``--quick``). On the test set each utterance
+is encoded, decoded (posterior mean), and the decoded magnitude (``magnitude_mean``) is turned back into a
+waveform with three phases: the ground-truth phase (GT), Griffin-Lim (GL, torchaudio) and, for von Mises rows,
+the learned phase location (vM; random phase is the reference it must beat). Reported per row and phase: PESQ
+wideband (P.862.2) and narrowband (P.862), STOI / ESTOI, log-spectral distance, and FAD: under VGGish when
 ``--vggish-checkpoint`` points at a local state dict (comparable to published FAD), otherwise under the
 offline Resemblyzer speaker embedding -- that FAD is NOT comparable to the VGGish FAD of the literature;
 compare rows only.
@@ -57,6 +61,7 @@ run's settings and data as ``trained_config`` / ``train_data``).
     python -m recipes.vctk_resynthesis --corpus librispeech       # train / test on LibriSpeech speakers
     python -m recipes.vctk_resynthesis --corpus vctk+librispeech  # more training data, VCTK test speakers
     python -m recipes.vctk_resynthesis --train-dir VCTK-Corpus-0.92 --train-speaker-fraction 0.1  # the paper
+    python -m recipes.vctk_resynthesis --train-dir VCTK-Corpus-0.92 --stream-frames --num-workers 4  # on disk
     python -m recipes.vctk_resynthesis --quick --evaluate-only --test-dir LJSpeech-1.1  # saved models
     torchrun --nproc-per-node 4 -m recipes.vctk_resynthesis --rows all --precision bf16  # DDP, rank 0 scores
 
@@ -86,11 +91,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
 
 from genlib.cli_args import add_engine_arguments, float_in, int_at_least, positive_float
 from genlib.cli_args import device as device_arg
 from genlib.data import default_data_root
 from genlib.data.speech import (
+    SpeechFrameCache,
     SpeechFrames,
     SpeechWindows,
     Utterance,
@@ -223,6 +231,7 @@ class Config:
     precision: str = "fp32"  # the training engine's autocast: fp32, bf16 or fp16
     compile: bool = False
     num_workers: int = 0
+    stream_frames: bool = False  # FC rows read their frames from <out>/frames/ (on disk), not from memory
 
 
 # --quick uses Adam unless --optimizer is given: PSGD-LRA costs ~7 s/epoch here on one CPU thread vs ~1 s.
@@ -457,14 +466,14 @@ def _training_setup(cfg: Config) -> dict:
     metrics; the training files themselves are checked by :func:`training_data_id`)."""
     skip = {"epochs", "out", "n_test_utterances", "griffin_lim_iters", "fad", "fad_rate", "vggish_checkpoint",
             "device", "checkpoint_every", "rows", "test_dir", "test_speakers", "librispeech_test_speakers",
-            "evaluate_only", "compile", "num_workers"}  # fmt: skip
+            "evaluate_only", "compile", "num_workers", "stream_frames"}  # fmt: skip
     return {k: v for k, v in asdict(cfg).items() if k not in skip}
 
 
 def train(
     cfg: Config,
     vae: VAE,
-    data: torch.Tensor,
+    data: torch.Tensor | Dataset,
     batch_size: int,
     checkpoints: Checkpointer | None = None,
     *,
@@ -472,6 +481,10 @@ def train(
     model_path: Path | None = None,
 ) -> list[float]:
     """Minibatch ELBO training on ``(N, F)`` frames or ``(N, F, T)`` windows; mean loss per epoch.
+
+    ``data`` is a tensor (trained on its device) or a map-style dataset of frames such as
+    :class:`~genlib.data.speech.SpeechFrameCache` (read through the DataLoader, pinned on CUDA, onto the
+    model's device): the same seed draws the same batches either way.
 
     With ``checkpoints``, the model, optimizer, losses and RNG states are saved every ``cfg.checkpoint_every``
     epochs and at the end, and training continues from the newest intact one it finds (a finished run
@@ -495,16 +508,19 @@ def train(
             raise _diverged(cfg, engine.units_done + 1, str(err), checkpoints) from err
         return loss, {"loss": loss}
 
+    in_memory = isinstance(data, torch.Tensor)
+    device = data.device if in_memory else next(vae.parameters()).device
     batches = StepBatches({"frames": data}, batch_size, seed=cfg.seed, order="epochs")
     engine = Engine(
-        vae, opt, loss_fn, device=data.device, precision=cfg.precision, compile=cfg.compile,
+        vae, opt, loss_fn, device=device, precision=cfg.precision, compile=cfg.compile,
         grad_clip=cfg.grad_clip, checkpointer=checkpoints, unit="epoch",
         steps_per_unit=batches.steps_per_epoch(), desc="epochs",
         divergence_hint=lambda epoch, what: str(_diverged(cfg, epoch, what, checkpoints)),
     )
     batches = StepBatches({"frames": data}, batch_size, seed=cfg.seed, order="epochs", **engine.shard)
     history = engine.fit(
-        lambda a, b: step_loader(batches, a, b, num_workers=cfg.num_workers), cfg.epochs,
+        lambda a, b: step_loader(batches, a, b, num_workers=cfg.num_workers,
+                                 pin_memory=not in_memory and device.type == "cuda"), cfg.epochs,
         total_name="--epochs",
         on_save=None if model_path is None else (lambda epoch: vae.save(model_path, epoch=epoch)),
     )
@@ -676,6 +692,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
     parser.add_argument("--beta", type=float, default=None, help="KL weight (default 1: the ELBO)")
     parser.add_argument("--hidden", default=None, help="FC widths, e.g. 1024,1024 (default 512,512)")
     parser.add_argument("--every", type=int, default=None, help="FC rows: keep every n-th frame (default 10)")
+    parser.add_argument("--stream-frames", action="store_true",
+                        help="FC rows: compute the training frames once into <out>/frames/ (a complex64 .npy "
+                        "reused by later runs) and read them from disk instead of memory")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
         "--optimizer", choices=("psgd-lra", "psgd-lra-hvp", "adam"), default=None,
@@ -752,6 +771,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         cfg.train_dirs = tuple(args.train_dir)
     cfg.evaluate_only = args.evaluate_only
     cfg.precision, cfg.compile, cfg.num_workers = args.precision, args.compile, args.num_workers
+    cfg.stream_frames = args.stream_frames
     cfg.fad = cfg.fad and not args.no_fad
     cfg.vggish_checkpoint = args.vggish_checkpoint
     try:  # the data choice is checked before anything is written or trained
@@ -859,10 +879,21 @@ def main(argv: list[str] | None = None) -> int:
         print(describe_line("training data", data["train_info"]))
     print(describe_line("test data", data["test_info"]))
     if not cfg.evaluate_only:
-        train_waves = [load_audio(u.path) for u in train_utts]
-        if any(r.net == "fc" for r in rows.values()):
+        fc_rows, conv_rows = (any(r.net == net for r in rows.values()) for net in ("fc", "conv"))
+        streamed = fc_rows and cfg.stream_frames
+        # decoded once when the frames are computed in memory; a streamed cache reads its files itself
+        in_memory = conv_rows or (fc_rows and not streamed)
+        train_waves = [load_audio(u.path) for u in train_utts] if in_memory else []
+        if streamed:
+            if ctx.distributed and not ctx.is_main:
+                dist.barrier()  # rank 0 builds (or checks) the cache; the others then open it
+            data["fc"] = SpeechFrameCache(train_utts, Path(cfg.out) / "frames", every=cfg.every)
+            if ctx.distributed and ctx.is_main:
+                dist.barrier()
+            print(f"FC frames {data['fc'].status} on disk: {data['fc'].path / SpeechFrameCache.FRAMES}")
+        elif fc_rows:
             data["fc"] = SpeechFrames(train_waves, every=cfg.every).data.to(device)
-        if any(r.net == "conv" for r in rows.values()):
+        if conv_rows:
             windows = SpeechWindows(train_waves, cfg.n_windows, frames=cfg.window_frames, seed=cfg.seed)
             data["conv"] = windows.data.to(device)
         print(
