@@ -641,3 +641,13 @@ def test_whitening_kron_step_compiles_without_graph_breaks():
     twin.step()
     for a, b in zip(model.parameters(), twin_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_kron_gives_wide_layers_diagonal_factors():
+    # A dense factor on a dim above max_size (default 1024) costs more per step than the rest of the
+    # update: it becomes diagonal; memory_save_mode="one_diag" also makes each matrix's largest dim diagonal.
+    opt = Kron(nn.Linear(1100, 64).parameters())
+    assert [pc.kinds for pc in opt.preconditioners[0]] == [["tri", "diag"], ["diag"]]
+    opt = Kron(nn.Linear(300, 200).parameters(), memory_save_mode="one_diag")
+    assert opt.preconditioners[0][0].kinds == ["tri", "diag"]
+    assert opt.preconditioners[0][0].factors[1].shape == (300,)
