@@ -13,8 +13,8 @@ checkpoints and, after training, evaluates and reports alone; ``--precision``, `
 ``--include-extra`` (full SVHN only) adds SVHN's 531,131 ``extra`` images to the unlabelled set, streamed
 from disk rather than held as a 6.5 GB float tensor: the first run converts ``train_32x32.mat`` and
 ``extra_32x32.mat`` into uint8 ``.npy`` caches beside them (``genlib.data.svhn_dataset``; ~1.8 GB, written
-once), and every run reads its unlabelled batches from those memory maps through the DataLoader
-(``--num-workers`` workers, pinned memory on CUDA)::
+once, by rank 0 under ``torchrun``), and every run reads its unlabelled batches from those memory maps
+through the DataLoader (``--num-workers`` workers, pinned memory on CUDA)::
 
     python -m recipes.svhn_semisup --data-dir /path/to/svhn --include-extra --num-workers 4
 
@@ -57,6 +57,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from genlib.cli_args import DATA_DIR_HELP, add_engine_arguments, find_data_folder, int_at_least
 from genlib.cli_args import device as device_arg
@@ -442,7 +443,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # include_extra only when set: stand-ins for load_data (tests) may take just (cfg, data_dir, seed)
+    first_run_writes = args.include_extra and ctx.distributed  # rank 0 writes the uint8 caches, then the rest
+    if first_run_writes and not ctx.is_main:
+        dist.barrier()
     data = load_data(cfg, args.data_dir, args.seed, **({"include_extra": True} if args.include_extra else {}))
+    if first_run_writes and ctx.is_main:
+        dist.barrier()
     x_l, y_l, x_u, x_t, y_t = data.x_labeled, data.y_labeled, data.x_unlabeled, data.x_test, data.y_test
     print(f"data: {len(x_l)} labelled, {len(x_u)} unlabelled, {len(x_t)} test, images {tuple(x_l.shape[1:])}"
           f" (data root {args.data_dir or default_data_root()})")

@@ -25,7 +25,7 @@ from genlib.likelihoods import Gaussian
 from genlib.models import VAE
 from genlib.nn import MLPDecoder, MLPEncoder
 from genlib.priors import LatentEBMPrior
-from genlib.train import AugmentConfig, SemiSupervisedConfig, SemiSupervisedTrainer, StepBatches
+from genlib.train import AugmentConfig, SemiSupervisedConfig, SemiSupervisedTrainer, StepBatches, step_loader
 
 OFFICIAL = {split: tuple(entry) for split, entry in SVHN.split_list.items()}
 
@@ -114,6 +114,17 @@ def test_concat_images_batches_equal_the_concatenated_tensor(tmp_path):
     b_ds, b_t = StepBatches({"u": ds}, 4, seed=3), StepBatches({"u": whole}, 4, seed=3)
     for step in range(5):
         assert torch.equal(b_ds[step]["u"], b_t[step]["u"])
+
+
+def test_dataloader_workers_read_the_memory_maps(tmp_path):
+    a = np.random.default_rng(2).integers(0, 256, size=(30, 3, 4, 4), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", a)
+    whole = MemmapImages(tmp_path / "a.npy")
+    ds = ConcatImages([whole.subset(range(0, 30, 2)), whole])
+    batches = StepBatches({"u": ds}, 8, seed=0)
+    here = [b["u"] for b in step_loader(batches, 0, 6)]
+    workers = [b["u"] for b in step_loader(batches, 0, 6, num_workers=2)]
+    assert all(torch.equal(x, y) for x, y in zip(here, workers)) and len(workers) == 6
 
 
 def test_semi_supervised_split_with_extra_streams(tmp_path, official):
