@@ -376,7 +376,7 @@ class PSGD(torch.optim.Optimizer):
         )
         self._validate_group(defaults, "")
         super().__init__(params, defaults)
-        self._anchor = self.param_groups[0]["params"][0]
+        self._anchor = next(p for g in self.param_groups for p in g["params"])  # holds the step count
         self.state[self._anchor]["step"] = torch.tensor(0.0)
 
     # ---- configuration
