@@ -21,7 +21,9 @@ optimizers need (PSGD's ``"hvp"`` / ``"finite_diff"`` evaluate it more than once
 - **Precision**: ``"bf16"`` / ``"fp16"`` run the loss under ``torch.autocast`` (fp16 with a
   ``GradScaler``); parameters and optimizer state stay fp32.
 - **compile**: ``torch.compile`` of the model-and-loss module. genlib's value checks are switched off
-  inside it (:func:`genlib.validate_args`), so its forward has no graph breaks of genlib's making.
+  inside it (:func:`genlib.validate_args`), so its forward has no graph breaks of genlib's making. Not for
+  closure optimizers (their second derivatives run eager, with a warning), and not ``prepare``: e.g. the
+  semi-supervised trainer's Langevin chains stay eager and in fp32.
 - **Distributed**: under ``torchrun`` (:func:`~genlib.train.distributed.init_distributed`) the
   model-and-loss module is wrapped in ``DistributedDataParallel`` (closure optimizers instead average
   their gradients across ranks themselves, as genlib's PSGD does); :attr:`shard` gives a
@@ -42,6 +44,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -196,6 +199,9 @@ class Engine:
             forward = torch.compile(forward, backend=compile if isinstance(compile, str) else "inductor")
         self._forward = forward
         self._loss = objective  # closure optimizers differentiate the unwrapped loss (and sync it themselves)
+        if compile and self.closure:
+            warnings.warn("compile: closure optimizers (PSGD 'hvp' / 'finite_diff') differentiate the loss "
+                          "twice, which compiled graphs do not support; the loss runs eager", stacklevel=2)
         # closure optimizers: grad_clip bounds PSGD's step where a group left grad_clip_max_norm unset
         # (optimizer, group index), not the group dicts: load_state_dict replaces those on a resume
         self._clip_groups = [
@@ -226,7 +232,8 @@ class Engine:
     def step(self, batch: Any) -> dict[str, torch.Tensor]:
         """One update of every optimizer from ``batch``; returns the metrics (detached, not synced) and
         ``objective``, the loss at the parameters the step started from."""
-        self.model.train()
+        if not self.model.training:  # evaluation switches it off; setting it every step costs a module walk
+            self.model.train()
         batch = _to_device(batch, self.device)
         prepared = self.prepare(batch) if self.prepare is not None else batch
         for opt in self.optimizers:
@@ -406,7 +413,8 @@ class Engine:
                 self.history[k].append(math.nan)
 
     def _flush(self, sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:
-        means = {k: float(v) / n for k, v in sums.items()}
+        values = torch.stack([v.reshape(()) for v in sums.values()]).tolist()  # one device sync for all
+        means = {k: v / n for k, v in zip(sums, values)}
         if self.ctx.distributed:  # every rank's metrics, averaged: the global batch's
             means = {k: sum(m[k] for m in all_gather_objects(means)) / self.ctx.world_size for k in means}
         objective = means.pop("objective")
