@@ -283,3 +283,15 @@ def test_a_compiled_elbo_follows_the_switch_when_it_changes():
             compiled(bad_x)
     finally:
         dynamo.reset()
+
+
+def test_energy_hvp_compiles_whole_and_matches_eager():
+    # PreconditionedLangevin's fit: under torch.compile the HVP comes from torch.func (jvp of grad), which
+    # dynamo traces; autograd.grad with requires_grad_ would break the graph
+    from genlib.sampling.preconditioned import energy_hvp
+
+    prior = _prior()
+    z, v = torch.randn(8, LATENT), torch.randn(8, LATENT)
+    compiled = torch.compile(lambda z, v: energy_hvp(prior.log_prob, z, v), backend="eager", fullgraph=True)
+    assert torch.allclose(compiled(z, v), energy_hvp(prior.log_prob, z, v), atol=1e-6)
+    assert graph_breaks(lambda z, v: energy_hvp(prior.log_prob, z, v), z, v) == 0
