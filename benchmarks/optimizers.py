@@ -43,6 +43,7 @@ Writes ``--out``/results.json (atomically, after every run) and prints a markdow
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -488,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model's loss (genlib Engine)")
     ap.add_argument("--quick", action="store_true", help="~2 minutes: vae + xor, 2.5 s runs, 2 lrs, 1 seed")
     ap.add_argument("--out", default="runs/bench_optimizers")
+    ap.add_argument("--more-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                    help="continue the study saved in --out: run these seeds at its tuned lrs and budget "
+                         "(the optimizers it tuned), then table all its runs")
     args = ap.parse_args(argv)
     try:
         lrs = parse_lrs(args.lrs)
@@ -520,6 +524,12 @@ def main(argv: list[str] | None = None) -> int:
             "optimizers": optimizers, "skipped": {k: v for k, v in avail.items() if v}}
     records: list[dict] = []
     best: dict[tuple[str, str], float] = {}
+    if args.more_seeds:  # continue the study saved in --out: its runs, its tuned lrs, its budget
+        saved = json.loads((out / "results.json").read_text())
+        records = saved["runs"]
+        best = {tuple(k.split("/")): v for k, v in saved["best_lr"].items()}  # type: ignore[misc]
+        args.seconds, args.clock = saved["args"]["seconds"], saved["args"].get("clock", "wall")
+        meta["more_seeds"] = saved["meta"].get("more_seeds", []) + [args.more_seeds]
 
     def save() -> None:
         rows = summarize(records, best) if best else []
@@ -541,6 +551,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     for task in args.tasks:
+        if args.more_seeds:
+            done = {(r["task"], r["optimizer"], r["seed"]) for r in records}
+            for (t, o), lr in best.items():
+                for seed in args.more_seeds:
+                    if t == task and (t, o, seed) not in done:
+                        one(task, o, lr, seed)
+            continue
         print(f"[{task}] tuning on seed 0, {args.seconds:g} s per run", flush=True)
         for o in optimizers:
             tuned = [one(task, o, lr, 0) for lr in lr_grid(task, o, lrs, args.quick)]
