@@ -465,7 +465,7 @@ def parse_lrs(items: list[str]) -> dict[str, tuple[float, ...]]:
 def lr_grid(task: str, opt: str, override: dict[str, tuple[float, ...]], quick: bool) -> tuple[float, ...]:
     fam = FAMILY[opt]
     grid = override.get(opt) or override.get(fam) or GRIDS[task][fam]
-    return tuple(grid[1:3]) if quick and len(grid) == 3 and not (override.get(opt) or override.get(fam)) \
+    return tuple(grid[:2]) if quick and len(grid) == 3 and not (override.get(opt) or override.get(fam)) \
         else tuple(grid)
 
 
@@ -527,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.more_seeds:  # continue the study saved in --out: its runs, its tuned lrs, its budget
         saved = json.loads((out / "results.json").read_text())
         records = saved["runs"]
+        for r in records:  # strict JSON saved NaN as null
+            r["s_per_step"] = math.nan if r["s_per_step"] is None else r["s_per_step"]
         best = {tuple(k.split("/")): v for k, v in saved["best_lr"].items()}  # type: ignore[misc]
         args.seconds, args.clock = saved["args"]["seconds"], saved["args"].get("clock", "wall")
         meta["more_seeds"] = saved["meta"].get("more_seeds", []) + [args.more_seeds]
