@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -413,10 +414,11 @@ class Engine:
                 self.history[k].append(math.nan)
 
     def _flush(self, sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:
-        values = torch.stack([v.reshape(()) for v in sums.values()]).tolist()  # one device sync for all
-        means = {k: v / n for k, v in zip(sums, values)}
-        if self.ctx.distributed:  # every rank's metrics, averaged: the global batch's
-            means = {k: sum(m[k] for m in all_gather_objects(means)) / self.ctx.world_size for k in means}
+        stacked = torch.stack([v.reshape(()).double() for v in sums.values()]) / n
+        if self.ctx.distributed:  # every rank's means, averaged: the global batch's (ranks share the keys)
+            dist.all_reduce(stacked)
+            stacked /= self.ctx.world_size
+        means = dict(zip(sums, stacked.tolist()))  # one device sync for all metrics
         objective = means.pop("objective")
         if not math.isfinite(objective):
             what = ", ".join([k for k, v in means.items() if not math.isfinite(v)] or ["the loss"])
