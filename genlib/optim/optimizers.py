@@ -73,6 +73,8 @@ else:  # typing_extensions comes with torch
 import torch
 import torch.distributed as dist
 
+from genlib.utils import resolve_validate_args
+
 from .preconditioners import (
     DensePreconditioner,
     DiagPreconditioner,
@@ -107,7 +109,7 @@ class PSGDOptions(TypedDict, total=False):
     lipschitz: bool | None
     seed: int
     sync_closure_grads: bool
-    check_finite: bool
+    check_finite: bool | None
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -324,7 +326,8 @@ class PSGD(torch.optim.Optimizer):
         seed: key of the refit coins and probe vectors (and LRA's initial factors).
         sync_closure_grads: all-reduce gradients and HVPs the optimizer computes itself under DDP.
         check_finite: raise ``RuntimeError`` naming the parameter whose gradient holds NaN/Inf (one device
-            sync per step).
+            sync per step, and a graph break under ``torch.compile``); ``None`` (default) follows genlib's
+            switch for hot-path checks (:func:`genlib.set_validate_args` / ``genlib.validate_args(False)``).
     """
 
     #: True: one preconditioner over a group's flattened concatenation; False: one per tensor.
@@ -352,7 +355,7 @@ class PSGD(torch.optim.Optimizer):
         lipschitz: bool | None = None,
         seed: int = 0,
         sync_closure_grads: bool = True,
-        check_finite: bool = True,
+        check_finite: bool | None = None,
         **family_defaults: Any,
     ) -> None:
         if curvature not in CURVATURES:
@@ -362,7 +365,8 @@ class PSGD(torch.optim.Optimizer):
         self._curvature = curvature
         self._update_probability = _check_probability(update_probability)
         self.seed, self.sync_closure_grads = seed, bool(sync_closure_grads)
-        self.check_finite = bool(check_finite)
+        resolve_validate_args(check_finite, "check_finite")  # refuses anything but True / False / None
+        self.check_finite = check_finite
         self.group_init = type(self).group_init
         self._preconds: list[list[Preconditioner]] = []
         self._coin_key, self._probe_key = stream_seed(seed, "coins"), stream_seed(seed, "probes")
@@ -549,7 +553,7 @@ class PSGD(torch.optim.Optimizer):
         out, grads, vs, hs = (None, [], None, None)
         if params:
             out, grads, vs, hs = CURVATURE_SOURCES[self._curvature](self, params, closure, refit)
-            if self.check_finite:
+            if resolve_validate_args(self.check_finite):
                 self._check_finite(params, grads, "gradient")
                 if hs is not None:
                     self._check_finite(params, hs, "Hessian-vector product")

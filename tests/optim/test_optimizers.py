@@ -643,6 +643,33 @@ def test_whitening_kron_step_compiles_without_graph_breaks():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_check_finite_follows_genlib_validation_switch():
+    import genlib
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
+    X, Y = torch.randn(32, 6), torch.randn(32, 4)
+    opt = Kron(model.parameters(), lr=0.01, momentum=0.9)  # check_finite=None: genlib's switch
+    (model(X) - Y).square().mean().backward()
+    opt.step()
+    (model(X) - Y).square().mean().backward()
+    # checks on (the default): the NaN check's host read breaks the graph; off: the default step is whole
+    assert torch._dynamo.explain(opt.step)().graph_break_count > 0
+    torch._dynamo.reset()
+    (model(X) - Y).square().mean().backward()
+    with genlib.validate_args(False):
+        assert torch._dynamo.explain(opt.step)().graph_break_count == 0
+    torch._dynamo.reset()
+    model[0].weight.grad = torch.full_like(model[0].weight, float("nan"))
+    with pytest.raises(RuntimeError, match="contains NaN or Inf"):
+        opt.step()
+    with genlib.validate_args(False):
+        opt.step()  # unchecked: the NaN goes through
+    assert torch.isnan(model[0].weight).any()
+    with pytest.raises(ValueError, match="check_finite must be True, False or None"):
+        Kron(model.parameters(), check_finite=1)
+
+
 def test_kron_gives_wide_layers_diagonal_factors():
     # A dense factor on a dim above max_size (default 1024) costs more per step than the rest of the
     # update: it becomes diagonal; memory_save_mode="one_diag" also makes each matrix's largest dim diagonal.
