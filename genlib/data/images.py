@@ -226,6 +226,24 @@ def _random_access(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _checked_indices(indices: Sequence[int] | np.ndarray, n: int, what: str) -> np.ndarray:
+    """``indices`` into ``n`` items as int64 in ``[0, n)`` (negative ones count from the end, as in
+    Python); ``IndexError`` naming ``n`` and ``what`` for any outside ``[-n, n)``."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise IndexError(f"index out of range for {n} {what}")
+    return np.where(idx < 0, idx + n, idx)
+
+
+def _gather_sorted(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` read in file order, so a memory map touches each page once, and returned in the
+    asked order."""
+    order = np.argsort(rows, kind="stable")
+    out = np.empty((rows.size, *array.shape[1:]), dtype=array.dtype)
+    out[order] = array[rows[order]]
+    return out
+
+
 class MemmapImages(Dataset):
     """uint8 images ``(N, C, H, W)`` in a ``.npy`` file, read through a memory map: a map-style dataset.
 
@@ -295,20 +313,12 @@ class MemmapImages(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0] if self.indices is None else self.indices.numel()
 
-    def _rows(self, idx: np.ndarray) -> np.ndarray:
-        n = len(self)
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"index out of range for {n} images")
-        idx = np.where(idx < 0, idx + n, idx)
+    def _rows(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+        idx = _checked_indices(idx, len(self), "images")
         return idx if self.indices is None else self.indices.numpy()[idx]
 
     def __getitems__(self, indices: Sequence[int]) -> torch.Tensor:
-        rows = self._rows(np.asarray(indices, dtype=np.int64).reshape(-1))
-        # sorted reads touch each page once and in file order; then put the batch back in the asked order
-        order = np.argsort(rows, kind="stable")
-        batch = np.empty((rows.size, *self.image_shape), dtype=np.uint8)
-        batch[order] = self.images[rows[order]]
-        return _uint8_to_float(batch)
+        return _uint8_to_float(_gather_sorted(self.images, self._rows(indices)))
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.__getitems__([int(i)])[0]
@@ -352,11 +362,7 @@ class ConcatImages(Dataset):
         return self.offsets[-1]
 
     def __getitems__(self, indices: Sequence[int]) -> torch.Tensor:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        n = len(self)
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"index out of range for {n} images")
-        idx = np.where(idx < 0, idx + n, idx)
+        idx = _checked_indices(indices, len(self), "images")
         part = np.searchsorted(self.offsets, idx, side="right") - 1
         out: torch.Tensor | None = None
         for k in np.unique(part).tolist():
@@ -373,7 +379,7 @@ class ConcatImages(Dataset):
                 out = got.new_empty((idx.size, *got.shape[1:]))
             out[torch.from_numpy(where)] = got
         if out is None:  # an empty batch
-            first = self[0] if n else torch.empty(0)
+            first = self[0] if len(self) else torch.empty(0)
             return first.new_empty((0, *first.shape))
         return out
 

@@ -35,7 +35,7 @@ import torch
 import torchaudio
 from torch.utils.data import Dataset
 
-from genlib.data.images import _random_access
+from genlib.data.images import _checked_indices, _gather_sorted, _random_access
 from genlib.data.stft import HOP_LENGTH, N_FFT, SAMPLE_RATE, stft
 from genlib.utils import _atomic_write, atomic_write_text
 
@@ -573,15 +573,8 @@ class SpeechFrameCache(Dataset):
         return self.frames.shape[0]
 
     def __getitems__(self, indices: Sequence[int]) -> torch.Tensor:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        n = len(self)
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"index out of range for {n} frames")
-        idx = np.where(idx < 0, idx + n, idx)
-        order = np.argsort(idx, kind="stable")  # read in file order, return in the asked one
-        batch = np.empty((idx.size, self.frames.shape[1]), dtype=np.complex64)
-        batch[order] = self.frames[idx[order]]
-        return torch.from_numpy(batch)
+        rows = _checked_indices(indices, len(self), "frames")
+        return torch.from_numpy(_gather_sorted(self.frames, rows))  # complex64: checked when opened
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.__getitems__([int(i)])[0]
