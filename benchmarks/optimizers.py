@@ -135,7 +135,6 @@ class Run:
     batch: Callable[[int], Any]
     evaluate: Callable[[bool], dict[str, float]]
     after_step: Callable[[int, float], bool] | None = None  # (step, loss) -> stop now (xor: solved)
-    counts_units: bool = False  # the trainer reads engine.units_done as its iteration counter
 
 
 _CACHE: dict[str, Any] = {}
@@ -145,6 +144,19 @@ def _data_root() -> Path:
     from genlib.data import default_data_root
 
     return Path(default_data_root())
+
+
+def _elbo_run(vae, opt: torch.optim.Optimizer, batches: StepBatches, args) -> Run:
+    """A run minimising ``-ELBO`` of the batches' ``"x"`` (the vae and speech tasks)."""
+
+    def loss_fn(batch):
+        loss = vae.elbo(batch["x"]).loss
+        return loss, {"loss": loss}
+
+    run = Run()
+    run.engine = Engine(vae, opt, loss_fn, device="cpu", compile=args.compile, progress=False)
+    run.batch = lambda step: batches[step]
+    return run
 
 
 def build_vae_task(opt_name: str, lr: float, seed: int, args) -> Run:
@@ -158,14 +170,7 @@ def build_vae_task(opt_name: str, lr: float, seed: int, args) -> Run:
     vae = rv.build_vae(cfg, tuple(train_x.shape[1:]))
     opt = make_optimizer(opt_name, vae.parameters(), lr, "vae", seed)
 
-    def loss_fn(batch):
-        loss = vae.elbo(batch["x"]).loss
-        return loss, {"loss": loss}
-
-    run = Run()
-    run.engine = Engine(vae, opt, loss_fn, device="cpu", compile=args.compile, progress=False)
-    batches = StepBatches({"x": train_x}, cfg.batch_size, seed=seed)
-    run.batch = lambda step: batches[step]
+    run = _elbo_run(vae, opt, StepBatches({"x": train_x}, cfg.batch_size, seed=seed), args)
 
     def evaluate(final: bool) -> dict[str, float]:
         vae.eval()
@@ -198,14 +203,10 @@ def build_semisup_task(opt_name: str, lr: float, seed: int, args) -> Run:
         return make_optimizer(opt_name, params, lr, "semisup", seed)
 
     trainer = SemiSupervisedTrainer(vae, tcfg, optimizer=factory, device="cpu")
-    bs_u = min(tcfg.batch_size, data.x_unlabeled.shape[0])
-    bs_l = min(tcfg.labeled_batch_size or tcfg.batch_size, data.x_labeled.shape[0])
-    batches = StepBatches({"u": data.x_unlabeled, "l": (data.x_labeled, data.y_labeled)},
-                          {"u": bs_u, "l": bs_l}, seed=seed)
+    batches = trainer.step_batches(data.x_unlabeled, data.x_labeled, data.y_labeled)
     run = Run()
     run.engine = trainer.engine
     run.batch = lambda step: batches[step]
-    run.counts_units = True
     run.evaluate = lambda final: {"test_accuracy": latent_accuracy(vae, data.x_test, data.y_test,
                                                                    n_samples=tcfg.classifier_samples)}
     return run
@@ -228,14 +229,7 @@ def build_speech_task(opt_name: str, lr: float, seed: int, args) -> Run:
     vae = rvc.build_vae(cfg, row, specs[0].shape[0])
     opt = make_optimizer(opt_name, vae.parameters(), lr, "speech", seed)
 
-    def loss_fn(batch):
-        loss = vae.elbo(batch["frames"]).loss
-        return loss, {"loss": loss}
-
-    run = Run()
-    run.engine = Engine(vae, opt, loss_fn, device="cpu", compile=args.compile, progress=False)
-    batches = StepBatches({"frames": frames}, cfg.batch_size, seed=seed, order="epochs")
-    run.batch = lambda step: batches[step]
+    run = _elbo_run(vae, opt, StepBatches({"x": frames}, cfg.batch_size, seed=seed, order="epochs"), args)
 
     def evaluate(final: bool) -> dict[str, float]:
         vae.eval()
@@ -339,8 +333,6 @@ def train_one(task: str, opt_name: str, lr: float, seed: int, args) -> dict:
             elapsed += dt
             wall += dtw
         step += 1
-        if run.counts_units:
-            run.engine.units_done = step
         if not math.isfinite(loss_v):
             rec["diverged"], rec["error"] = True, "non-finite training loss"
             break

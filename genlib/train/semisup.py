@@ -520,11 +520,7 @@ class SemiSupervisedTrainer:
         if engine.checkpointer is not None:
             engine.checkpointer.every = cfg.checkpoint_every
             engine.checkpointer.settings = normalize_settings(self._settings())
-        n_unlabeled = x_unlabeled.shape[0] if isinstance(x_unlabeled, torch.Tensor) else len(x_unlabeled)
-        batch_sizes = {"u": min(cfg.batch_size, n_unlabeled),
-                       "l": min(cfg.labeled_batch_size or cfg.batch_size, x_labeled.shape[0])}
-        batches = StepBatches({"u": x_unlabeled, "l": (x_labeled, y_labeled)}, batch_sizes, seed=cfg.seed,
-                              **engine.shard)
+        batches = self.step_batches(x_unlabeled, x_labeled, y_labeled)
 
         def evaluate() -> dict[str, float]:
             x, y = eval_data
@@ -540,6 +536,17 @@ class SemiSupervisedTrainer:
             cfg.n_iters, evaluate=None if eval_data is None else evaluate, eval_every=cfg.eval_every,
             before_unit=before, extra_state=self._extra, on_resume=self._restore,
         )
+
+    def step_batches(
+        self, x_unlabeled: Images, x_labeled: torch.Tensor, y_labeled: torch.Tensor
+    ) -> StepBatches:
+        """The iterations' batches, as :meth:`fit` draws them: ``{"u": x_u, "l": (x_l, y_l)}`` at each step
+        (``batch_size`` / ``labeled_batch_size``, capped at the data), this rank's share."""
+        cfg = self.config
+        sizes = {"u": min(cfg.batch_size, len(x_unlabeled)),
+                 "l": min(cfg.labeled_batch_size or cfg.batch_size, x_labeled.shape[0])}
+        return StepBatches({"u": x_unlabeled, "l": (x_labeled, y_labeled)}, sizes, seed=cfg.seed,
+                           **self.engine.shard)
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Latent-classifier accuracy ``argmax softmax F(mu(x))`` on ``(x, y)``."""
