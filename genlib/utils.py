@@ -10,6 +10,7 @@ metadata alone (shape, dtype, ndim) stay on, since they cost nothing and never b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -43,6 +44,8 @@ __all__ = [
     "validation_enabled",
     "validate_args",
     "resolve_validate_args",
+    "hash_seed",
+    "derive_seed",
 ]
 
 # On by default, like torch.distributions: clear errors first, speed when asked for.
@@ -95,6 +98,17 @@ def resolve_validate_args(flag: bool | None, name: str = "validate_args") -> boo
 def default_device() -> torch.device:
     """``cuda`` when a GPU is visible, else ``cpu``."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def hash_seed(text: str) -> int:
+    """A 63-bit seed from ``text`` (blake2b): the key of one named random stream, the same on any machine."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def derive_seed(seed: int, *keys: int | str) -> int:
+    """A 63-bit seed for the stream ``(seed, *keys)`` (e.g. ``(seed, "batches", step)``): distinct keys give
+    unrelated streams, the same keys the same stream on any machine, rank or world size."""
+    return hash_seed(":".join(str(k) for k in (seed, *keys)))
 
 
 def seed_everything(seed: int) -> torch.Generator:

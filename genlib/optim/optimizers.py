@@ -59,7 +59,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 from collections.abc import Callable, Iterable
@@ -73,7 +72,7 @@ else:  # typing_extensions comes with torch
 import torch
 import torch.distributed as dist
 
-from genlib.utils import resolve_validate_args
+from genlib.utils import hash_seed, resolve_validate_args
 
 from .preconditioners import (
     DensePreconditioner,
@@ -115,8 +114,7 @@ class PSGDOptions(TypedDict, total=False):
 def stream_seed(seed: int, stream: str) -> int:
     """A 63-bit key for one named random stream of an optimizer seeded ``seed`` (hashing keeps streams of
     nearby seeds apart)."""
-    digest = hashlib.blake2b(f"{seed}/{stream}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    return hash_seed(f"{seed}/{stream}")
 
 
 def _check_number(value: Any, name: str, lo: float, hi: float, *, lo_open=False, hi_open=False) -> float:

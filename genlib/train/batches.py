@@ -20,8 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from genlib.train.distributed import derive_seed
-from genlib.utils import check_int
+from genlib.utils import check_int, derive_seed
 
 __all__ = ["StepBatches", "step_loader"]
 

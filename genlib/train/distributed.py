@@ -15,8 +15,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from genlib.utils import default_device
+
 __all__ = ["DistributedContext", "init_distributed", "finish_distributed", "context", "all_gather_objects",
-           "barrier", "derive_seed"]
+           "barrier"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def init_distributed(device: torch.device | str | None = None) -> tuple[Distribu
     if device is not None:
         device = torch.device(device)
     if world <= 1 or not dist.is_available():
-        return context(), device if device is not None else _default_device()
+        return context(), device if device is not None else default_device()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
     if use_cuda:
@@ -64,10 +66,6 @@ def init_distributed(device: torch.device | str | None = None) -> tuple[Distribu
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return context(), device
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
@@ -84,15 +82,6 @@ def barrier() -> None:
     """Wait for every rank (nothing in a single process)."""
     if context().distributed:
         dist.barrier()
-
-
-def derive_seed(seed: int, *keys: int | str) -> int:
-    """A 63-bit seed for the stream ``(seed, *keys)`` (e.g. ``(seed, "batches", step)``): distinct keys give
-    unrelated streams, the same keys the same stream on any machine, rank or world size."""
-    import hashlib
-
-    text = ":".join(str(k) for k in (seed, *keys)).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
 def finish_distributed() -> bool:

@@ -54,9 +54,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genlib.train.checkpoint import Checkpointer, get_rng_state, set_rng_state
-from genlib.train.distributed import all_gather_objects, barrier, context, derive_seed
+from genlib.train.distributed import all_gather_objects, barrier, context
 from genlib.train.logger import MetricsLogger
-from genlib.utils import check_int, check_positive, default_device, validate_args
+from genlib.utils import check_int, check_positive, default_device, derive_seed, validate_args
 
 __all__ = ["Engine", "PRECISIONS", "needs_closure"]
 
@@ -109,7 +109,8 @@ class Engine:
             history and the log record (empty: ``{"loss": loss}``).
         prepare: ``batch -> prepared``, the step's gradient-free random work, run once per step (default:
             the batch itself). Batches arrive already on ``device``.
-        device: default: the distributed context's device, else :func:`genlib.utils.default_device`.
+        device: default: ``cuda:LOCAL_RANK`` for a process of a distributed run on GPUs, else
+            :func:`genlib.utils.default_device`.
         precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (autocast; fp16 with a ``GradScaler``).
         compile: ``torch.compile`` the model-and-loss module (with genlib's value checks off inside); a
             string names the ``torch.compile`` backend (default ``"inductor"``).
@@ -174,11 +175,15 @@ class Engine:
             raise ValueError("precision='fp16' needs a GradScaler, which closure optimizers (PSGD 'hvp' / "
                              "'finite_diff') cannot use: use precision='bf16' or 'fp32'")
         self.ctx = context()
-        self.device = torch.device(device) if device is not None else default_device()
+        if device is not None:
+            self.device = torch.device(device)
+        elif self.ctx.distributed and torch.cuda.is_available():  # one GPU per torchrun process
+            self.device = torch.device("cuda", self.ctx.local_rank)
+        else:
+            self.device = default_device()
         self.model = model.to(self.device)
         self.optimizers = opts
-        self.loss_fn, self.prepare = loss_fn, prepare
-        self.precision, self.grad_clip = precision, grad_clip
+        self.prepare, self.grad_clip = prepare, grad_clip
         self.unit, self.steps_per_unit = unit, steps_per_unit
         self.progress, self.desc, self.divergence_hint = progress, desc, divergence_hint
         self.logger = logger if self.ctx.is_main else None

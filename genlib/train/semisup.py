@@ -49,10 +49,9 @@ from genlib.train.augment import (
 from genlib.train.batches import StepBatches, _take, step_loader
 from genlib.train.checkpoint import Checkpointer, normalize_settings
 from genlib.train.classify import weighted_cross_entropy
-from genlib.train.distributed import derive_seed
 from genlib.train.engine import PRECISIONS, Engine, needs_closure
 from genlib.train.logger import MetricsLogger
-from genlib.utils import check_int, check_positive, check_tensor, default_device
+from genlib.utils import check_int, check_positive, check_tensor, default_device, derive_seed
 
 __all__ = ["SemiSupervisedConfig", "SemiSupervisedTrainer", "latent_accuracy"]
 
