@@ -100,41 +100,19 @@ class _WithWeights(Dataset):
         return x, y, self.weights[i]
 
 
-def _batches_from_tensors(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    w: torch.Tensor | None,
-    batch_size: int,
-    generator: torch.Generator | None,
-) -> Iterator[Batch]:
-    n = x.shape[0]
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for i in range(0, n, batch_size):
-        idx = order[i : i + batch_size].to(x.device)
-        yield x[idx], y[idx.to(y.device)], (None if w is None else w[idx.to(w.device)])
-
-
-def _batches_from_loader(loader: DataLoader) -> Iterator[Batch]:
-    for batch in loader:
-        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
-            raise ValueError("the dataset must yield (x, y) or (x, y, weight)")
-        yield batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
-
-
-def _iterate(
-    data: Data, batch_size: int, generator: torch.Generator | None, weights: torch.Tensor | None = None
-) -> Callable[[], Iterator[Batch]]:
-    """A function returning one epoch's batches (shuffled with ``generator`` when given)."""
+def _in_order(data: Data, batch_size: int) -> Iterator[Batch]:
+    """``data``'s ``(x, y, weights or None)`` batches in order (evaluation: tensors sliced, datasets through a
+    DataLoader)."""
     t = _tensors(data)
     if t is not None:
         x, y, w = t
-        if weights is not None:
-            w = weights
-        return lambda: _batches_from_tensors(x, y, w, batch_size, generator)
-    if weights is not None:
-        data = _WithWeights(data, weights)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=generator is not None, generator=generator)
-    return lambda: _batches_from_loader(loader)
+        for i in range(0, x.shape[0], batch_size):
+            yield x[i : i + batch_size], y[i : i + batch_size], (None if w is None else w[i : i + batch_size])
+        return
+    for batch in DataLoader(data, batch_size=batch_size):
+        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+            raise ValueError("the dataset must yield (x, y) or (x, y, weight)")
+        yield batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -154,7 +132,7 @@ def predict_logits(
     was_training = model.training
     model.eval()
     try:
-        out = [model(xb.to(device)).float().cpu() for xb, _, _ in _iterate(data, batch_size, None)()]
+        out = [model(xb.to(device)).float().cpu() for xb, _, _ in _in_order(data, batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out)
@@ -170,7 +148,7 @@ def evaluate_accuracy(
     model.eval()
     correct = total = 0
     try:
-        for xb, yb, _ in _iterate(data, batch_size, None)():
+        for xb, yb, _ in _in_order(data, batch_size):
             if int(yb.min()) < 0:
                 raise ValueError("evaluation labels must be >= 0 (got -1: unlabelled examples)")
             pred = model(xb.to(device)).argmax(dim=1).cpu()
