@@ -558,8 +558,11 @@ class PSGD(torch.optim.Optimizer):
         elif closure is not None:
             with torch.enable_grad():
                 out = closure()
-        if refit and vs is None and params:  # whitening: pairs (v, g)
-            live = [(p, g) for p, g in zip(params, grads) if g is not None]
+        if refit and vs is None and params:  # whitening: pairs (v, g); v = None where integrated out
+            integrated = set() if self.flatten else {
+                id(p) for g, pcs in zip(self.param_groups, self._preconds) for p, pc in zip(g["params"], pcs)
+                if pc.integrates_probes}
+            live = [(p, g) for p, g in zip(params, grads) if g is not None and id(p) not in integrated]
             vs = dict(zip(map(id, (p for p, _ in live)), self._probes([p for p, _ in live])))
             vs = [vs.get(id(p)) for p in params]
             hs = grads
@@ -617,14 +620,15 @@ class PSGD(torch.optim.Optimizer):
         # the fit counters live on the CPU: finding the first fits needs no device sync
         fresh = [f for f in fits if f[0].num_updates == 0 and not f[0].initialized] if self.group_init else []
         if fresh:  # one starting scale (‖v‖/‖h‖)^(1/2) over the concatenated pairs, as LRA(rank=0) takes
-            nv = _safe_norm(torch.stack([_safe_norm(v.float()).cpu() for _, v, _ in fresh]))
+            nv = _safe_norm(torch.stack([torch.tensor(math.sqrt(h.numel())) if v is None else
+                                         _safe_norm(v.float()).cpu() for _, v, h in fresh]))
             nh = _safe_norm(torch.stack([_safe_norm(h.float()).cpu() for _, _, h in fresh]))
             if bool((nv > 0) & (nh > 0)):
                 for pc, _, _ in fresh:
                     pc._rescale((nv.sqrt() / nh.sqrt()).to(pc.device))
                     pc.state["initialized"].fill_(True)
         for pc, v, h in fits:
-            pc.fit(v.unsqueeze(0), h.unsqueeze(0))
+            pc.fit(None if v is None else v.unsqueeze(0), h.unsqueeze(0))
 
     # ---- checkpoints
     def __getstate__(self) -> dict[str, Any]:
@@ -661,7 +665,9 @@ class Kron(PSGD):
             dense factor on a wide layer costs more per step than the rest of the update).
         max_skew: a dim larger than ``max_skew`` × (product of the other dims) gets a diagonal factor.
         memory_save_mode: ``None``, ``"one_diag"`` (largest dim of each matrix diagonal) or ``"all_diag"``.
-        coords: local coordinates of the fit, ``"EQ"`` (``dQ = E·Q``) or ``"QE"`` (``dQ = Q·E``, Li 2024).
+        coords: local coordinates of the fit, ``"EQ"`` (``dQ = E·Q``), ``"QE"`` (``dQ = Q·E``, Li 2024),
+            ``"QEQ"`` or ``"QUAD"`` (no inverses of Q; whitening integrates its probes out)
+            (:class:`~genlib.optim.KronPreconditioner`).
         group_init: start every tensor's ``Q`` at one scale from the whole group's first pairs.
     """
 
@@ -691,8 +697,8 @@ class Kron(PSGD):
     def _validate_family(self, g, where):
         _check_number(g["max_size"], f"{where}max_size", 0.0, math.inf)
         _check_number(g["max_skew"], f"{where}max_skew", 0.0, math.inf)
-        if g["coords"] not in ("EQ", "QE"):
-            raise ValueError(f"{where}coords must be 'EQ' or 'QE', got {g['coords']!r}")
+        if g["coords"] not in KronPreconditioner.COORDS:
+            raise ValueError(f"{where}coords must be one of {KronPreconditioner.COORDS}, got {g['coords']!r}")
 
     def _make_preconditioner(self, shape, group, dtype, device, gi):
         return KronPreconditioner(

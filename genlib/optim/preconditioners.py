@@ -11,7 +11,14 @@ The step moves ``Q`` along the family's Lie algebra in one of two local coordina
 
 - ``"EQ"`` (Li 2015/2018, every family): ``Q ← (I − μ∇)Q`` with ``∇ = E[aaᵀ − bbᵀ]``, ``a = Qh``,
   ``b = Q⁻ᵀv``;
-- ``"QE"`` (Li 2024, Kron): ``Q ← Q(I − μ∇)`` with ``∇ = E[Ph hᵀ − v (P⁻¹v)ᵀ]``.
+- ``"QE"`` (Li 2024, Kron): ``Q ← Q(I − μ∇)`` with ``∇ = E[Ph hᵀ − v (P⁻¹v)ᵀ]``;
+- ``"QEQ"`` (Li's current psgd_torch, Kron): ``Q ← Q(I − μ∇)`` with ``∇ = E[Ph (Ph)ᵀ − vvᵀ]``, ``Q`` a full
+  matrix;
+- ``"QUAD"`` (same source, Kron): ``Q ← sym((I − μ∇/2) Q (I − μ∇/2))`` with the same ``∇``, which keeps ``Q``
+  symmetric positive definite.
+
+The last two need no inverse of ``Q`` (no triangular solves), and because ``v`` enters only through
+``E[vvᵀ]``, whitening fits may integrate ``v ~ N(0, I)`` out (``update(None, g)``) instead of sampling it.
 
 ``μ = lr / ℓ`` where ``ℓ`` bounds the criterion's second-order term along the step (so ``lr`` in 0.01–0.1
 needs no tuning), or, with ``lipschitz=True`` (Li 2024), ``μ = lr / L`` for the running estimate
@@ -163,9 +170,13 @@ class Preconditioner:
         """Q ← c·Q (c a positive scalar tensor)."""
         raise NotImplementedError
 
+    #: Whether the fit can take ``v = None``: probes ``v ~ N(0, I)`` integrated out (whitening pairs).
+    integrates_probes: bool = False
+
     def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor) -> None:
         """One Lie-group step from pairs ``(n, *shape)`` in the compute dtype, scaled so ‖v‖‖h‖ = 1;
-        ``lr`` a scalar tensor (0 for an all-zero pair)."""
+        ``lr`` a scalar tensor (0 for an all-zero pair). With :attr:`integrates_probes`, ``v`` may be a 0-dim
+        tensor ``σ²``: probes ``v ~ N(0, σ²I)`` integrated out."""
         raise NotImplementedError
 
     def _precondition(self, g: torch.Tensor) -> torch.Tensor:
@@ -229,30 +240,42 @@ class Preconditioner:
             raise ValueError(f"{name} must have shape (..., *{self.shape}), got {got}")
 
     @torch.no_grad()
-    def update(self, v: torch.Tensor, h: torch.Tensor) -> None:
+    def update(self, v: torch.Tensor | None, h: torch.Tensor) -> None:
         """One fitting step of Q from pairs ``v, h`` of shape ``(n, *shape)`` (or ``shape``): ``v ~ N(0, I)``,
-        ``h = H v`` (Newton type) or ``h = g`` (whitening)."""
-        v, h = self._check_batch(v, "v"), self._check_batch(h, "h")
-        if v.shape != h.shape:
-            raise ValueError(f"v and h must have the same shape, got {tuple(v.shape)} and {tuple(h.shape)}")
-        if not bool(torch.isfinite(v).all() & torch.isfinite(h).all()):
+        ``h = H v`` (Newton type) or ``h = g`` (whitening; ``v = None`` integrates the probes out where the
+        family can, :attr:`integrates_probes`)."""
+        h = self._check_batch(h, "h")
+        if v is None and not self.integrates_probes:
+            raise ValueError(f"v=None (probes integrated out) needs a family that supports it, not {self!r}; "
+                             "pass probes v ~ N(0, I) shaped like h")
+        if v is not None:
+            v = self._check_batch(v, "v")
+            if v.shape != h.shape:
+                raise ValueError(f"v and h must have the same shape, got {tuple(v.shape)} and "
+                                 f"{tuple(h.shape)}")
+        if not bool(torch.isfinite(h).all()) or (v is not None and not bool(torch.isfinite(v).all())):
             raise ValueError("v or h contains NaN or Inf: refusing to fit the preconditioner on it")
         self.fit(v, h)
 
     @torch.no_grad()
-    def fit(self, v: torch.Tensor, h: torch.Tensor) -> None:
+    def fit(self, v: torch.Tensor | None, h: torch.Tensor) -> None:
         """:meth:`update` without validation or host synchronisation (``v, h``: ``(n, *shape)``)."""
-        cd = _compute_dtype(self.dtype, v.dtype)
-        v, h = v.to(device=self.device, dtype=cd), h.to(device=self.device, dtype=cd)
+        cd = _compute_dtype(self.dtype, h.dtype)
+        h = h.to(device=self.device, dtype=cd)
         # Square roots of safe norms: ‖v‖ and ‖h‖ may sit anywhere in the float range.
-        vv, hh = _safe_norm(v).sqrt(), _safe_norm(h).sqrt()
+        hh = _safe_norm(h).sqrt()
+        if v is None:  # E‖v‖² = n·numel for unit probes
+            v = vv = torch.tensor(float(h.numel()) ** 0.25, dtype=cd, device=self.device)
+        else:
+            v = v.to(device=self.device, dtype=cd)
+            vv = _safe_norm(v).sqrt()
         ok = (vv > 0) & (hh > 0)  # an all-zero pair carries nothing: zero step, no initial scale
         vv, hh = torch.where(ok, vv, 1.0), torch.where(ok, hh, 1.0)
         init = self.state["initialized"]
         self._rescale(torch.where(init | ~ok, torch.ones_like(vv), vv / hh))
         init |= ok
         s = 1.0 / (vv * hh)  # the normalised step does not depend on the pair's common scale
-        self._fit(v * s, h * s, ok.to(cd) * self.lr)
+        self._fit(s * s if v.ndim == 0 else v * s, h * s, ok.to(cd) * self.lr)
         self.state["fits"] += 1
 
     @torch.no_grad()
@@ -585,7 +608,8 @@ def kron_factor_kinds(
 
 class KronPreconditioner(Preconditioner):
     """Kronecker-factored ``Q = Q₁ ⊗ Q₂ ⊗ …``, one factor per tensor dim (scalars: one scale). Each factor is
-    upper-triangular or diagonal (:func:`kron_factor_kinds`: wide dims above ``max_size`` and
+    a matrix (upper-triangular in the ``"EQ"``/``"QE"`` coordinates, full for ``"QEQ"``, symmetric positive
+    definite for ``"QUAD"``) or diagonal (:func:`kron_factor_kinds`: wide dims above ``max_size`` and
     ``memory_save_mode`` give cheap diagonal factors). Factor scales are rebalanced after each fit.
 
     Args:
@@ -593,9 +617,11 @@ class KronPreconditioner(Preconditioner):
         max_size: largest dim with a triangular factor (default 1024).
         max_skew: a dim larger than ``max_skew × (numel / dim)`` gets a diagonal factor (default 10).
         memory_save_mode: ``None``, ``"one_diag"`` or ``"all_diag"`` (see :func:`kron_factor_kinds`).
-        coords: local coordinates of the fit, ``"EQ"`` (``dQ = E·Q``, Li 2018) or ``"QE"`` (``dQ = Q·E``,
-            Li 2024).
+        coords: local coordinates of the fit (module docstring): ``"EQ"`` (``dQ = E·Q``, Li 2018), ``"QE"``
+            (``dQ = Q·E``, Li 2024), ``"QEQ"`` or ``"QUAD"`` (no inverses; whitening probes integrated out).
     """
+
+    COORDS = ("EQ", "QE", "QEQ", "QUAD")
 
     def __init__(
         self,
@@ -611,11 +637,12 @@ class KronPreconditioner(Preconditioner):
         for name, val in (("max_size", max_size), ("max_skew", max_skew)):
             if not isinstance(val, (int, float)) or not val >= 0:
                 raise ValueError(f"{name} must be a number >= 0 (inf allowed), got {val!r}")
-        if coords not in ("EQ", "QE"):
-            raise ValueError(f"coords must be 'EQ' or 'QE', got {coords!r}")
+        if coords not in self.COORDS:
+            raise ValueError(f"coords must be one of {self.COORDS}, got {coords!r}")
         self._ishape = shape or (1,)  # scalars are handled as shape (1,)
         self.kinds = kron_factor_kinds(self._ishape, max_size, max_skew, memory_save_mode)
         self.coords = coords
+        self.integrates_probes = coords in ("QEQ", "QUAD")
         #: Expected fits per :meth:`precondition` call (the optimizers set their refit probability). Below
         #: ``rest/d`` caching ``P_i = Q_iᵀQ_i`` pays: forming it costs d³ once per fit, and it saves one
         #: d²·rest product per call.
@@ -652,9 +679,9 @@ class KronPreconditioner(Preconditioner):
         return torch.movedim(torch.linalg.solve_triangular(qq, xm, upper=not transpose, left=False), -1, dim)
 
     def _fit(self, v, h, lr):
-        dt = v.dtype
-        n = v.shape[0]
-        v, h = v.reshape(n, *self._ishape), h.reshape(n, *self._ishape)
+        dt, n = h.dtype, h.shape[0]
+        h = h.reshape(n, *self._ishape)
+        v = v if v.ndim == 0 else v.reshape(n, *self._ishape)
         Qs = [f.to(dt) for f in self.factors]
         new = []
         if self.coords == "EQ":  # ∇_k = E[A_k A_kᵀ − B_k B_kᵀ], A = Qh, B = Q⁻ᵀv
@@ -671,6 +698,37 @@ class KronPreconditioner(Preconditioner):
                     t1, t2 = Ai @ Ai.mT / n, Bi @ Bi.mT / n
                     mu = self._mu(f"L{i}", psd_norm_lower_bound(t1 + t2), lr)
                     new.append(q - mu * torch.triu(t1 - t2) @ q)
+        elif self.coords in ("QEQ", "QUAD"):  # ∇_k = E[(Ph)_k (Ph)_kᵀ − v_k v_kᵀ] (mode-k unfoldings)
+            Ph = h
+            for i, q in enumerate(Qs):
+                Ph = _scale_along(Ph, q * q, i + 1) if q.ndim == 1 else _apply_along(Ph, q.mT @ q, i + 1)
+            quad = self.coords == "QUAD"
+            for i, q in enumerate(Qs):
+                X = _unfold(Ph, i + 1)
+                if v.ndim == 0:  # probes integrated out: E[v_k v_kᵀ] = σ²·(numel/d)·I
+                    t2 = v * (self.numel // q.shape[0])
+                    t1 = X.square().sum(1) / n if q.ndim == 1 else X @ X.mT / n
+                    ell = (t1.amax() if q.ndim == 1 else psd_norm_lower_bound(t1)) + t2
+                    t2 = t2 if q.ndim == 1 else t2 * torch.eye(q.shape[0], dtype=dt, device=q.device)
+                else:
+                    V = _unfold(v, i + 1)
+                    if q.ndim == 1:
+                        t1, t2 = X.square().sum(1) / n, V.square().sum(1) / n
+                        ell = t1.amax() + t2.amax()
+                    else:
+                        t1, t2 = X @ X.mT / n, V @ V.mT / n
+                        ell = psd_norm_lower_bound(t1) + psd_norm_lower_bound(t2)
+                mu = self._mu(f"L{i}", ell, lr)
+                if q.ndim == 1:
+                    gain = 1 - (mu / 2 if quad else mu) * (t1 - t2)
+                    new.append(q * gain * gain if quad else q * gain)
+                elif quad:  # (I − μ∇/2) Q (I − μ∇/2), symmetrised against round-off
+                    E = (mu / 2) * (t1 - t2)
+                    p = q - E @ q
+                    p = p - p @ E
+                    new.append((p + p.mT) / 2)
+                else:
+                    new.append(q - mu * q @ (t1 - t2))
         else:  # QE: ∇_k = E[(Ph)_k h_kᵀ − v_k (P⁻¹v)_kᵀ] (mode-k unfoldings), Q_k ← Q_k (I − μ∇_k)
             Ph, Pv = h, v
             for i, q in enumerate(Qs):

@@ -138,6 +138,8 @@ RESUME_CONFIGS = {
     "lra-whiten-momentum": lambda p: LRA(p, lr=0.05, rank=2, momentum=0.9, update_probability=0.5),
     "xmat-whiten": lambda p: XMat(p, lr=0.05, update_probability=0.5),
     "diag-hvp": lambda p: Diag(p, lr=0.2, curvature="hvp", update_probability=0.5),
+    "kron-quad-whiten": lambda p: Kron(p, lr=0.05, momentum=0.9, coords="QUAD", update_probability=0.5),
+    "kron-qeq-hvp": lambda p: Kron(p, lr=0.2, coords="QEQ", curvature="hvp", update_probability=0.5),
 }
 
 

@@ -230,7 +230,18 @@ def test_lra_step_norms_match_their_definition(n):
     assert torch.allclose(na2, (xa @ f.mT).square().sum()) and torch.allclose(nb2, (xb @ f.mT).square().sum())
 
 
-KRON_FITS = [("EQ", False), ("QE", False), ("EQ", True), ("QE", True)]  # local coordinates, Lipschitz steps
+# local coordinates × Lipschitz steps
+KRON_FITS = [(c, lip) for lip in (False, True) for c in KronPreconditioner.COORDS]
+
+
+def randomize_kron(pre: KronPreconditioner, seed: int = 0) -> KronPreconditioner:
+    """:func:`randomize`, with QUAD's matrix factors made symmetric (its group: SPD matrices)."""
+    randomize(pre, seed)
+    if pre.coords == "QUAD":
+        for f in pre.factors:
+            if f.ndim == 2:
+                f.copy_((f + f.mT) / 2)
+    return pre
 
 
 @pytest.mark.parametrize(("coords", "lipschitz"), KRON_FITS)
@@ -241,7 +252,7 @@ def test_kron_reaches_kronecker_optimum_on_matrix_parameter(coords, lipschitz):
     v = torch.eye(m * n, dtype=DT).reshape(m * n, m, n)
     h = H1 @ v @ H2  # H = H1 ⊗ H2 acting on the matrix parameter
     pre = KronPreconditioner((m, n), dtype=DT, init_scale=1.0, coords=coords, lipschitz=lipschitz)
-    pre = fit(randomize(pre), v, h, 1500)
+    pre = fit(randomize_kron(pre), v, h, 1500)
     Hk = torch.kron(H1, H2)
     assert rel_err(pre.to_dense(), inv_sqrtm(Hk @ Hk)) < 1e-3
     assert [f.ndim for f in pre.factors] == [2, 2]
@@ -260,6 +271,44 @@ def test_kron_third_order_tensor_with_diagonal_fallback(coords, lipschitz):
     fit(pre, v, h, 600)
     Hk = torch.kron(torch.kron(H1, H2), torch.diag(D3))
     assert rel_err(pre.to_dense(), inv_sqrtm(Hk @ Hk)) < 1e-4
+
+
+def test_kron_quad_keeps_q_symmetric_positive_definite_on_noisy_pairs():
+    # Single noisy pairs of an indefinite H: QEQ's Q drifts off symmetry, QUAD's stays SPD by construction.
+    m = 5
+    H = sym_with_spectrum(torch.tensor([3.0, -1.0, 0.2, 8.0, -0.5], dtype=DT), 2)
+    g = torch.Generator().manual_seed(4)
+    pre = {c: KronPreconditioner((m, 3), dtype=DT, coords=c) for c in ("QUAD", "QEQ")}
+    for _ in range(400):
+        v = torch.randn(1, m, 3, generator=g, dtype=DT)
+        h = H @ v + 0.3 * torch.randn(1, m, 3, generator=g, dtype=DT)
+        for p in pre.values():
+            p.update(v, h)
+    q = pre["QUAD"].factors[0]
+    assert torch.equal(q, q.mT) and float(torch.linalg.eigvalsh(q).min()) > 0
+    q = pre["QEQ"].factors[0]
+    assert float((q - q.mT).abs().max()) > 1e-6
+
+
+@pytest.mark.parametrize("coords", ["QEQ", "QUAD"])
+def test_kron_whitening_with_probes_integrated_out_reaches_inverse_root_covariance(coords):
+    # Gradients g ~ N(0, C1 ⊗ C2) and no probes (v=None): P → C^(-1/2), as with sampled probes (EQ). A wrong
+    # E[v_k v_kᵀ] (e.g. numel·I instead of numel/d_k·I) misses by a scale factor far outside the tolerance.
+    m, n = 4, 5
+    g = torch.Generator().manual_seed(3)
+    C1 = sym_with_spectrum(torch.tensor([1.0, 4.0, 0.25, 2.0], dtype=DT), 5)
+    C2 = sym_with_spectrum(torch.logspace(-1, 1, n, dtype=DT), 6)
+    L1, L2 = torch.linalg.cholesky(C1), torch.linalg.cholesky(C2)
+    target = inv_sqrtm(torch.kron(C1, C2))
+    pre = {c: KronPreconditioner((m, n), dtype=DT, coords=c, lr=0.02) for c in (coords, "EQ")}
+    for _ in range(4000):
+        grad = L1 @ torch.randn(m, n, generator=g, dtype=DT) @ L2.mT
+        pre[coords].update(None, grad)
+        pre["EQ"].update(torch.randn(m, n, generator=g, dtype=DT), grad)
+    assert rel_err(pre[coords].to_dense(), target) < 0.12
+    assert rel_err(pre["EQ"].to_dense(), target) < 0.12
+    with pytest.raises(ValueError, match="v=None"):
+        pre["EQ"].update(None, grad)
 
 
 def test_kron_max_size_and_scalar_shapes():
