@@ -9,7 +9,7 @@ the run wrote (``results.json``, its figures, its saved models) and draws one sm
     spectrograms    one held-out VCTK utterance: input / Gamma FC / Itakura-Saito FC reconstruction
                     (``vctk_resynthesis --quick``, the rows' saved models)
     delayed_xor     the delayed-XOR success table of ``delayed_xor --quick`` as a plot, with its loss curves
-    psgd_vs_adam    training-loss curves of one VAE under Adam and PSGD-LRA (``vae_optimizers --quick``)
+    psgd_vs_adam    training-loss curves of one VAE under Adam and PSGD-Kron (``vae_optimizers --quick``)
 
 The recipes' ``--quick`` budgets are the only ones used: all four figures take about ten minutes on a 2-core
 CPU (``svhn_semisup`` most of it), and seconds when the runs are already there.
@@ -269,7 +269,7 @@ FIGURES: dict[str, FigureSpec] = {s.name: s for s in (
     FigureSpec("delayed_xor", "delayed_xor", ("--quick",), ("results.json",), draw_delayed_xor,
                "delayed XOR: runs solved and iterations to solve per optimizer"),
     FigureSpec("psgd_vs_adam", "vae_optimizers", ("--quick",), ("results.json",), draw_psgd_vs_adam,
-               "VAE training loss under Adam and PSGD-LRA"),
+               "VAE training loss under Adam and PSGD-Kron"),
 )}
 
 

@@ -156,10 +156,12 @@ class Config:
 
 
 # Optimizer of both parameter groups (encoder/decoder at train.lr, EBM at train.ebm_lr). "psgd-kron" runs
-# PSGD's gradient-whitening mode (backward() + step()); the "-hvp" ones are the papers' Newton type, which
-# the trainer steps with a closure. Their lr is a fraction of a Newton step, not an Adam rate: 50x the
-# config's (0.05 at --quick; x10 trained far slower in 200-iteration probes). The preconditioner is refitted
-# every step at first, then on ~10 % of steps, so most steps cost no Hessian-vector product.
+# PSGD's gradient-whitening mode (backward() + step()) in the inverse-free QEQ coordinates with one diagonal
+# factor per matrix, the best PSGD at equal time in benchmarks/README.md; the "-hvp" ones are the papers'
+# Newton type, which the trainer steps with a closure. Their lr is a fraction of a Newton step, not an Adam
+# rate: 50x the config's (0.05 at --quick; x10 trained far slower in 200-iteration probes). The
+# preconditioner is refitted every step at first, then on ~10 % of steps, so most steps cost no
+# Hessian-vector product (and no curvature fit for "psgd-kron").
 _NEWTON_LR = 50.0
 
 
@@ -169,7 +171,8 @@ def _refit() -> ExponentialDecaySchedule:
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
-    "psgd-kron": lambda params, lr: Kron(params, lr=lr, momentum=0.9),
+    "psgd-kron": lambda params, lr: Kron(params, lr=lr, momentum=0.9, coords="QEQ",
+                                         memory_save_mode="one_diag", update_probability=_refit()),
     "psgd-kron-hvp": lambda params, lr: Kron(params, lr=_NEWTON_LR * lr, curvature="hvp",
                                              update_probability=_refit()),
     "psgd-lra-hvp": lambda params, lr: LRA(params, lr=_NEWTON_LR * lr, curvature="hvp",
