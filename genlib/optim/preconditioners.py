@@ -244,12 +244,12 @@ class Preconditioner:
         """One fitting step of Q from pairs ``v, h`` of shape ``(n, *shape)`` (or ``shape``): ``v ~ N(0, I)``,
         ``h = H v`` (Newton type) or ``h = g`` (whitening; ``v = None`` integrates the probes out where the
         family can, :attr:`integrates_probes`)."""
-        h = self._check_batch(h, "h")
         if v is None and not self.integrates_probes:
             raise ValueError(f"v=None (probes integrated out) needs a family that supports it, not {self!r}; "
                              "pass probes v ~ N(0, I) shaped like h")
+        v = None if v is None else self._check_batch(v, "v")
+        h = self._check_batch(h, "h")
         if v is not None:
-            v = self._check_batch(v, "v")
             if v.shape != h.shape:
                 raise ValueError(f"v and h must have the same shape, got {tuple(v.shape)} and "
                                  f"{tuple(h.shape)}")
