@@ -15,6 +15,7 @@ Optimizers (``--optimizers``): ``adam``, ``adamw``, ``psgd-kron`` and ``psgd-lra
 momentum 0.9, the recipes' refit schedule ExponentialDecaySchedule(1 -> 0.1)), ``psgd-kron-qeq`` (the same
 Kron fitted in the inverse-free ``coords="QEQ"``, whitening probes integrated out) and ``psgd-kron-qeq1d``
 (that, with the largest dim of each matrix on a diagonal factor, ``memory_save_mode="one_diag"``),
+``psgd-kron-qeq1d-cap`` (that, with every entry of a tensor's step clamped to ±1, ``max_update_abs=1``),
 ``psgd-kron-hvp`` (Newton
 type: exact Hessian-vector products through ``step(closure)``), and when importable ``heavyball-kron``
 (``heavyball.PSGDKron``) and ``kron-torch`` (``kron_torch.Kron``), both at their own defaults except lr, run
@@ -65,13 +66,14 @@ from genlib.train.engine import Engine
 from genlib.utils import seed_everything, write_json
 
 TASKS = ("vae", "semisup", "speech", "xor")
-BUILTIN = ("adam", "adamw", "psgd-kron", "psgd-kron-qeq", "psgd-kron-qeq1d", "psgd-lra", "psgd-kron-hvp")
+BUILTIN = ("adam", "adamw", "psgd-kron", "psgd-kron-qeq", "psgd-kron-qeq1d", "psgd-kron-qeq1d-cap",
+           "psgd-lra", "psgd-kron-hvp")
 EXTERNAL = ("heavyball-kron", "kron-torch")
 EXTRA = ("psgd-lra-hvp",)
 # optimizer -> lr family (the --lrs keys; an optimizer's own name overrides its family)
 FAMILY = {"adam": "adam", "adamw": "adam", "psgd-kron": "psgd", "psgd-kron-qeq": "psgd",
-          "psgd-kron-qeq1d": "psgd", "psgd-lra": "psgd", "heavyball-kron": "psgd", "kron-torch": "psgd",
-          "psgd-kron-hvp": "hvp", "psgd-lra-hvp": "hvp"}
+          "psgd-kron-qeq1d": "psgd", "psgd-kron-qeq1d-cap": "psgd", "psgd-lra": "psgd",
+          "heavyball-kron": "psgd", "kron-torch": "psgd", "psgd-kron-hvp": "hvp", "psgd-lra-hvp": "hvp"}
 # default lr grids per task and family: three values around each recipe's default
 GRIDS = {
     "vae": {"adam": (3e-4, 1e-3, 3e-3), "psgd": (3e-4, 1e-3, 3e-3), "hvp": (3e-3, 1e-2, 3e-2)},
@@ -114,9 +116,10 @@ def make_optimizer(name: str, params, lr: float, task: str, seed: int) -> torch.
         return torch.optim.AdamW(params, lr=lr)  # weight decay 0.01 (torch's default)
     if name == "psgd-kron":
         return Kron(params, lr=lr, momentum=0.9, update_probability=refit(), seed=seed)
-    if name in ("psgd-kron-qeq", "psgd-kron-qeq1d"):
+    if name.startswith("psgd-kron-qeq"):
         return Kron(params, lr=lr, momentum=0.9, update_probability=refit(), seed=seed, coords="QEQ",
-                    memory_save_mode="one_diag" if name.endswith("1d") else None)
+                    memory_save_mode=None if name == "psgd-kron-qeq" else "one_diag",
+                    max_update_abs=1.0 if name.endswith("-cap") else None)
     if name == "psgd-lra":
         return LRA(params, lr=lr, momentum=0.9, rank=10, update_probability=refit(), seed=seed)
     if name == "psgd-kron-hvp":

@@ -34,7 +34,8 @@ Curvature sources (``curvature=``):
 Trust region: in whitening mode each tensor's preconditioned step is scaled to an RMS of at most
 ``max_update_rms`` (default 1.1, as kron_torch), so a too-large ``lr`` degrades the run instead of sending it
 to NaN; Newton types default to no trust region (their step is a fraction of a Newton step).
-``grad_clip_max_norm`` additionally clips the norm of a group's step.
+``max_update_abs`` (off by default) also clamps every entry of it, and ``grad_clip_max_norm`` clips the norm
+of a group's step.
 
 State: everything is tensors in ``opt.state[p]`` — momentum buffers, and each preconditioner's tensors
 under the tensor it preconditions (flattened families: the group's first tensor). The optimizer's step count
@@ -103,6 +104,7 @@ class PSGDOptions(TypedDict, total=False):
     update_probability: Probability
     grad_clip_max_norm: float | None
     max_update_rms: float | None
+    max_update_abs: float | None
     init_scale: float | None
     preconditioner_dtype: torch.dtype | None
     lipschitz: bool | None
@@ -283,12 +285,13 @@ def precondition(opt: PSGD, group: dict, ps: Tensors, us: Tensors) -> Tensors:
 
 
 def trust_region(opt: PSGD, group: dict, ps: Tensors, us: Tensors) -> Tensors:
-    """Scale each tensor's step to an RMS of at most ``max_update_rms`` (sync-free)."""
-    c = group["max_update_rms"]
-    if c is None or c == math.inf:
-        return us
-    rms = torch._foreach_norm(us)
-    return [u * torch.clamp(c * math.sqrt(u.numel()) / (r + 1e-30), max=1.0) for u, r in zip(us, rms)]
+    """Scale each tensor's step to an RMS of at most ``max_update_rms``, then clamp its entries to
+    ``±max_update_abs`` (sync-free)."""
+    c, a = group["max_update_rms"], group["max_update_abs"]
+    if c is not None and c != math.inf:
+        rms = torch._foreach_norm(us)
+        us = [u * torch.clamp(c * math.sqrt(u.numel()) / (r + 1e-30), max=1.0) for u, r in zip(us, rms)]
+    return us if a is None else [u.clamp(-a, a) for u in us]
 
 
 def clip_norm(opt: PSGD, group: dict, ps: Tensors, us: Tensors) -> Tensors:
@@ -317,6 +320,9 @@ class PSGD(torch.optim.Optimizer):
         grad_clip_max_norm: clip the norm of a group's preconditioned step; ``None``: off (per group).
         max_update_rms: trust region, the largest RMS of a tensor's preconditioned step; ``None`` → 1.1 for
             ``"whiten"``, off (``inf``) otherwise (per group).
+        max_update_abs: clamp every entry of a tensor's preconditioned step to ``±max_update_abs`` after
+            the RMS bound; ``None``: off (per group). 1.0 keeps Kron-QEQ finite on the Gamma speech VAE at
+            lr 1e-3 (benchmarks/README.md, "third run").
         init_scale: ``Q = init_scale·I`` at start; ``None`` sets it from the first curvature pair (per group).
         preconditioner_dtype: storage dtype of Q (per group); ``None`` → the parameters' dtype.
         lipschitz: normalise the fit by a running Lipschitz estimate (Li 2024; Kron and Diag); ``None`` →
@@ -348,6 +354,7 @@ class PSGD(torch.optim.Optimizer):
         update_probability: Probability = 1.0,
         grad_clip_max_norm: float | None = None,
         max_update_rms: float | None = None,
+        max_update_abs: float | None = None,
         init_scale: float | None = None,
         preconditioner_dtype: torch.dtype | None = None,
         lipschitz: bool | None = None,
@@ -373,6 +380,7 @@ class PSGD(torch.optim.Optimizer):
             lr=(1e-3 if whiten else 1e-2) if lr is None else lr, preconditioner_lr=preconditioner_lr,
             momentum=momentum, weight_decay=weight_decay, grad_clip_max_norm=grad_clip_max_norm,
             max_update_rms=(1.1 if whiten else math.inf) if max_update_rms is None else max_update_rms,
+            max_update_abs=max_update_abs,
             init_scale=init_scale, preconditioner_dtype=preconditioner_dtype,
             lipschitz=self._default_lipschitz if lipschitz is None else lipschitz, **family_defaults,
         )
@@ -415,7 +423,7 @@ class PSGD(torch.optim.Optimizer):
         _check_number(g["preconditioner_lr"], f"{where}preconditioner_lr", 0.0, math.inf, lo_open=True)
         _check_number(g["momentum"], f"{where}momentum", 0.0, 1.0, hi_open=True)
         _check_number(g["weight_decay"], f"{where}weight_decay", 0.0, math.inf)
-        for key in ("grad_clip_max_norm", "max_update_rms", "init_scale"):
+        for key in ("grad_clip_max_norm", "max_update_rms", "max_update_abs", "init_scale"):
             if g[key] is not None:
                 _check_number(g[key], f"{where}{key}", 0.0, math.inf, lo_open=True)
         for key in ("lipschitz", "elementwise_step"):

@@ -259,6 +259,21 @@ def test_param_groups_use_their_own_lr():
     assert torch.equal(c.detach(), torch.full((2, 3), 1.0))
 
 
+def test_max_update_abs_clamps_entries_after_the_rms_bound():
+    # P = I (no refit): the step is lr·g with its RMS bounded to max_update_rms, then each entry to ±max_abs.
+    g = torch.tensor([5.0, -3.0, 3.0, 2.0, 1.0, -1.0, 1.0, 0.0])  # RMS 2.5
+    for rms, expected in ((math.inf, [0.5, -0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0.0]),
+                          (1.0, [0.5, -0.5, 0.5, 0.5, 0.4, -0.4, 0.4, 0.0])):  # g/2.5 first, then ±0.5
+        x = nn.Parameter(torch.zeros(8))
+        opt = Diag([x], lr=1.0, init_scale=1.0, update_probability=0.0, max_update_rms=rms,
+                   max_update_abs=0.5)
+        x.grad = g.clone()
+        opt.step()
+        torch.testing.assert_close(-x.detach(), torch.tensor(expected))
+    with pytest.raises(ValueError, match="max_update_abs"):
+        Diag([x], max_update_abs=0.0)
+
+
 def test_grad_clip_bounds_the_step_and_weight_decay_is_decoupled():
     x = nn.Parameter(torch.zeros(10))
     opt = Diag([x], lr=0.5, grad_clip_max_norm=0.1, init_scale=1.0, update_probability=0.0)
