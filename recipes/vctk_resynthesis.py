@@ -32,9 +32,10 @@ windows of ``window_frames`` frames. The frames are held in memory, or with ``--
 whose frames do not fit, e.g. all of VCTK: ~2 M frames, ~8 GB) computed once, utterance by utterance, into
 ``<out>/frames/`` (:class:`genlib.data.speech.SpeechFrameCache`: a complex64 ``.npy`` reused by later runs
 with the same files and STFT settings, rebuilt otherwise) and read from disk through the DataLoader
-(``--num-workers``; same batches, same model as in memory). Optimizer Adam by default: on this model it
-reaches a better held-out ELBO than PSGD at equal CPU time (benchmarks/README.md, "Optimizers at equal
-wall-clock"); ``--optimizer psgd-lra`` (gradient whitening, momentum 0.9) is the paper's PSGD and
+(``--num-workers``; same batches, same model as in memory). Optimizer Adam by default: on this model
+``--optimizer psgd-kron`` (Kron in the QEQ coordinates, one diagonal factor per matrix, step entries clamped)
+is level with it at equal CPU time and costs 2.4× per step (benchmarks/README.md, "Optimizers at equal CPU
+time, third run"); ``--optimizer psgd-lra`` (gradient whitening, momentum 0.9) is the paper's PSGD and
 ``psgd-lra-hvp`` its Newton type. On the test set each utterance is encoded, decoded (posterior mean), and the
 decoded magnitude (``magnitude_mean``) is turned back into a waveform with three phases: the ground-truth
 phase (GT), Griffin-Lim (GL, torchaudio) and, for von Mises rows, the learned phase location (vM; random phase
@@ -130,7 +131,7 @@ from genlib.metrics import (
 )
 from genlib.models import VAE
 from genlib.nn import Conv1dFrameDecoder, Conv1dFrameEncoder, LogPowerFeatures, MLPDecoder, MLPEncoder
-from genlib.optim import LRA, ExponentialDecaySchedule
+from genlib.optim import LRA, ExponentialDecaySchedule, Kron
 from genlib.train import Checkpointer
 from genlib.train.batches import StepBatches, step_loader
 from genlib.train.checkpoint import normalize_settings
@@ -216,10 +217,14 @@ class Config:
     window_batch_size: int = 16  # windows (conv rows)
     lr: float = 1e-3  # Adam
     psgd_lr: float = 1e-4  # PSGD-LRA: lr 1e-3 diverged (NaN) within 3 epochs on VCTK frames
+    # psgd-kron: QEQ coordinates, one diagonal factor per matrix, every step entry clamped to ±1 (best of
+    # 1.5e-4, 3e-4, 1e-3 at equal CPU time, benchmarks/README.md)
+    psgd_kron_lr: float = 3e-4
     # psgd-lra-hvp (the papers' Newton type, exact Hessian-vector products): lr is a fraction of a Newton step
     psgd_hvp_lr: float = 1e-2
-    # Adam: ahead of PSGD at equal CPU time on this model (benchmarks/optimizers.py); psgd-lra: the paper's
-    optimizer: str = "adam"  # or "psgd-lra" or "psgd-lra-hvp"
+    # Adam: level with the best PSGD (psgd-kron) at equal CPU time on this model and cheaper per step
+    # (benchmarks/optimizers.py); psgd-lra: the paper's
+    optimizer: str = "adam"  # or "psgd-kron", "psgd-lra" or "psgd-lra-hvp"
     grad_clip: float | None = None  # max gradient norm (None: off); see benchmarks/vctk_resynthesis.md
     checkpoint_every: int = 10  # epochs between atomic checkpoints (<out>/<row>/train_<epoch>.pt, vae.pt)
     n_test_utterances: int = 10  # per test speaker
@@ -437,18 +442,23 @@ def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=cfg.lr)
     # refit the preconditioner every step at first, then on ~10% of steps (the PSGD papers' schedule)
     refit = ExponentialDecaySchedule(start=1.0, end=0.1, decay_steps=200)
+    if cfg.optimizer == "psgd-kron":
+        return Kron(params, lr=cfg.psgd_kron_lr, momentum=0.9, coords="QEQ", memory_save_mode="one_diag",
+                    max_update_abs=1.0, update_probability=refit)
     if cfg.optimizer == "psgd-lra":
         return LRA(params, lr=cfg.psgd_lr, momentum=0.9, rank=10, update_probability=refit)
     if cfg.optimizer == "psgd-lra-hvp":
         # the optimizer differentiates the loss itself (step(closure)), so --grad-clip bounds its step
         return LRA(params, lr=cfg.psgd_hvp_lr, rank=10, curvature="hvp", update_probability=refit,
                    grad_clip_max_norm=cfg.grad_clip)
-    raise ValueError(f"optimizer must be 'psgd-lra', 'psgd-lra-hvp' or 'adam', got {cfg.optimizer!r}")
+    raise ValueError(f"optimizer must be 'adam', 'psgd-kron', 'psgd-lra' or 'psgd-lra-hvp', got "
+                     f"{cfg.optimizer!r}")
 
 
 def optimizer_lr(cfg: Config) -> float:
     """The learning rate the chosen optimizer uses."""
-    return {"adam": cfg.lr, "psgd-lra-hvp": cfg.psgd_hvp_lr}.get(cfg.optimizer, cfg.psgd_lr)
+    return {"adam": cfg.lr, "psgd-kron": cfg.psgd_kron_lr, "psgd-lra-hvp": cfg.psgd_hvp_lr}.get(
+        cfg.optimizer, cfg.psgd_lr)
 
 
 def _diverged(cfg: Config, epoch: int, what: str, checkpoints: Checkpointer | None) -> RuntimeError:
@@ -697,8 +707,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
                         "reused by later runs) and read them from disk instead of memory")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
-        "--optimizer", choices=("psgd-lra", "psgd-lra-hvp", "adam"), default=None,
-        help="default adam (ahead at equal time here: benchmarks/README.md); psgd-lra: the paper's PSGD; "
+        "--optimizer", choices=("adam", "psgd-kron", "psgd-lra", "psgd-lra-hvp"), default=None,
+        help="default adam (level with psgd-kron at equal time here and cheaper per step: "
+             "benchmarks/README.md); psgd-kron: Kron-QEQ, the fastest PSGD here; psgd-lra: the paper's PSGD; "
              "psgd-lra-hvp: the papers' Newton-type PSGD (exact Hessian-vector products)",
     )
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the chosen optimizer")
@@ -761,7 +772,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
     if args.lr is not None:
         if not args.lr > 0:
             parser.error(f"--lr must be > 0, got {args.lr}")
-        cfg.lr = cfg.psgd_lr = cfg.psgd_hvp_lr = args.lr
+        cfg.lr = cfg.psgd_lr = cfg.psgd_kron_lr = cfg.psgd_hvp_lr = args.lr
     for name in ("corpus", "optimizer", "data_dir", "librispeech_dir", "latent_dim", "epochs", "every",
                  "n_test_utterances", "max_librispeech_utterances", "device", "test_dir", "train_speakers",
                  "test_speakers", "train_speaker_fraction"):  # fmt: skip
