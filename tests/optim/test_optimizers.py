@@ -639,15 +639,17 @@ def test_default_trust_region_keeps_whitening_finite_at_twice_the_lr_that_blew_u
     assert not math.isfinite(off) or off > 1e10
 
 
-def test_whitening_kron_step_compiles_without_graph_breaks():
+@pytest.mark.parametrize("coords", ["EQ", "QEQ"])
+def test_whitening_kron_step_compiles_without_graph_breaks(coords):
     # A refit-every-step whitening step of Kron needs no host value: the probes are a counter-based hash of
-    # (seed, step) computed in tensor ops, the step count is a tensor. (check_finite syncs: off here.)
+    # (seed, step) computed in tensor ops (QEQ integrates them out), the step count is a tensor. (check_finite
+    # syncs: off here.)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
     X, Y = torch.randn(32, 6), torch.randn(32, 4)
-    opt = Kron(model.parameters(), lr=0.01, momentum=0.9, check_finite=False)
+    opt = Kron(model.parameters(), lr=0.01, momentum=0.9, check_finite=False, coords=coords)
     twin_model = copy.deepcopy(model)
-    twin = Kron(twin_model.parameters(), lr=0.01, momentum=0.9, check_finite=False)
+    twin = Kron(twin_model.parameters(), lr=0.01, momentum=0.9, check_finite=False, coords=coords)
     for m, o in ((model, opt), (twin_model, twin)):
         (m(X) - Y).square().mean().backward()
         o.step()
