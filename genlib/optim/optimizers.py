@@ -171,6 +171,10 @@ def _split_like(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tens
     return [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in like]), like)]
 
 
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def _flat(xs: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([x.reshape(-1) for x in xs])
 
@@ -277,11 +281,11 @@ def precondition(opt: PSGD, group: dict, ps: Tensors, us: Tensors) -> Tensors:
         allp = group["params"]
         full = dict(zip(map(id, ps), us))
         x = _flat([full.get(id(p), torch.zeros_like(p)) for p in allp])  # frozen tensors: zeros
-        y = pcs[0]._precondition(x.to(pcs[0].cdtype)).to(x.dtype)
+        y = _as(pcs[0]._precondition(_as(x, pcs[0].cdtype)), x.dtype)
         out = dict(zip(map(id, allp), _split_like(y, allp)))
         return [out[id(p)] for p in ps]
     by_id = {id(p): pc for p, pc in zip(group["params"], pcs)}
-    return [by_id[id(p)]._precondition(u.to(by_id[id(p)].cdtype)).to(u.dtype) for p, u in zip(ps, us)]
+    return [_as(by_id[id(p)]._precondition(_as(u, by_id[id(p)].cdtype)), u.dtype) for p, u in zip(ps, us)]
 
 
 def trust_region(opt: PSGD, group: dict, ps: Tensors, us: Tensors) -> Tensors:

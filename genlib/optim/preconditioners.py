@@ -161,6 +161,7 @@ class Preconditioner:
         self.keys = tuple(self.state)  # the tensors defining Q (and its Lipschitz estimates)
         self.state["initialized"] = torch.tensor(init_scale is not None, device=self.device)
         self.state["fits"] = torch.zeros((), dtype=torch.int64)  # host counter: drives LRA's U/V coin
+        self._derived: dict[Any, torch.Tensor] = {}  # products of Q valid until it changes: not state
 
     # ---- family pieces
     def _init_tensors(self, scale: float) -> dict[str, torch.Tensor]:
@@ -186,7 +187,17 @@ class Preconditioner:
         raise NotImplementedError
 
     def _t(self, key: str, dt: torch.dtype) -> torch.Tensor:
-        return self.state[key].to(dt)
+        t = self.state[key]
+        return t if t.dtype == dt else t.to(dt)
+
+    def _derive(self, key: Any, make: Any) -> torch.Tensor:
+        """``make()``, cached until Q next changes (a fit, a load, a rebind); afresh while compiling."""
+        if torch.compiler.is_compiling():
+            return make()
+        out = self._derived.get(key)
+        if out is None:
+            out = self._derived[key] = make()
+        return out
 
     def _mu(self, key: str, ell: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         """Step size ``lr/ℓ``, or ``lr/L`` with ``L`` the running Lipschitz estimate stored under ``key``."""
@@ -222,6 +233,7 @@ class Preconditioner:
             else:
                 state[k] = t
         self.state = state
+        self._derived.clear()
 
     def _check_batch(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -277,6 +289,7 @@ class Preconditioner:
         s = 1.0 / (vv * hh)  # the normalised step does not depend on the pair's common scale
         self._fit(s * s if v.ndim == 0 else v * s, h * s, ok.to(cd) * self.lr)
         self.state["fits"] += 1
+        self._derived.clear()
 
     @torch.no_grad()
     def precondition(self, g: torch.Tensor) -> torch.Tensor:
@@ -323,6 +336,7 @@ class Preconditioner:
             self.state[k].copy_(theirs[k])
         self.state["initialized"].fill_(bool(state["initialized"]))
         self.state["fits"].fill_(int(state["num_updates"]))
+        self._derived.clear()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={self.shape}, lr={self.lr}, dtype={self.dtype})"
@@ -432,7 +446,7 @@ class DiagPreconditioner(Preconditioner):
         self.state["q"].copy_(q - mu * (a2 - b2) * q)
 
     def _precondition(self, g):
-        return self._t("q", g.dtype).square() * g
+        return self._derive(("q2", g.dtype), lambda: self._t("q", g.dtype).square()) * g
 
     def _apply_qt(self, x):
         return self._t("q", x.dtype) * x
@@ -573,10 +587,14 @@ class XMatPreconditioner(Preconditioner):
         self.state["a"].copy_(a - mu * (grad_a * a + grad_b * bf))
         self.state["b"].copy_(b - mu * (grad_a * b + grad_b * af))
 
-    def _precondition(self, g):
-        a, b = self._t("a", g.dtype), self._t("b", g.dtype)
+    def _coefficients(self, dt: torch.dtype) -> torch.Tensor:
+        a, b = self._t("a", dt), self._t("b", dt)
         ab = a * b  # QᵀQ is X-shaped too: P g = c1 ⊙ g + c2 ⊙ flip(g)
-        return (a * a + (b * b).flip(0)) * g + (ab + ab.flip(0)) * g.flip(-1)
+        return torch.stack([a * a + (b * b).flip(0), ab + ab.flip(0)])
+
+    def _precondition(self, g):
+        c = self._derive(("c", g.dtype), lambda: self._coefficients(g.dtype))
+        return c[0] * g + c[1] * g.flip(-1)
 
     def _apply_qt(self, x):
         a, b = self._t("a", x.dtype), self._t("b", x.dtype)
@@ -647,7 +665,6 @@ class KronPreconditioner(Preconditioner):
         #: ``rest/d`` caching ``P_i = Q_iᵀQ_i`` pays: forming it costs d³ once per fit, and it saves one
         #: d²·rest product per call.
         self.refit_rate = 1.0
-        self._P: dict[int, torch.Tensor] = {}  # derived from Q, dropped at every fit: not state
         super().__init__(shape, **kwargs)
 
     def _init_tensors(self, scale):
@@ -752,15 +769,6 @@ class KronPreconditioner(Preconditioner):
             new = [q * (gmean / norms[i]) for i, q in enumerate(new)]
         for f, q in zip(self.factors, new):
             f.copy_(q)
-        self._P.clear()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._P.clear()
-
-    def bind(self, state: dict[str, Any]) -> None:
-        super().bind(state)
-        self._P.clear()
 
     def _precondition(self, g):
         lead = g.shape[: g.ndim - len(self.shape)]
@@ -771,9 +779,7 @@ class KronPreconditioner(Preconditioner):
             if q.ndim == 1:
                 x = _scale_along(x, q * q, off + i)
             elif self.refit_rate * d <= self.numel // d:
-                if i not in self._P:
-                    self._P[i] = q.mT @ q
-                x = _apply_along(x, self._P[i].to(g.dtype), off + i)
+                x = _apply_along(x, self._derive(("P", i, g.dtype), lambda q=q: q.mT @ q), off + i)
             else:
                 x = _apply_along(_apply_along(x, q.mT, off + i), q, off + i)
         return x.reshape(g.shape)

@@ -517,6 +517,35 @@ def test_lra_moves_u_or_v_by_a_fair_reproducible_coin():
     assert picks(0) == a and picks(1) != a
 
 
+def dense_p(pre) -> torch.Tensor:
+    """QᵀQ built from the stored tensors, independently of ``precondition`` (Diag, XMat)."""
+    if isinstance(pre, DiagPreconditioner):
+        return torch.diag(pre.state["q"].reshape(-1).square())
+    a, b = pre.state["a"], pre.state["b"]
+    Q = torch.diag(a) + torch.diag(b).flip(1)  # Q[j, d−1−j] = b[j]
+    return Q.mT @ Q
+
+
+@pytest.mark.parametrize("make", [lambda: DiagPreconditioner((3, 4), dtype=DT),
+                                  lambda: XMatPreconditioner(7, dtype=DT)])
+def test_cached_products_are_dropped_when_q_changes(make):
+    # Diag caches q², XMat its two coefficient vectors: a fit, a load and a rebind must each drop them.
+    pre = randomize(make(), seed=3)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, *pre.shape, generator=g, dtype=DT)
+    fresh = lambda: (x.reshape(2, -1) @ dense_p(pre)).reshape(x.shape)  # noqa: E731
+    torch.testing.assert_close(pre.precondition(x), fresh())
+    assert pre._derived
+    pre.update(torch.randn(*pre.shape, generator=g, dtype=DT), torch.randn(*pre.shape, generator=g, dtype=DT))
+    assert not pre._derived
+    torch.testing.assert_close(pre.precondition(x), fresh())
+    other = randomize(make(), seed=4)
+    pre.load_state_dict(other.state_dict())
+    torch.testing.assert_close(pre.precondition(x), fresh())
+    pre.bind({k: t.clone() * 2 for k, t in pre.state.items() if k in pre.keys})
+    torch.testing.assert_close(pre.precondition(x), fresh())
+
+
 def test_kron_caches_a_factor_product_only_when_fits_are_rare_enough():
     # A 40 × 8 matrix: the 8-dim factor's product always pays (d ≤ rest); the 40-dim one (rest 8) only when
     # at most one fit per 5 calls is expected. Cached or not, P·g is the same, and a fit drops the cache.
@@ -528,13 +557,13 @@ def test_kron_caches_a_factor_product_only_when_fits_are_rare_enough():
     results = {}
     for rate in (1.0, 0.25, 0.2, 0.0):
         pre.refit_rate = rate
-        pre._P.clear()
+        pre._derived.clear()
         results[rate] = pre.precondition(x)
-        assert sorted(pre._P) == ([0, 1] if rate <= 0.2 else [1]), rate
+        assert sorted(k[1] for k in pre._derived) == ([0, 1] if rate <= 0.2 else [1]), rate
     for rate in (0.25, 0.2, 0.0):
         torch.testing.assert_close(results[rate], results[1.0], rtol=1e-12, atol=0)
     pre.update(v, 2 * v)
-    assert not pre._P
+    assert not pre._derived
     from genlib.optim import Kron
 
     w = torch.nn.Parameter(torch.randn(40, 8, dtype=DT))
