@@ -82,6 +82,7 @@ from .preconditioners import (
     LRAPreconditioner,
     Preconditioner,
     XMatPreconditioner,
+    _as,
     _safe_norm,
     _splitmix64,
 )
@@ -169,10 +170,6 @@ def _hash_normal(key: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _split_like(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
     return [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in like]), like)]
-
-
-def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _flat(xs: list[torch.Tensor]) -> torch.Tensor:

@@ -71,6 +71,11 @@ def _tiny(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).tiny
 
 
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``, without a conversion call when it already is."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def _safe_norm(x: torch.Tensor) -> torch.Tensor:
     """‖x‖₂ scaled by max |x|, so tiny or huge entries cannot under/overflow when squared."""
     m = x.abs().amax()
@@ -187,8 +192,7 @@ class Preconditioner:
         raise NotImplementedError
 
     def _t(self, key: str, dt: torch.dtype) -> torch.Tensor:
-        t = self.state[key]
-        return t if t.dtype == dt else t.to(dt)
+        return _as(self.state[key], dt)
 
     def _derive(self, key: Any, make: Any) -> torch.Tensor:
         """``make()``, cached until Q next changes (a fit, a load, a rebind); afresh while compiling."""
