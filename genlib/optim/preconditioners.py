@@ -265,10 +265,8 @@ class Preconditioner:
                              "pass probes v ~ N(0, I) shaped like h")
         v = None if v is None else self._check_batch(v, "v")
         h = self._check_batch(h, "h")
-        if v is not None:
-            if v.shape != h.shape:
-                raise ValueError(f"v and h must have the same shape, got {tuple(v.shape)} and "
-                                 f"{tuple(h.shape)}")
+        if v is not None and v.shape != h.shape:
+            raise ValueError(f"v and h must have the same shape, got {tuple(v.shape)} and {tuple(h.shape)}")
         if not bool(torch.isfinite(h).all()) or (v is not None and not bool(torch.isfinite(v).all())):
             raise ValueError("v or h contains NaN or Inf: refusing to fit the preconditioner on it")
         self.fit(v, h)
@@ -725,22 +723,20 @@ class KronPreconditioner(Preconditioner):
                 Ph = _scale_along(Ph, q * q, i + 1) if q.ndim == 1 else _apply_along(Ph, q.mT @ q, i + 1)
             quad = self.coords == "QUAD"
             for i, q in enumerate(Qs):
-                X = _unfold(Ph, i + 1)
+                diag = q.ndim == 1
+                # mode-k second moments (their diagonals for a diagonal factor) and their norms
+                gram = (lambda Y: Y.square().sum(1) / n) if diag else (lambda Y: Y @ Y.mT / n)  # noqa: E731
+                top = torch.amax if diag else psd_norm_lower_bound
+                t1 = gram(_unfold(Ph, i + 1))
                 if v.ndim == 0:  # probes integrated out: E[v_k v_kᵀ] = σ²·(numel/d)·I
                     t2 = v * (self.numel // q.shape[0])
-                    t1 = X.square().sum(1) / n if q.ndim == 1 else X @ X.mT / n
-                    ell = (t1.amax() if q.ndim == 1 else psd_norm_lower_bound(t1)) + t2
-                    t2 = t2 if q.ndim == 1 else t2 * torch.eye(q.shape[0], dtype=dt, device=q.device)
+                    ell = top(t1) + t2
+                    t2 = t2 if diag else t2 * torch.eye(q.shape[0], dtype=dt, device=q.device)
                 else:
-                    V = _unfold(v, i + 1)
-                    if q.ndim == 1:
-                        t1, t2 = X.square().sum(1) / n, V.square().sum(1) / n
-                        ell = t1.amax() + t2.amax()
-                    else:
-                        t1, t2 = X @ X.mT / n, V @ V.mT / n
-                        ell = psd_norm_lower_bound(t1) + psd_norm_lower_bound(t2)
+                    t2 = gram(_unfold(v, i + 1))
+                    ell = top(t1) + top(t2)
                 mu = self._mu(f"L{i}", ell, lr)
-                if q.ndim == 1:
+                if diag:
                     gain = 1 - (mu / 2 if quad else mu) * (t1 - t2)
                     new.append(q * gain * gain if quad else q * gain)
                 elif quad:  # (I − μ∇/2) Q (I − μ∇/2), symmetrised against round-off
