@@ -19,7 +19,7 @@ from torch import nn
 
 from genlib.optim import Kron
 from genlib.train import Checkpointer, SemiSupervisedConfig, SemiSupervisedTrainer, train_classifier
-from genlib.train.distributed import context, init_distributed
+from genlib.train.distributed import context, finish_distributed, init_distributed
 
 
 def blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +68,7 @@ def main(out: str, job: str) -> None:
     else:
         params = semisup("hvp" in rest)
     torch.save(params, out_dir / f"{job}.rank{context().rank}.pt")
+    finish_distributed()  # close the gloo group before exit: its threads otherwise may abort the process
 
 
 if __name__ == "__main__":
