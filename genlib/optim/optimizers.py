@@ -43,6 +43,11 @@ is ``state[first param]["step"]``. ``opt.state_dict()`` is the standard torch fo
 ``torch.load(weights_only=True)``. Refit coins and probe vectors are a hash of ``(seed, step)``
 (:func:`stream_seed`), so a resumed run repeats the uninterrupted one bit for bit and all DDP ranks agree.
 
+Compiling: with checks off (``check_finite=False``) a whitening step compiles as one graph. Under
+``torch.compile`` the refit coin is a tensor (a schedule is called with the step count tensor) and the fits
+run under ``torch.cond`` (pure fits: :meth:`~genlib.optim.preconditioners.Preconditioner.fitted`), on the
+same steps as eagerly.
+
 Distributed: ``"whiten"`` with a DDP-wrapped model is DDP-safe as it stands. When the optimizer
 differentiates a closure itself (``"hvp"``, ``"finite_diff"``, whitening closures without ``backward()``),
 it all-reduces (averages) gradients and HVPs whenever ``torch.distributed`` is initialised
@@ -76,6 +81,7 @@ import torch.distributed as dist
 from genlib.utils import hash_seed, resolve_validate_args
 
 from .preconditioners import (
+    _ODD,
     DensePreconditioner,
     DiagPreconditioner,
     KronPreconditioner,
@@ -83,13 +89,16 @@ from .preconditioners import (
     Preconditioner,
     XMatPreconditioner,
     _as,
+    _i64,
+    _mix,
     _safe_norm,
     _splitmix64,
+    _srl,
 )
 
 __all__ = ["PSGD", "Kron", "Diag", "LRA", "XMat", "Dense", "CURVATURES", "Params", "PSGDOptions"]
 
-Probability = float | Callable[[int], float]
+Probability = float | Callable[[Any], Any]  # p, or step → p (an int eagerly, a 0-dim tensor when compiled)
 Tensors = list[torch.Tensor]
 #: What every optimizer takes as ``params``: tensors, or param-group dicts as for ``torch.optim``.
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
@@ -135,25 +144,6 @@ def _check_number(value: Any, name: str, lo: float, hi: float, *, lo_open=False,
 
 def _check_probability(p: Any, name: str = "update_probability") -> Probability:
     return p if callable(p) else _check_number(p, name, 0.0, 1.0)
-
-
-def _i64(c: int) -> int:
-    return c - 2**64 if c >= 2**63 else c
-
-
-_ODD, _MIX1, _MIX2 = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
-
-
-def _srl(z: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
-    return (z >> k) & ((1 << (64 - k)) - 1)
-
-
-def _mix(z: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's output function (Steele et al. 2014) in int64 tensor arithmetic (wrapping)."""
-    z = (z ^ _srl(z, 30)) * _MIX1
-    z = (z ^ _srl(z, 27)) * _MIX2
-    return z ^ _srl(z, 31)
 
 
 def _hash_normal(key: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -316,7 +306,8 @@ class PSGD(torch.optim.Optimizer):
         weight_decay: decoupled weight decay, ``θ ← θ (1 − lr·wd)`` (per group).
         curvature: ``"whiten"``, ``"hvp"`` or ``"finite_diff"``.
         update_probability: refit probability, a float in [0, 1] or a picklable ``step → p`` schedule
-            (e.g. :class:`~genlib.optim.ExponentialDecaySchedule`). The first step always refits while
+            (e.g. :class:`~genlib.optim.ExponentialDecaySchedule`; called with an int eagerly, with a 0-dim
+            tensor under ``torch.compile``). The first step always refits while
             ``init_scale=None``, to set Q's scale from data.
         grad_clip_max_norm: clip the norm of a group's preconditioned step; ``None``: off (per group).
         max_update_rms: trust region, the largest RMS of a tensor's preconditioned step; ``None`` → 1.1 for
@@ -494,8 +485,12 @@ class PSGD(torch.optim.Optimizer):
     def _step_count(self) -> torch.Tensor:
         return self.state[self._anchor]["step"]
 
-    def _coin(self, step: int) -> float:
-        return _splitmix64(self._coin_key + step) / 2.0**64
+    def _coin(self, step: int | torch.Tensor) -> float | torch.Tensor:
+        """A uniform in [0, 1) hashed from (seed, step): 53 bits of SplitMix64, so the host value (an int
+        ``step``) and the tensor one (a tensor ``step``, while compiling) are the same double."""
+        if isinstance(step, int):
+            return (_splitmix64(self._coin_key + step) >> 11) * 2.0**-53
+        return _srl(_mix(step.long() + _i64(self._coin_key + _ODD)), 11).double() * 2.0**-53
 
     def _probes(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """``v ~ N(0, I)`` shaped like each parameter: a counter-based hash of (seed, step, index) computed
@@ -557,6 +552,8 @@ class PSGD(torch.optim.Optimizer):
             )
         params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
         refit = self._refit_now()
+        if isinstance(refit, torch.Tensor) and self._curvature != "whiten":
+            refit = bool(refit)  # a closure's second differentiation cannot run under torch.cond: one break
         out, grads, vs, hs = (None, [], None, None)
         if params:
             out, grads, vs, hs = CURVATURE_SOURCES[self._curvature](self, params, closure, refit)
@@ -567,43 +564,39 @@ class PSGD(torch.optim.Optimizer):
         elif closure is not None:
             with torch.enable_grad():
                 out = closure()
-        if refit and vs is None and params:  # whitening: pairs (v, g); v = None where integrated out
-            integrated = set() if self.flatten else {
-                id(p) for g, pcs in zip(self.param_groups, self._preconds) for p, pc in zip(g["params"], pcs)
-                if pc.integrates_probes}
-            live = [(p, g) for p, g in zip(params, grads) if g is not None and id(p) not in integrated]
-            vs = dict(zip(map(id, (p for p, _ in live)), self._probes([p for p, _ in live])))
-            vs = [vs.get(id(p)) for p in params]
-            hs = grads
+        if isinstance(refit, torch.Tensor) and params:
+            self._refit_under_cond(refit, params, grads)
+        elif refit and params:
+            for pc, new in self._fits(params, vs, grads if hs is None else hs, lambda pc: pc.state):
+                pc.commit(new)
         by_id = {id(p): k for k, p in enumerate(params)}
         for group in self.param_groups:
             ks = [by_id.get(id(p)) for p in group["params"]]
             live = [(p, k) for p, k in zip(group["params"], ks) if k is not None and grads[k] is not None]
-            if not live:
-                continue
-            ps, us = [p for p, _ in live], [grads[k] for _, k in live]
-            if refit:
-                self._refit(group, ps, [vs[k] for _, k in live], [hs[k] for _, k in live])
-            self._update_group(group, ps, us)
+            if live:
+                self._update_group(group, [p for p, _ in live], [grads[k] for _, k in live])
         self._step_count().add_(1)
         return out
 
-    def _refit_now(self) -> bool:
-        """The refit coin. A refit probability of 1 (the default) needs no host value, so such steps compile
-        without a graph break; otherwise the coin is a hash of (seed, step) read on the host (the step count
-        is a CPU tensor, as in torch's optimizers: no device sync)."""
+    def _refit_now(self) -> bool | torch.Tensor:
+        """The refit coin, a hash of (seed, step) below the refit probability: a host bool eagerly (the step
+        count is a CPU tensor, as in torch's optimizers: no device sync), a bool tensor while compiling (the
+        fits then run under ``torch.cond``). The first step always refits while a scale is still to be set
+        from data (``init_scale=None``)."""
         p = self._update_probability
         if not callable(p) and p >= 1.0:
             return True
+        first = any(g["init_scale"] is None for g in self.param_groups)
+        if torch.compiler.is_compiling():
+            step = self._step_count()
+            return (self._coin(step) < (p(step) if callable(p) else p)) | ((step == 0) & first)
         step = int(self._step_count())
         if callable(p):
-            p = _check_number(p(step), f"update_probability({step}) (schedule output)", 0.0, 1.0)
+            p = _check_number(float(p(step)), f"update_probability({step}) (schedule output)", 0.0, 1.0)
         for pcs in self._preconds:  # Kron caches its factor products when fits are rare enough
             for pc in pcs:
                 pc.refit_rate = p
-        # the first step always refits while a scale is still to be set from data (init_scale=None)
-        first = step == 0 and any(not pc.initialized for g in self._preconds for pc in g)
-        return self._coin(step) < p or first
+        return self._coin(step) < p or (step == 0 and first)
 
     def _update_group(self, group: dict[str, Any], ps: list[torch.Tensor], us: list[torch.Tensor]) -> None:
         """The skeleton shared by all families: the chained transforms, then decoupled decay and the step."""
@@ -613,31 +606,84 @@ class PSGD(torch.optim.Optimizer):
             torch._foreach_mul_(ps, 1.0 - group["lr"] * group["weight_decay"])
         torch._foreach_add_(ps, us, alpha=-group["lr"])
 
-    def _refit(
-        self, group: dict[str, Any], ps: list[torch.Tensor], vs: list[torch.Tensor], hs: list[torch.Tensor]
-    ) -> None:
-        """One fit per preconditioner from this step's pairs (flattened: zeros for absent tensors)."""
-        pcs = self._preconds[group["_index"]]
-        if self.flatten:
-            got = {id(p): (v, h) for p, v, h in zip(ps, vs, hs)}
-            zero = [(torch.zeros_like(p),) * 2 for p in group["params"]]
-            pairs = [got.get(id(p), z) for p, z in zip(group["params"], zero)]
-            pcs[0].fit(_flat([v for v, _ in pairs]).unsqueeze(0), _flat([h for _, h in pairs]).unsqueeze(0))
-            return
-        by_id = {id(p): pc for p, pc in zip(group["params"], pcs)}
-        fits = [(by_id[id(p)], v, h) for p, v, h in zip(ps, vs, hs)]
-        # the fit counters live on the CPU: finding the first fits needs no device sync
-        fresh = [f for f in fits if f[0].num_updates == 0 and not f[0].initialized] if self.group_init else []
-        if fresh:  # one starting scale (‖v‖/‖h‖)^(1/2) over the concatenated pairs, as LRA(rank=0) takes
-            nv = _safe_norm(torch.stack([torch.tensor(math.sqrt(h.numel())) if v is None else
-                                         _safe_norm(v.float()).cpu() for _, v, h in fresh]))
-            nh = _safe_norm(torch.stack([_safe_norm(h.float()).cpu() for _, _, h in fresh]))
-            if bool((nv > 0) & (nh > 0)):
-                for pc, _, _ in fresh:
-                    pc._rescale((nv.sqrt() / nh.sqrt()).to(pc.device))
-                    pc.state["initialized"].fill_(True)
-        for pc, v, h in fits:
-            pc.fit(None if v is None else v.unsqueeze(0), h.unsqueeze(0))
+    def _refit_under_cond(self, refit: torch.Tensor, params: Tensors,
+                          grads: list[torch.Tensor | None]) -> None:
+        """A whitening step's fits behind a tensor coin: ``torch.cond`` runs them or keeps the state."""
+        pcs = [pc for g in self._preconds for pc in g]
+        keys = [(pc, k) for pc in pcs for k in pc.keys + pc.BOOKKEEPING]
+        live = [k for k, g in enumerate(grads) if g is not None]
+
+        def fit(*gs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            hs: list[torch.Tensor | None] = [None] * len(params)
+            for k, g in zip(live, gs):
+                hs[k] = g
+            # fits read clones: a view of live state inside a branch would alias the branch's inputs
+            states = {pc: {k: pc.state[k].clone() for k in pc.keys + pc.BOOKKEEPING} for pc in pcs}
+            new = dict(self._fits(params, None, hs, states.__getitem__))
+            new = {pc: {**states[pc], **new.get(pc, {})} for pc in pcs}
+            return tuple(new[pc][k].to(pc.state[k].dtype).contiguous() for pc, k in keys)  # keep's layout
+
+        def keep(*gs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(pc.state[k].clone() for pc, k in keys)
+
+        out = torch.cond(refit, fit, keep, tuple(grads[k] for k in live))
+        for pc in pcs:
+            pc.commit({k: t for (q, k), t in zip(keys, out) if q is pc})
+
+    def _fits(
+        self, params: Tensors, vs: list[torch.Tensor | None] | None, hs: list[torch.Tensor | None],
+        state_of: Callable[[Preconditioner], dict[str, torch.Tensor]],
+    ) -> list[tuple[Preconditioner, dict[str, torch.Tensor]]]:
+        """Each preconditioner's new state after one fit on this step's pairs ``(vs, hs)``, read from
+        ``state_of(pc)`` and written nowhere. ``vs=None``: whitening pairs ``(v, g)``, the probes drawn here
+        (``v = None`` where the family integrates them out). Flattened groups: zeros for absent tensors."""
+        if vs is None:
+            integrated = set() if self.flatten else {
+                id(p) for g, pcs in zip(self.param_groups, self._preconds) for p, pc in zip(g["params"], pcs)
+                if pc.integrates_probes}
+            drawn = [p for p, h in zip(params, hs) if h is not None and id(p) not in integrated]
+            by_p = dict(zip(map(id, drawn), self._probes(drawn)))
+            vs = [by_p.get(id(p)) for p in params]
+        pair = {id(p): (v, h) for p, v, h in zip(params, vs, hs) if h is not None}
+        out = []
+        for group, pcs in zip(self.param_groups, self._preconds):
+            if self.flatten:
+                if any(id(p) in pair for p in group["params"]):
+                    vh = [pair.get(id(p), (torch.zeros_like(p),) * 2) for p in group["params"]]
+                    v, h = (_flat([x[i] for x in vh]).unsqueeze(0) for i in (0, 1))
+                    out.append((pcs[0], pcs[0].fitted(state_of(pcs[0]), v, h)))
+                continue
+            fits = [(pc, *pair[id(p)]) for p, pc in zip(group["params"], pcs) if id(p) in pair]
+            states = [state_of(pc) for pc, _, _ in fits]
+            # the fit counters live on the CPU: spotting first fits eagerly needs no device sync
+            if self.group_init and fits and (torch.compiler.is_compiling() or
+                                             any(pc.num_updates == 0 for pc, _, _ in fits)):
+                states = self._group_scaled(fits, states)
+            out += [(pc, pc.fitted(st, None if v is None else v.unsqueeze(0), h.unsqueeze(0)))
+                    for (pc, v, h), st in zip(fits, states)]
+        return out
+
+    @staticmethod
+    def _group_scaled(fits: list[tuple[Preconditioner, torch.Tensor | None, torch.Tensor]],
+                      states: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        """The states with every first-fit ``Q`` started at one scale ``(‖v‖/‖h‖)^(1/2)`` over the group's
+        concatenated pairs, as LRA(rank=0) takes (sync-free: a ``torch.where`` on each one's flag)."""
+        dev = fits[0][2].device
+        fresh = [(st["fits"] == 0).to(dev) & ~st["initialized"].to(dev) for st in states]
+
+        def norm(f: torch.Tensor, x: torch.Tensor | None, numel: int) -> torch.Tensor:
+            n = torch.tensor(math.sqrt(numel), device=dev) if x is None else _safe_norm(x.float()).to(dev)
+            return torch.where(f, n, 0.0)
+
+        nv = _safe_norm(torch.stack([norm(f, v, h.numel()) for f, (_, v, h) in zip(fresh, fits)]))
+        nh = _safe_norm(torch.stack([norm(f, h, 0) for f, (_, _, h) in zip(fresh, fits)]))
+        scale = nv.sqrt() / nh.sqrt()
+        out = []
+        for (pc, _, _), st, f in zip(fits, states, fresh):
+            go = (f & (nv > 0) & (nh > 0)).to(pc.device)
+            c = torch.where(go, scale.to(pc.device), 1.0)
+            out.append({**st, **pc._scaled(st, c), "initialized": st["initialized"] | go})
+        return out
 
     # ---- checkpoints
     def __getstate__(self) -> dict[str, Any]:

@@ -24,8 +24,10 @@ The last two need no inverse of ``Q`` (no triangular solves), and because ``v`` 
 needs no tuning), or, with ``lipschitz=True`` (Li 2024), ``μ = lr / L`` for the running estimate
 ``L ← max(β L + (1 − β) ℓ, ℓ)`` (β = 0.9), which keeps steps from jumping when one pair is unusually flat.
 
-All state is tensors in :attr:`Preconditioner.state` (a dict the optimizers share with ``opt.state[p]``),
-updated in place without host synchronisation, so the same code runs on CPU and GPU.
+All state is tensors in :attr:`Preconditioner.state` (a dict the optimizers share with ``opt.state[p]``).
+A fit is a pure function of that state (:meth:`~Preconditioner.fitted`, new tensors out, nothing written,
+no host synchronisation) that :meth:`~Preconditioner.commit` copies in place, so the same code runs on CPU
+and GPU, and a compiled optimizer can put its refits under ``torch.cond``.
 
 Usage (e.g. the PSGD-preconditioned Langevin sampler, pairs from ``n_chains`` chains)::
 
@@ -41,6 +43,7 @@ storage dtype of ``Q``; half types are computed in float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -96,6 +99,36 @@ def _splitmix64(x: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
     return z ^ (z >> 31)
+
+
+def _i64(c: int) -> int:
+    """An unsigned 64-bit int as the int64 with the same bits."""
+    c &= 0xFFFFFFFFFFFFFFFF
+    return c - 2**64 if c >= 2**63 else c
+
+
+_ODD, _MIX1, _MIX2 = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
+
+
+def _srl(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's output function without its increment, in int64 tensor arithmetic (wrapping):
+    ``_mix(x + _ODD)`` has the bits of ``_splitmix64(x)``."""
+    z = (z ^ _srl(z, 30)) * _MIX1
+    z = (z ^ _srl(z, 27)) * _MIX2
+    return z ^ _srl(z, 31)
+
+
+def _select(pred: bool | torch.Tensor, if_true: Callable[[], tuple], if_false: Callable[[], tuple]) -> tuple:
+    """One of two cheap branches: by a host ``bool`` eagerly; for a tensor ``pred`` (while compiling) both
+    run and ``torch.where`` keeps one, so the graph does not break."""
+    if isinstance(pred, bool):
+        return if_true() if pred else if_false()
+    return tuple(torch.where(pred.to(a.device), a, b) for a, b in zip(if_true(), if_false()))
 
 
 def _sq_norms_through(xa: torch.Tensor, xb: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -172,17 +205,19 @@ class Preconditioner:
     def _init_tensors(self, scale: float) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def _rescale(self, c: torch.Tensor) -> None:
-        """Q ← c·Q (c a positive scalar tensor)."""
+    def _scaled(self, st: dict[str, torch.Tensor], c: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors of ``c·Q`` (``c`` a positive scalar tensor) from the state ``st``."""
         raise NotImplementedError
 
     #: Whether the fit can take ``v = None``: probes ``v ~ N(0, I)`` integrated out (whitening pairs).
     integrates_probes: bool = False
 
-    def _fit(self, v: torch.Tensor, h: torch.Tensor, lr: torch.Tensor) -> None:
-        """One Lie-group step from pairs ``(n, *shape)`` in the compute dtype, scaled so ‖v‖‖h‖ = 1;
-        ``lr`` a scalar tensor (0 for an all-zero pair). With :attr:`integrates_probes`, ``v`` may be a 0-dim
-        tensor ``σ²``: probes ``v ~ N(0, σ²I)`` integrated out."""
+    def _fit(self, st: dict[str, torch.Tensor], v: torch.Tensor, h: torch.Tensor,
+             lr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors of ``st`` that one Lie-group step changes, new: from pairs ``(n, *shape)`` in the
+        compute dtype, scaled so ‖v‖‖h‖ = 1; ``lr`` a scalar tensor (0 for an all-zero pair). With
+        :attr:`integrates_probes`, ``v`` may be a 0-dim tensor ``σ²``: probes ``v ~ N(0, σ²I)`` integrated
+        out. Pure: reads ``st``, writes nothing."""
         raise NotImplementedError
 
     def _precondition(self, g: torch.Tensor) -> torch.Tensor:
@@ -203,14 +238,16 @@ class Preconditioner:
             out = self._derived[key] = make()
         return out
 
-    def _mu(self, key: str, ell: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """Step size ``lr/ℓ``, or ``lr/L`` with ``L`` the running Lipschitz estimate stored under ``key``."""
+    def _mu(self, st: dict[str, torch.Tensor], out: dict[str, torch.Tensor], key: str, ell: torch.Tensor,
+            lr: torch.Tensor) -> torch.Tensor:
+        """Step size ``lr/ℓ``, or ``lr/L`` with ``L`` the running Lipschitz estimate ``st[key]`` (its new
+        value goes to ``out[key]``)."""
         if not self.lipschitz:
             return lr / (ell + _tiny(ell.dtype))
-        L = self.state[key]
+        L = st[key]
         new = torch.maximum(_BETA_L * L.to(ell.dtype) + (1 - _BETA_L) * ell, ell)
         new = torch.where(lr > 0, new, L.to(ell.dtype))  # an all-zero pair leaves the estimate alone
-        L.copy_(new)
+        out[key] = new
         return lr / (new + _tiny(ell.dtype))
 
     def __getattr__(self, name: str) -> torch.Tensor:
@@ -271,9 +308,24 @@ class Preconditioner:
             raise ValueError("v or h contains NaN or Inf: refusing to fit the preconditioner on it")
         self.fit(v, h)
 
+    #: The state entries a fit writes: the tensors defining Q (:attr:`keys`), then these two.
+    BOOKKEEPING = ("initialized", "fits")
+
     @torch.no_grad()
     def fit(self, v: torch.Tensor | None, h: torch.Tensor) -> None:
         """:meth:`update` without validation or host synchronisation (``v, h``: ``(n, *shape)``)."""
+        self.commit(self.fitted(self.state, v, h))
+
+    def commit(self, new: dict[str, torch.Tensor]) -> None:
+        """Copy ``new`` tensors (from :meth:`fitted`) into the state, in place."""
+        for k, t in new.items():
+            self.state[k].copy_(t)
+        self._derived.clear()
+
+    def fitted(self, st: dict[str, torch.Tensor], v: torch.Tensor | None,
+               h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The state entries after one fit on the pairs ``v, h`` (``(n, *shape)``) from the state ``st``, as
+        new tensors; ``st`` is only read (so the fit can run under ``torch.cond``)."""
         cd = _compute_dtype(self.dtype, h.dtype)
         h = h.to(device=self.device, dtype=cd)
         # Square roots of safe norms: ‖v‖ and ‖h‖ may sit anywhere in the float range.
@@ -285,13 +337,12 @@ class Preconditioner:
             vv = _safe_norm(v).sqrt()
         ok = (vv > 0) & (hh > 0)  # an all-zero pair carries nothing: zero step, no initial scale
         vv, hh = torch.where(ok, vv, 1.0), torch.where(ok, hh, 1.0)
-        init = self.state["initialized"]
-        self._rescale(torch.where(init | ~ok, torch.ones_like(vv), vv / hh))
-        init |= ok
+        init = st["initialized"]
+        new = self._scaled(st, torch.where(init | ~ok, torch.ones_like(vv), vv / hh))
         s = 1.0 / (vv * hh)  # the normalised step does not depend on the pair's common scale
-        self._fit(s * s if v.ndim == 0 else v * s, h * s, ok.to(cd) * self.lr)
-        self.state["fits"] += 1
-        self._derived.clear()
+        new.update(self._fit({**st, **new}, s * s if v.ndim == 0 else v * s, h * s, ok.to(cd) * self.lr))
+        new["initialized"], new["fits"] = init | ok, st["fits"] + 1
+        return new
 
     @torch.no_grad()
     def precondition(self, g: torch.Tensor) -> torch.Tensor:
@@ -365,25 +416,25 @@ class DensePreconditioner(Preconditioner):
         eye = torch.eye(self.shape[0], dtype=self.dtype, device=self.device)
         return {"Q": scale * eye} if self.triangular else {"Q": scale * eye, "invQ": eye / scale}
 
-    def _rescale(self, c):
-        self.state["Q"].mul_(c.to(self.dtype))
-        if not self.triangular:
-            self.state["invQ"].div_(c.to(self.dtype))
+    def _scaled(self, st, c):
+        c = c.to(self.dtype)
+        return {"Q": st["Q"] * c} if self.triangular else {"Q": st["Q"] * c, "invQ": st["invQ"] / c}
 
-    def _fit(self, v, h, lr):
+    def _fit(self, st, v, h, lr):
         dt = v.dtype
-        Q = self._t("Q", dt)
+        Q = _as(st["Q"], dt)
         n, d = v.shape
         a = h @ Q.mT  # rows (Qh)ᵀ
         if self.triangular:
             b = torch.linalg.solve_triangular(Q, v, upper=True, left=False)  # rows (Q⁻ᵀv)ᵀ
             aa, bb = a.mT @ a / n, b.mT @ b / n
             mu = lr / (psd_norm_lower_bound(aa + bb) + _tiny(dt))
-            self.state["Q"].copy_(Q - torch.triu((aa - bb) * mu) @ Q)
-            return
-        iQ = self._t("invQ", dt)
+            return {"Q": Q - torch.triu((aa - bb) * mu) @ Q}
+        iQ = _as(st["invQ"], dt)
         b = v @ iQ
-        refresh = (self.num_updates + 1) % self._REFRESH == 0
+        # a host int eagerly; a tensor while compiling (then _select runs both inverse updates)
+        fits = st["fits"] if torch.compiler.is_compiling() else int(st["fits"])
+        refresh = (fits + 1) % self._REFRESH == 0
         # ∇ = Wᵀ Z / n with Z = [a; b], W = [a; −b]: work in the smaller of the 2n × 2n and d × d spaces.
         if 2 * n < d:
             Z = torch.cat([a, b])
@@ -391,20 +442,20 @@ class DensePreconditioner(Preconditioner):
             W = torch.cat([a, -b])
             # Z Q = [aQ; v] since b = vQ⁻¹; Q⁻¹Wᵀ = [hᵀ, −Q⁻¹bᵀ] since a = hQᵀ.
             Q_new = Q - (c * W).mT @ torch.cat([a @ Q, v])
-            if not refresh:  # Q⁻¹(I − c WᵀZ)⁻¹ = Q⁻¹ + c (Q⁻¹Wᵀ)(I − c Z Wᵀ)⁻¹ Z   (Woodbury)
+
+            def woodbury():  # Q⁻¹(I − c WᵀZ)⁻¹ = Q⁻¹ + c (Q⁻¹Wᵀ)(I − c Z Wᵀ)⁻¹ Z
                 K = torch.eye(2 * n, dtype=dt, device=v.device) - c * Z @ W.mT
                 iQWt = torch.cat([h, -(b @ iQ.mT)])
-                iQ = iQ + (c * iQWt).mT @ torch.linalg.solve(K, Z)
+                return (iQ + (c * iQWt).mT @ torch.linalg.solve(K, Z),)
         else:
             aa, bb = a.mT @ a / n, b.mT @ b / n
             WtZ = (aa - bb) * (lr / (psd_norm_lower_bound(aa + bb) + _tiny(dt)))
             Q_new = Q - WtZ @ Q
-            if not refresh:
-                iQ = torch.linalg.solve(torch.eye(d, dtype=dt, device=v.device) - WtZ, iQ, left=False)
-        if refresh:
-            iQ = torch.linalg.inv(Q_new)
-        self.state["Q"].copy_(Q_new)
-        self.state["invQ"].copy_(iQ)
+
+            def woodbury():
+                return (torch.linalg.solve(torch.eye(d, dtype=dt, device=v.device) - WtZ, iQ, left=False),)
+        (iQ,) = _select(refresh, lambda: (torch.linalg.inv(Q_new),), woodbury)
+        return {"Q": Q_new, "invQ": iQ}
 
     def _precondition(self, g):
         Q = self._t("Q", g.dtype)
@@ -437,15 +488,16 @@ class DiagPreconditioner(Preconditioner):
             out["L"] = torch.zeros(shape, dtype=self.cdtype, device=self.device)
         return out
 
-    def _rescale(self, c):
-        self.state["q"].mul_(c.to(self.dtype))
+    def _scaled(self, st, c):
+        return {"q": st["q"] * c.to(self.dtype)}
 
-    def _fit(self, v, h, lr):
-        q = self._t("q", v.dtype)
+    def _fit(self, st, v, h, lr):
+        q, out = _as(st["q"], v.dtype), {}
         a2, b2 = (h * q).square().mean(0), (v / q).square().mean(0)
         # |a2 − b2| ≤ a2 + b2 = ℓ: every entry's relative step stays below μ < 1
-        mu = self._mu("L", a2 + b2 if self.elementwise_step else (a2 + b2).amax(), lr)
-        self.state["q"].copy_(q - mu * (a2 - b2) * q)
+        mu = self._mu(st, out, "L", a2 + b2 if self.elementwise_step else (a2 + b2).amax(), lr)
+        out["q"] = q - mu * (a2 - b2) * q
+        return out
 
     def _precondition(self, g):
         return self._derive(("q2", g.dtype), lambda: self._t("q", g.dtype).square()) * g
@@ -480,6 +532,13 @@ class LRAPreconditioner(Preconditioner):
         super().__init__((dim,), **kwargs)
         self._pick_key = _splitmix64(self.seed)
 
+    def _moves_u(self, fits: int | torch.Tensor) -> bool | torch.Tensor:
+        """The fair coin of fit number ``fits``: a host bool for an int, the same value as a tensor for a
+        tensor."""
+        if isinstance(fits, int):
+            return _splitmix64(self._pick_key + fits) >> 63 == 0
+        return _mix(fits + _i64(self._pick_key + 0x9E3779B97F4A7C15)) >= 0  # top bit clear
+
     def _init_tensors(self, scale):
         dim, r = self.shape[0], self.rank
         gen = torch.Generator().manual_seed(self.seed)
@@ -490,15 +549,16 @@ class LRAPreconditioner(Preconditioner):
         d = torch.full((dim,), scale, dtype=self.dtype, device=self.device)
         return {"U": U, "V": V, "d": d, "M": M}
 
-    def _rescale(self, c):
-        self.state["d"].mul_(c.to(self.dtype))
+    def _scaled(self, st, c):
+        return {"d": st["d"] * c.to(self.dtype)}
 
-    def _fit(self, v, h, lr):
+    def _fit(self, st, v, h, lr):
         # Touches the (dim × rank) factors as few times as possible; rank × rank work is free.
         dt = v.dtype
         tiny = _tiny(dt)
-        U, V, d, M = (self._t(k, dt) for k in ("U", "V", "d", "M"))
-        k = self.num_updates
+        U, V, d, M = (_as(st[k], dt) for k in ("U", "V", "d", "M"))
+        # a host int eagerly; a tensor while compiling (then _select runs both branches)
+        k = st["fits"] if torch.compiler.is_compiling() else int(st["fits"])
         x = d * h
         a = x + (x @ V) @ U.mT  # Q h (rows)
         aU = a @ U
@@ -514,33 +574,39 @@ class LRAPreconditioner(Preconditioner):
         t1, t2 = (Ph * h).mean(0), (invPv * v).mean(0)  # d: Q ← Q·diag(1 − μ∇_d)
         ell = (Ph * h).abs().mean(0) + (invPv * v).abs().mean(0)
         mu = lr / (ell + tiny) if self.elementwise_step else lr / (ell.amax() + tiny)
-        self.state["d"].copy_(d - mu * (t1 - t2) * d)
+        out = {"d": d - mu * (t1 - t2) * d}
         if self.rank == 0:
-            return
+            return out
         Z = torch.cat([a, b])  # ∇ = (aᵀa − bᵀb)/n = Zᵀ S Z / n, S = diag(1, −1); 1/n cancels in μ/ℓ
         an2, bn2 = a.square().sum(), b.square().sum()
-        if _splitmix64(self._pick_key + k) >> 63 == 0:  # move U: U ← U − μ (∇V)(I + VᵀU)
+
+        def move_u():  # U ← U − μ (∇V)(I + VᵀU)
             aV = a @ V
             na2, nb2 = _sq_norms_through(aV, bV, V)
             C = torch.cat([aV, -bV]) @ M.mT * (lr / ((an2 * na2).sqrt() + (bn2 * nb2).sqrt() + tiny))
-            U = U - Z.mT @ C
-            M = M - C.mT @ torch.cat([aV, bV])
-        else:  # move V: V ← V − μ (I + VUᵀ)(∇U)
+            return U - Z.mT @ C, V, M - C.mT @ torch.cat([aV, bV])
+
+        def move_v():  # V ← V − μ (I + VUᵀ)(∇U)
             bU = b @ U
             na2, nb2 = _sq_norms_through(aU, bU, U)
             D = torch.cat([aU, -bU]) * (lr / ((an2 * na2).sqrt() + (bn2 * nb2).sqrt() + tiny))
             Y = torch.cat([aU, bU])
-            V = V - (Z.mT + V @ Y.mT) @ D
-            M = M - M @ (Y.mT @ D)
-        if k % 16 == 15:  # balance ‖U‖, ‖V‖ (UVᵀ unchanged) and drop M's round-off
+            return U, V - (Z.mT + V @ Y.mT) @ D, M - M @ (Y.mT @ D)
+
+        U, V, M = _select(self._moves_u(k), move_u, move_v)
+        renew = k % 16 == 15  # balance ‖U‖, ‖V‖ (UVᵀ unchanged) and drop M's round-off
+
+        def balanced():
             rho = ((torch.linalg.vector_norm(U) + tiny) / (torch.linalg.vector_norm(V) + tiny)).sqrt()
-            U, V = U / rho, V * rho
-        self.state["U"].copy_(U)
-        self.state["V"].copy_(V)
-        if k % 16 == 15 or self.dtype != dt:
-            U, V = self._t("U", self.cdtype), self._t("V", self.cdtype)
-            M = torch.eye(self.rank, dtype=self.cdtype, device=self.device) + U.mT @ V
-        self.state["M"].copy_(M)
+            return U / rho, V * rho
+
+        U, V = _select(renew, balanced, lambda: (U, V))
+        # M from the factors as stored (rounded to the storage dtype)
+        Us, Vs = (_as(_as(x, self.dtype), self.cdtype) for x in (U, V))
+        M = _select(True if self.dtype != dt else renew,
+                    lambda: (torch.eye(self.rank, dtype=self.cdtype, device=self.device) + Us.mT @ Vs,),
+                    lambda: (M,))[0]
+        return {**out, "U": U, "V": V, "M": M}
 
     def _precondition(self, g):
         U, V, d = (self._t(k, g.dtype) for k in ("U", "V", "d"))
@@ -573,12 +639,11 @@ class XMatPreconditioner(Preconditioner):
             "b": torch.zeros(dim, dtype=self.dtype, device=self.device),
         }
 
-    def _rescale(self, c):
-        self.state["a"].mul_(c.to(self.dtype))
-        self.state["b"].mul_(c.to(self.dtype))
+    def _scaled(self, st, c):
+        return {"a": st["a"] * c.to(self.dtype), "b": st["b"] * c.to(self.dtype)}
 
-    def _fit(self, v, h, lr):
-        a, b = self._t("a", v.dtype), self._t("b", v.dtype)
+    def _fit(self, st, v, h, lr):
+        a, b = _as(st["a"], v.dtype), _as(st["b"], v.dtype)
         af, bf = a.flip(0), b.flip(0)
         A = a * h + b * h.flip(-1)  # Q h
         B = (af * v - bf * v.flip(-1)) / (a * af - b * bf)  # Q⁻ᵀ v by 2 × 2 block solves
@@ -586,8 +651,7 @@ class XMatPreconditioner(Preconditioner):
         grad_a = (A * A - B * B).mean(0)
         grad_b = (A * A.flip(-1) - B * B.flip(-1)).mean(0) * self._mask.to(v.dtype)
         # (I − μ X(∇a, ∇b)) Q in closed form for X-matrix products
-        self.state["a"].copy_(a - mu * (grad_a * a + grad_b * bf))
-        self.state["b"].copy_(b - mu * (grad_a * b + grad_b * af))
+        return {"a": a - mu * (grad_a * a + grad_b * bf), "b": b - mu * (grad_a * b + grad_b * af)}
 
     def _coefficients(self, dt: torch.dtype) -> torch.Tensor:
         a, b = self._t("a", dt), self._t("b", dt)
@@ -684,10 +748,9 @@ class KronPreconditioner(Preconditioner):
     def factors(self) -> list[torch.Tensor]:
         return [self.state[f"Q{i}"] for i in range(len(self.kinds))]
 
-    def _rescale(self, c):
-        ck = c ** (1.0 / len(self.kinds))
-        for f in self.factors:
-            f.mul_(ck.to(f.dtype))
+    def _scaled(self, st, c):
+        ck = (c ** (1.0 / len(self.kinds))).to(self.dtype)
+        return {f"Q{i}": st[f"Q{i}"] * ck for i in range(len(self.kinds))}
 
     def _solve_t(self, x: torch.Tensor, q: torch.Tensor, dim: int, transpose: bool) -> torch.Tensor:
         """Along ``dim``: ``x Q⁻¹`` (rows times Q⁻¹, i.e. Q⁻ᵀ applied), or ``x Q⁻ᵀ`` with ``transpose``."""
@@ -697,12 +760,12 @@ class KronPreconditioner(Preconditioner):
         qq = q.mT if transpose else q
         return torch.movedim(torch.linalg.solve_triangular(qq, xm, upper=not transpose, left=False), -1, dim)
 
-    def _fit(self, v, h, lr):
+    def _fit(self, st, v, h, lr):
         dt, n = h.dtype, h.shape[0]
         h = h.reshape(n, *self._ishape)
         v = v if v.ndim == 0 else v.reshape(n, *self._ishape)
-        Qs = [f.to(dt) for f in self.factors]
-        new = []
+        Qs = [_as(st[f"Q{i}"], dt) for i in range(len(self.kinds))]
+        new, out = [], {}
         if self.coords == "EQ":  # ∇_k = E[A_k A_kᵀ − B_k B_kᵀ], A = Qh, B = Q⁻ᵀv
             A, B = h, v
             for i, q in enumerate(Qs):
@@ -712,10 +775,10 @@ class KronPreconditioner(Preconditioner):
                 Ai, Bi = _unfold(A, i + 1), _unfold(B, i + 1)
                 if q.ndim == 1:
                     t1, t2 = Ai.square().sum(1) / n, Bi.square().sum(1) / n
-                    new.append(q - self._mu(f"L{i}", (t1 + t2).amax(), lr) * (t1 - t2) * q)
+                    new.append(q - self._mu(st, out, f"L{i}", (t1 + t2).amax(), lr) * (t1 - t2) * q)
                 else:
                     t1, t2 = Ai @ Ai.mT / n, Bi @ Bi.mT / n
-                    mu = self._mu(f"L{i}", psd_norm_lower_bound(t1 + t2), lr)
+                    mu = self._mu(st, out, f"L{i}", psd_norm_lower_bound(t1 + t2), lr)
                     new.append(q - mu * torch.triu(t1 - t2) @ q)
         elif self.coords in ("QEQ", "QUAD"):  # ∇_k = E[(Ph)_k (Ph)_kᵀ − v_k v_kᵀ] (mode-k unfoldings)
             Ph = h
@@ -735,7 +798,7 @@ class KronPreconditioner(Preconditioner):
                 else:
                     t2 = gram(_unfold(v, i + 1))
                     ell = top(t1) + top(t2)
-                mu = self._mu(f"L{i}", ell, lr)
+                mu = self._mu(st, out, f"L{i}", ell, lr)
                 if diag:
                     gain = 1 - (mu / 2 if quad else mu) * (t1 - t2)
                     new.append(q * gain * gain if quad else q * gain)
@@ -758,17 +821,17 @@ class KronPreconditioner(Preconditioner):
                 X, Hk, Vk, Yk = (_unfold(t, i + 1) for t in (Ph, h, v, Pv))
                 if q.ndim == 1:
                     t1, t2 = (X * Hk).sum(1) / n, (Vk * Yk).sum(1) / n
-                    new.append(q - self._mu(f"L{i}", (t1.abs() + t2.abs()).amax(), lr) * (t1 - t2) * q)
+                    mu = self._mu(st, out, f"L{i}", (t1.abs() + t2.abs()).amax(), lr)
+                    new.append(q - mu * (t1 - t2) * q)
                 else:
                     t1, t2 = X @ Hk.mT / n, Vk @ Yk.mT / n
                     ell = torch.linalg.matrix_norm(t1) + torch.linalg.matrix_norm(t2)
-                    new.append(q - self._mu(f"L{i}", ell, lr) * q @ torch.triu(t1 - t2))
+                    new.append(q - self._mu(st, out, f"L{i}", ell, lr) * q @ torch.triu(t1 - t2))
         if len(new) > 1:  # balance factor magnitudes to their geometric mean; Q itself is unchanged
             norms = torch.stack([q.abs().amax() for q in new]) + _tiny(dt)
             gmean = torch.exp(torch.log(norms).mean())
             new = [q * (gmean / norms[i]) for i, q in enumerate(new)]
-        for f, q in zip(self.factors, new):
-            f.copy_(q)
+        return {**out, **{f"Q{i}": q for i, q in enumerate(new)}}
 
     def _precondition(self, g):
         lead = g.shape[: g.ndim - len(self.shape)]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 __all__ = ["ExponentialDecaySchedule"]
 
 
@@ -29,7 +31,11 @@ class ExponentialDecaySchedule:
             raise ValueError(f"decay_steps must be a positive int, got {decay_steps!r}")
         self.start, self.end, self.decay_steps = float(start), float(end), decay_steps
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: int | torch.Tensor) -> float | torch.Tensor:
+        """``p(step)``: a float for an int step, a float64 tensor for a tensor one (compiled optimizers)."""
+        if isinstance(step, torch.Tensor):
+            frac = step.double().clamp(0, self.decay_steps) / self.decay_steps
+            return self.start * torch.exp(frac * math.log(self.end / self.start))
         frac = min(max(step, 0), self.decay_steps) / self.decay_steps
         if frac >= 1.0:
             return self.end

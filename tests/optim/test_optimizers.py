@@ -14,6 +14,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from genlib.optim import LRA, PSGD, Dense, Diag, ExponentialDecaySchedule, Kron, XMat
+from genlib.optim.preconditioners import LRAPreconditioner
 
 DT = torch.float64
 FAMILIES = [Dense, LRA, Kron, XMat, Diag]
@@ -306,6 +307,10 @@ def test_schedule_values_and_pickling():
     s = ExponentialDecaySchedule(start=1.0, end=0.1, decay_steps=100)
     assert s(0) == 1.0 and math.isclose(s(50), math.sqrt(0.1)) and s(100) == 0.1 and s(10**6) == 0.1
     assert all(s(t) >= s(t + 1) for t in range(150))
+    # a compiled optimizer calls it with the step count tensor: the same values
+    steps = torch.arange(0, 150, dtype=torch.float32)
+    torch.testing.assert_close(torch.stack([s(t) for t in steps]), torch.tensor([s(t) for t in range(150)],
+                                                                              dtype=torch.float64))
     s2 = pickle.loads(pickle.dumps(s))
     assert s2 == s and s2(37) == s(37)
     w = nn.Parameter(torch.randn(3, 4))
@@ -637,6 +642,50 @@ def test_default_trust_region_keeps_whitening_finite_at_twice_the_lr_that_blew_u
     assert math.isfinite(final_loss())
     off = final_loss(max_update_rms=math.inf)
     assert not math.isfinite(off) or off > 1e10
+
+
+def test_host_and_tensor_coins_agree():
+    # eager steps read the refit coin (and LRA its U/V coin) as host values, compiled ones as tensors: the
+    # same bits, or a compiled run would refit on other steps than the eager one
+    opt = Kron([nn.Parameter(torch.randn(3))], seed=7)
+    ts = torch.arange(0, 2000, dtype=torch.float32)
+    torch.testing.assert_close(torch.stack([opt._coin(t) for t in ts]),
+                               torch.tensor([opt._coin(t) for t in range(2000)], dtype=torch.float64),
+                               rtol=0, atol=0)
+    pre = LRAPreconditioner(8, rank=2, seed=3)
+    host = [pre._moves_u(k) for k in range(2000)]
+    assert host == [bool(pre._moves_u(torch.tensor(k))) for k in range(2000)]
+    assert 900 < sum(host) < 1100  # and fair
+
+
+@pytest.mark.parametrize("family, kw, backend", [
+    (Kron, {"coords": "QEQ"}, "inductor"), (Kron, {}, "aot_eager"), (LRA, {"rank": 2}, "aot_eager"),
+    (Diag, {}, "aot_eager"), (XMat, {}, "aot_eager"), (Dense, {}, "aot_eager")],
+    ids=["kron-qeq", "kron", "lra", "diag", "xmat", "dense"])
+def test_refit_schedule_step_compiles_whole_and_follows_eager(family, kw, backend):
+    # A tensor coin puts the fits under torch.cond, which needs them pure (new state out, nothing written):
+    # the compiled step is one graph (fullgraph=True raises on a break), it refits on the same steps as an
+    # eager twin, LRA crosses its 16-fit renewal, and the parameters stay together. (aot_eager: the same
+    # trace as inductor without its code generation, which one family exercises.)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
+    X, Y = torch.randn(32, 6), torch.randn(32, 4)
+    twin_model = copy.deepcopy(model)
+    kw = dict(lr=0.01, momentum=0.9, check_finite=False,
+              update_probability=ExponentialDecaySchedule(1.0, 0.5, 20), **kw)
+    opt, twin = family(model.parameters(), **kw), family(twin_model.parameters(), **kw)
+    torch._dynamo.reset()  # each family's step is new code to dynamo: start below its recompile limit
+    step = torch.compile(opt.step, fullgraph=True, backend=backend)
+    for _ in range(40):
+        for m, st in ((model, step), (twin_model, twin.step)):
+            m.zero_grad()
+            (m(X) - Y).square().mean().backward()
+            st()
+    fits = [pc.num_updates for g in opt.preconditioners for pc in g]
+    assert fits == [pc.num_updates for g in twin.preconditioners for pc in g]
+    assert 16 < fits[0] < 40
+    for a, b in zip(model.parameters(), twin_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("coords", ["EQ", "QEQ"])
