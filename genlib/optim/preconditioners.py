@@ -200,6 +200,7 @@ class Preconditioner:
         self.state["initialized"] = torch.tensor(init_scale is not None, device=self.device)
         self.state["fits"] = torch.zeros((), dtype=torch.int64)  # host counter: drives LRA's U/V coin
         self._derived: dict[Any, torch.Tensor] = {}  # products of Q valid until it changes: not state
+        self._scale_known = init_scale is not None  # host mirror of a True "initialized": skips a rescale
 
     # ---- family pieces
     def _init_tensors(self, scale: float) -> dict[str, torch.Tensor]:
@@ -275,6 +276,7 @@ class Preconditioner:
                 state[k] = t
         self.state = state
         self._derived.clear()
+        self._scale_known = False  # re-read at the next commit
 
     def _check_batch(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -321,6 +323,8 @@ class Preconditioner:
         for k, t in new.items():
             self.state[k].copy_(t)
         self._derived.clear()
+        if not (self._scale_known or torch.compiler.is_compiling()):  # one sync per fit until it is set
+            self._scale_known = bool(self.state["initialized"])
 
     def fitted(self, st: dict[str, torch.Tensor], v: torch.Tensor | None,
                h: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -338,7 +342,9 @@ class Preconditioner:
         ok = (vv > 0) & (hh > 0)  # an all-zero pair carries nothing: zero step, no initial scale
         vv, hh = torch.where(ok, vv, 1.0), torch.where(ok, hh, 1.0)
         init = st["initialized"]
-        new = self._scaled(st, torch.where(init | ~ok, torch.ones_like(vv), vv / hh))
+        # Q's starting scale from the first nonzero pair; known set (eagerly): c = 1, nothing to scale
+        skip = self._scale_known and not torch.compiler.is_compiling()
+        new = {} if skip else self._scaled(st, torch.where(init | ~ok, torch.ones_like(vv), vv / hh))
         s = 1.0 / (vv * hh)  # the normalised step does not depend on the pair's common scale
         new.update(self._fit({**st, **new}, s * s if v.ndim == 0 else v * s, h * s, ok.to(cd) * self.lr))
         new["initialized"], new["fits"] = init | ok, st["fits"] + 1
@@ -390,6 +396,7 @@ class Preconditioner:
         self.state["initialized"].fill_(bool(state["initialized"]))
         self.state["fits"].fill_(int(state["num_updates"]))
         self._derived.clear()
+        self._scale_known = bool(state["initialized"])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={self.shape}, lr={self.lr}, dtype={self.dtype})"
