@@ -23,7 +23,8 @@ optimizers need (PSGD's ``"hvp"`` / ``"finite_diff"`` evaluate it more than once
 - **compile**: ``torch.compile`` of the model-and-loss module. genlib's value checks are switched off
   inside it (:func:`genlib.validate_args`), so its forward has no graph breaks of genlib's making. Not for
   closure optimizers (their second derivatives run eager, with a warning), and not ``prepare``: e.g. the
-  semi-supervised trainer's Langevin chains stay eager and in fp32.
+  semi-supervised trainer's Langevin chains stay eager and in fp32. ``compile_optimizers`` also compiles
+  each optimizer's ``step`` (checks off too): a PSGD step, refit schedule included, is one graph.
 - **Distributed**: under ``torchrun`` (:func:`~genlib.train.distributed.init_distributed`) the
   model-and-loss module is wrapped in ``DistributedDataParallel`` (closure optimizers instead average
   their gradients across ranks themselves, as genlib's PSGD does); :attr:`shard` gives a
@@ -89,6 +90,16 @@ class _Objective(nn.Module):
             return self.loss_fn(prepared)
 
 
+def _unchecked(step: Callable[[], Any]) -> Callable[[], Any]:
+    """``step`` run with genlib's value checks off (a compiled step: their host reads would break it)."""
+
+    def run() -> Any:
+        with validate_args(False):
+            return step()
+
+    return run
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -114,6 +125,9 @@ class Engine:
         precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (autocast; fp16 with a ``GradScaler``).
         compile: ``torch.compile`` the model-and-loss module (with genlib's value checks off inside); a
             string names the ``torch.compile`` backend (default ``"inductor"``).
+        compile_optimizers: ``torch.compile`` each optimizer's ``step`` too (same backend, checks off: no
+            NaN check of PSGD's gradients). Not with closure optimizers or fp16's ``GradScaler``; keep each
+            group's ``lr`` fixed (a new float value recompiles the step).
         grad_clip: max gradient norm per optimizer (``None``: no clipping).
         checkpoint_dir: folder of the run's checkpoints (``None``: none); ``checkpoint_every`` units apart.
         checkpointer: a ready :class:`~genlib.train.Checkpointer` instead (its ``every`` counts units).
@@ -138,6 +152,7 @@ class Engine:
         device: torch.device | str | None = None,
         precision: Literal["fp32", "bf16", "fp16"] = "fp32",
         compile: bool | str = False,
+        compile_optimizers: bool = False,
         grad_clip: float | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpointer: Checkpointer | None = None,
@@ -205,6 +220,12 @@ class Engine:
             forward = torch.compile(forward, backend=compile if isinstance(compile, str) else "inductor")
         self._forward = forward
         self._loss = objective  # closure optimizers differentiate the unwrapped loss (and sync it themselves)
+        if compile_optimizers and (self.closure or self.scaler is not None):
+            raise ValueError("compile_optimizers: closure optimizers (PSGD 'hvp' / 'finite_diff') and "
+                             "precision='fp16' (a GradScaler steps the optimizers) need eager steps")
+        backend = compile if isinstance(compile, str) else "inductor"
+        self._steps = [_unchecked(torch.compile(o.step, backend=backend)) if compile_optimizers else o.step
+                       for o in opts]
         if compile and self.closure:
             warnings.warn("compile: closure optimizers (PSGD 'hvp' / 'finite_diff') differentiate the loss "
                           "twice, which compiled graphs do not support; the loss runs eager", stacklevel=2)
@@ -256,11 +277,11 @@ class Engine:
             if self.grad_clip is not None:
                 params = [p for g in opt.param_groups for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        for opt in self.optimizers:
+        for opt, opt_step in zip(self.optimizers, self._steps):
             if self.scaler is not None:
                 self.scaler.step(opt)
             else:
-                opt.step()
+                opt_step()
         if self.scaler is not None:
             self.scaler.update()
         return self._record(loss, metrics)

@@ -118,6 +118,41 @@ def test_compiled_loss_has_no_graph_breaks_and_matches_eager():
     assert compiled == pytest.approx(run(False), rel=1e-5)
 
 
+def test_compiled_optimizer_steps_are_one_graph_and_match_eager():
+    # Kron with a refit schedule (its fits under torch.cond) and Adam on two parameter sets, every step
+    # compiled: no graph break of genlib's, and the run equals the eager one.
+    from torch._dynamo.utils import counters
+
+    from genlib.optim import ExponentialDecaySchedule, Kron
+
+    x, y = _data()
+
+    def run(compile_optimizers):
+        torch.manual_seed(0)
+        model = _net()
+        body, head = list(model[0].parameters()), list(model[2].parameters())
+        opts = [Kron(body, lr=3e-3, update_probability=ExponentialDecaySchedule(1.0, 0.3, 10)),
+                torch.optim.Adam(head, lr=1e-2)]
+        engine = _engine(model, opt=opts, compile="aot_eager", compile_optimizers=compile_optimizers)
+        sb = StepBatches({"d": (x, y)}, 16, seed=0)
+        h = engine.fit(lambda a, b: step_loader(sb, a, b), 25)["loss"]
+        return h, opts[0].preconditioners[0][0].num_updates
+
+    torch._dynamo.reset()
+    counters.clear()
+    (compiled, fits), (eager, eager_fits) = run(True), run(False)
+    # torch's Adam.step breaks its graph on purpose around the step (torch._dynamo.graph_break() in
+    # torch.optim, so that no_grad is respected); PSGD's step has none
+    assert all("User-inserted graph break" in reason for reason in counters["graph_break"])
+    assert sum(counters["graph_break"].values()) == 1
+    assert fits == eager_fits and 5 < fits < 25
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert compiled[-1] < compiled[0]
+    with pytest.raises(ValueError, match="compile_optimizers"):
+        model = _net()
+        _engine(model, opt=Kron(model.parameters(), curvature="hvp"), compile_optimizers=True)
+
+
 def test_closure_optimizers_see_one_prepared_batch_and_mixed_modes_are_refused():
     x, y = _data()
     model = _net()
