@@ -40,6 +40,11 @@ seconds per step relative to Adam.
     python -m benchmarks.optimizers --tasks vae --seconds 30 --seeds 2
     python -m benchmarks.optimizers --tasks xor --seconds 60 --lrs adam=1e-3,3e-3 hvp=1e-2
     python -m benchmarks.optimizers --tasks vae --compile   # torch.compile the model's loss
+    python -m benchmarks.optimizers --tasks vae --compile --compile-step --warmup-steps 3   # and every step
+
+``--compile-step`` compiles each optimizer's ``step`` too (Engine's ``compile_optimizers``: torch's Adam as
+torch compiles it, genlib's PSGD as one graph with its refits under ``torch.cond``); the steps before
+``--warmup-steps`` (first compile, recompiles once lazy state exists) are off the clock for every optimizer.
 
 Writes ``--out``/results.json (atomically, after every run) and prints a markdown table.
 """
@@ -164,7 +169,8 @@ def _elbo_run(vae, opt: torch.optim.Optimizer, batches: StepBatches, args) -> Ru
         return loss, {"loss": loss}
 
     run = Run()
-    run.engine = Engine(vae, opt, loss_fn, device="cpu", compile=args.compile, progress=False)
+    run.engine = Engine(vae, opt, loss_fn, device="cpu", compile=args.compile,
+                        compile_optimizers=args.compile_step, progress=False)
     run.batch = lambda step: batches[step]
     return run
 
@@ -207,7 +213,7 @@ def build_semisup_task(opt_name: str, lr: float, seed: int, args) -> Run:
     vae, _ = rs.build(cfg, tuple(data.x_labeled.shape[1:]))
     ratio = cfg.train.ebm_lr / cfg.train.lr
     tcfg = replace(cfg.train, seed=seed, lr=lr, ebm_lr=lr * ratio, eval_every=0, progress=False,
-                   compile=args.compile, augment=None)
+                   compile=args.compile, compile_optimizers=args.compile_step, augment=None)
 
     def factory(params, lr):
         return make_optimizer(opt_name, params, lr, "semisup", seed)
@@ -267,7 +273,7 @@ def build_xor_task(opt_name: str, lr: float, seed: int, args) -> Run:
     run = Run()
     # the recipe's clipping: gradients to norm 1 (Adam, whitening PSGD), PSGD's closure step to norm 1
     run.engine = Engine(model, opt, loss_fn, device="cpu", compile=args.compile, grad_clip=xcfg.grad_clip,
-                        progress=False)
+                        compile_optimizers=args.compile_step, progress=False)
     run.batch = lambda step: rx.make_batch(xcfg.batch_size, args.xor_length, gen)
     window: list[float] = []
     state: dict[str, float] = {}
@@ -294,7 +300,8 @@ BUILDERS = {"vae": build_vae_task, "semisup": build_semisup_task, "speech": buil
 
 # -------------------------------------------------------------------------------------------- one run
 def train_one(task: str, opt_name: str, lr: float, seed: int, args) -> dict:
-    """Train for ``args.seconds`` on ``args.clock`` (evaluations and the first step not counted)."""
+    """Train for ``args.seconds`` on ``args.clock`` (evaluations and the first ``args.warmup_steps`` steps
+    not counted)."""
     torch.set_num_threads(1)
     t_build = time.perf_counter()
     run = BUILDERS[task](opt_name, lr, seed, args)
@@ -337,8 +344,8 @@ def train_one(task: str, opt_name: str, lr: float, seed: int, args) -> dict:
             rec["diverged"], rec["error"] = True, f"{type(e).__name__}: {str(e)[:200]}"
             break
         dt, dtw = clock() - t, time.perf_counter() - tw
-        if step == 0:
-            first_step_s = dtw  # lazy state, compilation: not on the clock
+        if step < args.warmup_steps:
+            first_step_s += dtw  # lazy state, compilation (recompiles once state exists): not on the clock
         else:
             elapsed += dt
             wall += dtw
@@ -362,7 +369,8 @@ def train_one(task: str, opt_name: str, lr: float, seed: int, args) -> dict:
     final = {} if rec["diverged"] else (evaluate(True) or {})
     rec.update(steps=step, seconds=elapsed, wall_seconds=wall, clock=args.clock, first_step_s=first_step_s,
                build_s=build_s, eval_s=eval_s,
-               s_per_step=elapsed / (step - 1) if step > 1 else math.nan, final=final, final_loss=loss_v)
+               s_per_step=elapsed / (step - args.warmup_steps) if step > args.warmup_steps else math.nan,
+               final=final, final_loss=loss_v)
     if task == "xor":
         rec["solved"] = "solved_step" in rec
     return rec
@@ -489,6 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iwae-samples", type=int, default=50, help="importance samples of the vae's log p(x)")
     ap.add_argument("--xor-length", type=int, default=32)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model's loss (genlib Engine)")
+    ap.add_argument("--compile-step", action="store_true",
+                    help="torch.compile the optimizers' steps too (genlib and torch optimizers; Engine's "
+                         "compile_optimizers)")
+    ap.add_argument("--warmup-steps", type=int, default=1,
+                    help="first steps not on the clock (compilation; 3 with --compile-step)")
     ap.add_argument("--quick", action="store_true", help="~2 minutes: vae + xor, 2.5 s runs, 2 lrs, 1 seed")
     ap.add_argument("--out", default="runs/bench_optimizers")
     ap.add_argument("--more-seeds", type=int, nargs="+", default=None, metavar="SEED",
@@ -504,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds, args.seeds = 2.5, 0
         args.iwae_samples = min(args.iwae_samples, 10)
     torch.set_num_threads(1)
-    if not args.compile:  # external packages compile their internals by default: eager here, like ours
+    if not (args.compile or args.compile_step):  # externals compile their internals by default: eager here
         import torch._dynamo as dynamo
 
         dynamo.config.disable = True
@@ -523,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"argv": sys.argv[1:] if argv is None else argv, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "cpu_count": os.cpu_count(), "compile": args.compile,
+            "compile_step": args.compile_step,
             "optimizers": optimizers, "skipped": {k: v for k, v in avail.items() if v}}
     records: list[dict] = []
     best: dict[tuple[str, str], float] = {}
@@ -574,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     save()
     rows = summarize(records, best)
     print(f"\n{len(records)} runs in {time.perf_counter() - t0:.0f} s; one torch thread; {args.clock} clock; "
-          f"{'compiled' if args.compile else 'eager'}")
+          f"{'compiled' if args.compile else 'eager'} loss, {'compiled' if args.compile_step else 'eager'} "
+          "optimizer steps")
     print(markdown(rows, args))
     print(f"\nsaved {out / 'results.json'}")
     return 0

@@ -34,6 +34,7 @@ with the standard error of their difference.
     python -m benchmarks.psgd_step [--steps 200] [--update-probability 0.1] [--models mlp cnn tiny]
     python -m benchmarks.psgd_step --probe-seeds 20 --models tiny   # loss: mean over 20 random streams
     python -m benchmarks.psgd_step --dense-fit     # one dense refit only, genlib vs psgd_torch
+    python -m benchmarks.psgd_step --curvature whiten --compile   # + genlib's steps compiled (ours+c:*)
 """
 
 from __future__ import annotations
@@ -85,8 +86,11 @@ class SharedCoins:
     def __init__(self, n: int, p: float, seed: int) -> None:
         g = torch.Generator().manual_seed(seed + 12345)
         self.coins = (torch.rand(n, generator=g) < p).double().tolist()
+        self._table = torch.tensor(self.coins, dtype=torch.float64)
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: int | torch.Tensor) -> float | torch.Tensor:
+        if isinstance(step, torch.Tensor):  # a compiled genlib step calls it with its step count tensor
+            return self._table[step.long()]
         return self.coins[step]
 
 
@@ -121,10 +125,18 @@ def optimizers(
         # Diag normalises each tensor's step on its own), compared with ref:diag too.
         "ours:lra0": lambda ps: gopt.LRA(ps, rank=0, **common),
     }
+    if args.compile:  # genlib's step compiled (one graph, refits under torch.cond); backward() outside it
+        for fam in ("kron", "lra", "xmat", "diag"):
+            out[f"ours+c:{fam}"] = lambda ps, make=out[f"ours:{fam}"]: _compiled(make(ps))
     if model == "tiny" and not whiten:  # dim² memory: only the tiny model (Newton only in psgd_torch)
         out["ours:dense"] = lambda ps: gopt.Dense(ps, **common)
         out["ref:dense"] = lambda ps: pt.Newton(ps, **ref)
     return out
+
+
+def _compiled(opt):
+    opt.compiled_step = torch.compile(opt.step, fullgraph=True)
+    return opt
 
 
 REFERENCE = {"ours:lra0": "ref:diag"}  # genlib optimizers compared with another family's reference
@@ -163,10 +175,10 @@ def train_steps(name: str, model: nn.Module, opt, batches: list, coins: SharedCo
     """``n`` steps of one optimizer from step ``start`` (psgd_torch told the shared refit decision)."""
     for i in range(start, start + n):
         x, y = batches[i % len(batches)]
-        if name in ("sgd", "adam"):
+        if name in ("sgd", "adam") or name.startswith("ours+c:"):
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
-            opt.step()
+            getattr(opt, "compiled_step", opt.step)()
             continue
         if name.startswith("ref:"):
             opt.preconditioner_update_probability = coins(i)  # the same refit steps as genlib's
@@ -251,6 +263,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "in its step from the closure)")
     ap.add_argument("--probe-seeds", type=int, default=0, metavar="K",
                     help="compare losses (no timing) as means over K random streams per side")
+    ap.add_argument("--compile", action="store_true",
+                    help="with --curvature whiten: also time genlib's families with torch.compile'd steps "
+                         "(rows ours+c:<family>; backward() outside the step)")
     ap.add_argument("--dense-fit", action="store_true",
                     help="only time one dense refit (d = 1930, one pair): genlib vs psgd_torch, then exit")
     args = ap.parse_args(argv)
@@ -262,6 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
         return r
     if args.steps < 10 or args.warmup < 0 or not 0 <= args.update_probability <= 1:
         raise ValueError("need --steps >= 10, --warmup >= 0 and --update-probability in [0, 1]")
+    if args.compile and args.curvature != "whiten":
+        raise ValueError("--compile needs --curvature whiten (an hvp step differentiates its closure twice)")
     if args.probe_seeds == 1 or args.probe_seeds < 0:
         raise ValueError(f"--probe-seeds must be 0 (timing run) or >= 2, got {args.probe_seeds}")
     torch.set_num_threads(1)  # one thread: comparable, and what this shared CPU allows
@@ -300,13 +317,13 @@ def main(argv: list[str] | None = None) -> dict:
         results[m] = res
         sgd = res["sgd"]["ms"]
         print(f"\n[{m}] {n_params} parameters; SGD {sgd:.2f} ms/step")
-        print(f"{'optimizer':<12}{'ms/step':>9}{'/SGD':>7}{'/ref':>7}{'loss':>9}{'-ref':>8}")
+        print(f"{'optimizer':<14}{'ms/step':>9}{'/SGD':>7}{'/ref':>7}{'loss':>9}{'-ref':>8}")
         for name, r in res.items():
-            refname = "ref:" + REFERENCE.get(name, name).split(":")[1] if name.startswith("ours:") else None
+            refname = "ref:" + REFERENCE.get(name, name).split(":")[1] if name.startswith("ours") else None
             rr = res.get(refname) if refname else None
             ratio = f"{r['ms'] / rr['ms']:>7.2f}" if rr else f"{'':>7}"
             dloss = f"{r['loss'] - rr['loss']:>+8.3f}" if rr else f"{'':>8}"
-            print(f"{name:<12}{r['ms']:>9.2f}{r['ms'] / sgd:>7.2f}{ratio}{r['loss']:>9.4f}{dloss}")
+            print(f"{name:<14}{r['ms']:>9.2f}{r['ms'] / sgd:>7.2f}{ratio}{r['loss']:>9.4f}{dloss}")
     return results
 
 

@@ -323,7 +323,7 @@ class Preconditioner:
         for k, t in new.items():
             self.state[k].copy_(t)
         self._derived.clear()
-        if not (self._scale_known or torch.compiler.is_compiling()):  # one sync per fit until it is set
+        if not (torch.compiler.is_compiling() or self._scale_known):  # one sync per fit until it is set
             self._scale_known = bool(self.state["initialized"])
 
     def fitted(self, st: dict[str, torch.Tensor], v: torch.Tensor | None,
@@ -343,7 +343,7 @@ class Preconditioner:
         vv, hh = torch.where(ok, vv, 1.0), torch.where(ok, hh, 1.0)
         init = st["initialized"]
         # Q's starting scale from the first nonzero pair; known set (eagerly): c = 1, nothing to scale
-        skip = self._scale_known and not torch.compiler.is_compiling()
+        skip = not torch.compiler.is_compiling() and self._scale_known
         new = {} if skip else self._scaled(st, torch.where(init | ~ok, torch.ones_like(vv), vv / hh))
         s = 1.0 / (vv * hh)  # the normalised step does not depend on the pair's common scale
         new.update(self._fit({**st, **new}, s * s if v.ndim == 0 else v * s, h * s, ok.to(cd) * self.lr))

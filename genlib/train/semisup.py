@@ -107,6 +107,7 @@ class SemiSupervisedConfig:
         progress: show a tqdm bar.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; see :class:`~genlib.train.Engine`).
         compile: ``torch.compile`` the loss (genlib's value checks off inside it).
+        compile_optimizers: ``torch.compile`` the optimizers' steps too (:class:`~genlib.train.Engine`).
         num_workers: DataLoader workers preparing batches (0: in the training process).
         augment: synthetic augmentation (Algorithm 2, steps 7-8), an
             :class:`~genlib.train.augment.AugmentConfig` (or a dict of its fields); ``None``: off.
@@ -132,6 +133,7 @@ class SemiSupervisedConfig:
     progress: bool = True
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
+    compile_optimizers: bool = False
     num_workers: int = 0
     augment: AugmentConfig | None = None
 
@@ -268,7 +270,8 @@ class SemiSupervisedTrainer:
         self._run_settings = dict(settings or {})
         self.engine = Engine(
             vae, [self.opt_model, self.opt_ebm], self._loss, prepare=self._prepare, device=self.device,
-            precision=config.precision, compile=config.compile, grad_clip=config.grad_clip,
+            precision=config.precision, compile=config.compile, compile_optimizers=config.compile_optimizers,
+            grad_clip=config.grad_clip,
             checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every, keep=2,
             settings=self._settings(), logger=logger, unit="iter", progress=config.progress, desc="semi-sup",
             divergence_hint="lower lr / ebm_lr or langevin_step_size",
@@ -453,7 +456,8 @@ class SemiSupervisedTrainer:
 
     def _settings(self) -> dict[str, Any]:
         """What a checkpoint must match to be continued (not the iteration target, cadences, progress)."""
-        skip = {"n_iters", "eval_every", "checkpoint_every", "progress", "compile", "num_workers"}
+        skip = {"n_iters", "eval_every", "checkpoint_every", "progress", "compile", "compile_optimizers",
+                "num_workers"}
         train = {k: v for k, v in asdict(self.config).items() if k not in skip}
         return {"train": train, "optimizer_class": type(self.opt_model).__name__, **self._run_settings}
 
