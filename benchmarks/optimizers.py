@@ -517,10 +517,13 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds, args.seeds = 2.5, 0
         args.iwae_samples = min(args.iwae_samples, 10)
     torch.set_num_threads(1)
-    if not (args.compile or args.compile_step):  # externals compile their internals by default: eager here
-        import torch._dynamo as dynamo
+    import torch._dynamo as dynamo
 
+    if not (args.compile or args.compile_step):  # externals compile their internals by default: eager here
         dynamo.config.disable = True
+    # every run builds new modules and optimizers, each a new entry in the cache of the same code: past the
+    # default limit of 8 torch.compile would fall back to eager without a word
+    dynamo.config.recompile_limit = dynamo.config.accumulated_recompile_limit = 4096
     avail = external_available()
     optimizers = []
     for o in args.optimizers:

@@ -90,7 +90,7 @@ class SharedCoins:
 
     def __call__(self, step: int | torch.Tensor) -> float | torch.Tensor:
         if isinstance(step, torch.Tensor):  # a compiled genlib step calls it with its step count tensor
-            return self._table[step.long()]
+            return self._table.index_select(0, step.long().reshape(1)).squeeze(0)
         return self.coins[step]
 
 
@@ -135,6 +135,8 @@ def optimizers(
 
 
 def _compiled(opt):
+    # one cache entry per optimizer (and one more once momentum exists) of the same code: above the limit of 8
+    torch._dynamo.config.recompile_limit = torch._dynamo.config.accumulated_recompile_limit = 4096
     opt.compiled_step = torch.compile(opt.step, fullgraph=True)
     return opt
 

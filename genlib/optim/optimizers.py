@@ -367,6 +367,9 @@ class PSGD(torch.optim.Optimizer):
         self.group_init = type(self).group_init
         self._preconds: list[list[Preconditioner]] = []
         self._coin_key, self._probe_key = stream_seed(seed, "coins"), stream_seed(seed, "probes")
+        # the tensor coin's increment as int64, computed here: traced, the masking would see a symbolic int
+        # (dynamo makes an int attribute that differs between optimizers dynamic) and 64-bit constants
+        self._coin_base = _i64(self._coin_key + _ODD)
         whiten = curvature == "whiten"  # whitening steps get a trust region by default (module docstring)
         defaults = dict(
             lr=(1e-3 if whiten else 1e-2) if lr is None else lr, preconditioner_lr=preconditioner_lr,
@@ -490,7 +493,7 @@ class PSGD(torch.optim.Optimizer):
         ``step``) and the tensor one (a tensor ``step``, while compiling) are the same double."""
         if isinstance(step, int):
             return (_splitmix64(self._coin_key + step) >> 11) * 2.0**-53
-        return _srl(_mix(step.long() + _i64(self._coin_key + _ODD)), 11).double() * 2.0**-53
+        return _srl(_mix(step.long() + self._coin_base), 11).double() * 2.0**-53
 
     def _probes(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """``v ~ N(0, I)`` shaped like each parameter: a counter-based hash of (seed, step, index) computed
@@ -689,7 +692,7 @@ class PSGD(torch.optim.Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         # torch pickles only defaults/state/param_groups; PSGD's own fields too
         keep = ("_curvature", "_update_probability", "seed", "sync_closure_grads", "check_finite",
-                "group_init", "_preconds", "_coin_key", "_probe_key", "_anchor")
+                "group_init", "_preconds", "_coin_key", "_coin_base", "_probe_key", "_anchor")
         return {**super().__getstate__(), **{k: self.__dict__[k] for k in keep}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

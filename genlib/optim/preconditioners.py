@@ -538,13 +538,14 @@ class LRAPreconditioner(Preconditioner):
         self.rank, self.elementwise_step, self.seed = rank, elementwise_step, int(seed)
         super().__init__((dim,), **kwargs)
         self._pick_key = _splitmix64(self.seed)
+        self._pick_base = _i64(self._pick_key + 0x9E3779B97F4A7C15)  # int64, not traced (see PSGD._coin_base)
 
     def _moves_u(self, fits: int | torch.Tensor) -> bool | torch.Tensor:
         """The fair coin of fit number ``fits``: a host bool for an int, the same value as a tensor for a
         tensor."""
         if isinstance(fits, int):
             return _splitmix64(self._pick_key + fits) >> 63 == 0
-        return _mix(fits + _i64(self._pick_key + 0x9E3779B97F4A7C15)) >= 0  # top bit clear
+        return _mix(fits + self._pick_base) >= 0  # top bit clear
 
     def _init_tensors(self, scale):
         dim, r = self.shape[0], self.rank

@@ -688,6 +688,24 @@ def test_refit_schedule_step_compiles_whole_and_follows_eager(family, kw, backen
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_steps_of_optimizers_with_other_seeds_share_one_trace():
+    # A second optimizer whose seed differs makes dynamo trace its hash keys as symbolic ints: the keys'
+    # 64-bit masking must not be traced (inductor refused its constants: "too big to convert to int64_t").
+    torch._dynamo.reset()
+    X = torch.randn(32, 6)
+    for seed in (1, 2):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
+        opt = LRA(model.parameters(), rank=2, seed=seed, check_finite=False,
+                  update_probability=ExponentialDecaySchedule(1.0, 0.1, 100))
+        step = torch.compile(opt.step, fullgraph=True)
+        for _ in range(3):
+            opt.zero_grad()
+            model(X).square().mean().backward()
+            step()
+        assert opt.preconditioners[0][0].num_updates >= 1
+
+
 @pytest.mark.parametrize("coords", ["EQ", "QEQ"])
 def test_whitening_kron_step_compiles_without_graph_breaks(coords):
     # A refit-every-step whitening step of Kron needs no host value: the probes are a counter-based hash of
