@@ -216,14 +216,16 @@ class Engine:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             forward = DistributedDataParallel(objective, device_ids=ids)
+        backend = compile if isinstance(compile, str) else "inductor"
         if compile:
-            forward = torch.compile(forward, backend=compile if isinstance(compile, str) else "inductor")
+            forward = torch.compile(forward, backend=backend)
         self._forward = forward
         self._loss = objective  # closure optimizers differentiate the unwrapped loss (and sync it themselves)
+        if not isinstance(compile_optimizers, bool):
+            raise ValueError(f"compile_optimizers must be True or False, got {compile_optimizers!r}")
         if compile_optimizers and (self.closure or self.scaler is not None):
             raise ValueError("compile_optimizers: closure optimizers (PSGD 'hvp' / 'finite_diff') and "
                              "precision='fp16' (a GradScaler steps the optimizers) need eager steps")
-        backend = compile if isinstance(compile, str) else "inductor"
         self._steps = [_unchecked(torch.compile(o.step, backend=backend)) if compile_optimizers else o.step
                        for o in opts]
         if compile and self.closure:

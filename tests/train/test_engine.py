@@ -151,6 +151,8 @@ def test_compiled_optimizer_steps_are_one_graph_and_match_eager():
     with pytest.raises(ValueError, match="compile_optimizers"):
         model = _net()
         _engine(model, opt=Kron(model.parameters(), curvature="hvp"), compile_optimizers=True)
+    with pytest.raises(ValueError, match="compile_optimizers must be True or False"):
+        _engine(_net(), compile_optimizers="yes")
 
 
 def test_closure_optimizers_see_one_prepared_batch_and_mixed_modes_are_refused():
