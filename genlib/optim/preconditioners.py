@@ -230,6 +230,12 @@ class Preconditioner:
     def _t(self, key: str, dt: torch.dtype) -> torch.Tensor:
         return _as(self.state[key], dt)
 
+    @staticmethod
+    def _fit_count(st: dict[str, torch.Tensor]) -> int | torch.Tensor:
+        """Fits so far: a host int eagerly (a CPU counter, no sync); the tensor while compiling, where a
+        choice made on it goes through :func:`_select`."""
+        return st["fits"] if torch.compiler.is_compiling() else int(st["fits"])
+
     def _derive(self, key: Any, make: Any) -> torch.Tensor:
         """``make()``, cached until Q next changes (a fit, a load, a rebind); afresh while compiling."""
         if torch.compiler.is_compiling():
@@ -439,9 +445,7 @@ class DensePreconditioner(Preconditioner):
             return {"Q": Q - torch.triu((aa - bb) * mu) @ Q}
         iQ = _as(st["invQ"], dt)
         b = v @ iQ
-        # a host int eagerly; a tensor while compiling (then _select runs both inverse updates)
-        fits = st["fits"] if torch.compiler.is_compiling() else int(st["fits"])
-        refresh = (fits + 1) % self._REFRESH == 0
+        refresh = (self._fit_count(st) + 1) % self._REFRESH == 0
         # ∇ = Wᵀ Z / n with Z = [a; b], W = [a; −b]: work in the smaller of the 2n × 2n and d × d spaces.
         if 2 * n < d:
             Z = torch.cat([a, b])
@@ -538,7 +542,7 @@ class LRAPreconditioner(Preconditioner):
         self.rank, self.elementwise_step, self.seed = rank, elementwise_step, int(seed)
         super().__init__((dim,), **kwargs)
         self._pick_key = _splitmix64(self.seed)
-        self._pick_base = _i64(self._pick_key + 0x9E3779B97F4A7C15)  # int64, not traced (see PSGD._coin_base)
+        self._pick_base = _i64(self._pick_key + _ODD)  # int64, not traced (see PSGD._coin_base)
 
     def _moves_u(self, fits: int | torch.Tensor) -> bool | torch.Tensor:
         """The fair coin of fit number ``fits``: a host bool for an int, the same value as a tensor for a
@@ -565,8 +569,7 @@ class LRAPreconditioner(Preconditioner):
         dt = v.dtype
         tiny = _tiny(dt)
         U, V, d, M = (_as(st[k], dt) for k in ("U", "V", "d", "M"))
-        # a host int eagerly; a tensor while compiling (then _select runs both branches)
-        k = st["fits"] if torch.compiler.is_compiling() else int(st["fits"])
+        k = self._fit_count(st)
         x = d * h
         a = x + (x @ V) @ U.mT  # Q h (rows)
         aU = a @ U
