@@ -69,6 +69,7 @@ from torch import nn
 from genlib.cli_args import device as device_arg
 from genlib.cli_args import float_in, int_at_least, positive_float
 from genlib.optim import LRA
+from genlib.train.distributed import finish_distributed
 from genlib.utils import atomic_write_text, default_device
 
 OPTIMIZERS = ("psgd_lra", "adam", "sgd")
@@ -755,6 +756,7 @@ def _main_distributed(ap: argparse.ArgumentParser, cfg: XorConfig, rank: int, wo
         dist.broadcast_object_list(start, src=0)
         error, done, study_dict = start
         if error is not None:
+            finish_distributed()
             if rank == 0:
                 ap.error(error)
             return 2
@@ -776,7 +778,8 @@ def _main_distributed(ap: argparse.ArgumentParser, cfg: XorConfig, rank: int, wo
                 write_results(_with_parts(done + own, out), study, complete=False)
         gathered: list | None = [None] * world if rank == 0 else None
         dist.gather_object(own, gathered, dst=0)
-        if rank != 0:
+        if rank != 0:  # leaves only with process 0: a gloo process leaving early can abort (SIGABRT)
+            finish_distributed()
             return 0
         order = {run: i for i, run in enumerate(todo)}
         new = [r for rs in gathered for r in rs]
@@ -787,9 +790,11 @@ def _main_distributed(ap: argparse.ArgumentParser, cfg: XorConfig, rank: int, wo
         print(f"saved to {save(records, study)}")
         for path in out.glob(PART_GLOB):
             path.unlink()
+        finish_distributed()
         return 0
-    finally:
-        dist.destroy_process_group()
+    finally:  # after an exception: no barrier, which would wait for processes that never reach it
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _with_parts(records: list[dict], out: Path) -> list[dict]:
