@@ -30,6 +30,7 @@ __all__ = [
     "find_data_folder",
     "DATA_DIR_HELP",
     "add_engine_arguments",
+    "check_engine_arguments",
 ]
 
 # Appended to each image recipe's --data-dir help, so every recipe states the same two accepted forms.
@@ -132,11 +133,31 @@ def find_data_folder(
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--precision``, ``--compile`` and ``--num-workers``: the training engine's options
-    (:class:`genlib.train.Engine`), the same flags in every recipe that trains."""
+    """``--precision``, ``--compile``, ``--compile-optimizers`` and ``--num-workers``: the training engine's
+    options (:class:`genlib.train.Engine`), the same flags in every recipe that trains. Check the parsed
+    values with :func:`check_engine_arguments`."""
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="autocast precision of the loss (fp16 with a gradient scaler; default fp32)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model and loss (genlib's value checks off inside)")
+    parser.add_argument("--compile-optimizers", action="store_true",
+                        help="torch.compile each optimizer's step too (no NaN check of PSGD's gradients; "
+                        "not with the Newton-type *-hvp optimizers or fp16)")
     parser.add_argument("--num-workers", type=int_at_least(0), default=0,
                         help="DataLoader worker processes preparing batches (default 0: in the trainer)")
+
+
+def check_engine_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                           optimizers: Sequence[str]) -> None:
+    """Refuse, naming the flags, what :class:`genlib.train.Engine` cannot compile: ``--compile-optimizers``
+    with a Newton-type optimizer (the recipes' ``*-hvp`` names step with a closure, which differentiates the
+    loss twice) or with ``--precision fp16`` (a ``GradScaler`` steps the optimizers)."""
+    if not args.compile_optimizers:
+        return
+    closure = [name for name in optimizers if name.endswith("-hvp")]
+    if closure:
+        parser.error(f"--compile-optimizers: {', '.join(closure)} steps with a closure, which runs eager; "
+                     "drop --compile-optimizers or choose a whitening optimizer")
+    if args.precision == "fp16":
+        parser.error("--compile-optimizers: --precision fp16 steps the optimizers through a GradScaler, "
+                     "which runs eager; use bf16 or fp32")

@@ -2,10 +2,10 @@
 
 A Bernoulli MLP VAE on scikit-learn's bundled 8×8 digits (or MNIST-4k with ``--data-dir``), trained for the
 same number of steps by Adam and by PSGD-Kron (gradient-whitening curvature, so a plain
-``loss.backward(); opt.step()``; ``--optimizers`` adds ``psgd-lra`` and ``psgd-kron-hvp``, which steps with a
-closure), all on :class:`genlib.train.Engine`
-(``--precision``, ``--compile``, ``torchrun``). Prints held-out ELBO and importance-weighted log p(x) per
-optimizer and saves a sample grid and loss curves next to ``results.json``.
+``loss.backward(); opt.step()``; ``--optimizers`` chooses among these, ``psgd-lra`` and ``psgd-kron-hvp``,
+which steps with a closure), all on :class:`genlib.train.Engine` (``--precision``, ``--compile``,
+``--compile-optimizers``, ``torchrun``). Prints held-out ELBO and importance-weighted log p(x) per optimizer
+and saves a sample grid and loss curves next to ``results.json``.
 
     python -m recipes.vae_optimizers            # ~1 minute on a CPU
     python -m recipes.vae_optimizers --help
@@ -21,7 +21,13 @@ from pathlib import Path
 
 import torch
 
-from genlib.cli_args import DATA_DIR_HELP, add_engine_arguments, find_data_folder, int_at_least
+from genlib.cli_args import (
+    DATA_DIR_HELP,
+    add_engine_arguments,
+    check_engine_arguments,
+    find_data_folder,
+    int_at_least,
+)
 from genlib.cli_args import device as device_arg
 from genlib.data import load_digits_sklearn, load_mnist_npz
 from genlib.likelihoods import Bernoulli
@@ -49,6 +55,7 @@ class Config:
     device: str = field(default_factory=lambda: str(default_device()))
     precision: str = "fp32"
     compile: bool = False
+    compile_optimizers: bool = False
     num_workers: int = 0
 
 
@@ -104,7 +111,7 @@ def train(cfg: Config, name: str, train_x: torch.Tensor, test_x: torch.Tensor) -
         return loss, {"train_loss": loss}
 
     engine = Engine(vae, opt, loss_fn, device=torch.device(cfg.device), precision=cfg.precision,
-                    compile=cfg.compile, desc=name)
+                    compile=cfg.compile, compile_optimizers=cfg.compile_optimizers, desc=name)
     batches = StepBatches({"x": train_x}, cfg.batch_size, seed=cfg.seed, **engine.shard)
     start = time.perf_counter()
     history = engine.fit(lambda a, b: step_loader(batches, a, b, num_workers=cfg.num_workers), cfg.steps,
@@ -130,16 +137,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=Config.out)
     parser.add_argument("--device", type=device_arg, default=None,
                         help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--optimizers", nargs="+", choices=tuple(OPTIMIZERS), default=list(Config.optimizers),
+                        help=f"trained one after the other on the same weights and batches (default: "
+                        f"{' '.join(Config.optimizers)})")
     parser.add_argument("--quick", action="store_true", help="smoke config: 100 steps")
     add_engine_arguments(parser)
     args = parser.parse_args(argv)
+    if len(set(args.optimizers)) < len(args.optimizers):
+        parser.error(f"--optimizers names each optimizer once, got {' '.join(args.optimizers)}")
+    check_engine_arguments(parser, args, args.optimizers)
     if args.steps <= 0:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
     steps = 100 if args.quick else args.steps
     if args.data_dir is not None and find_data_folder(args.data_dir, "mnist_4k.npz", ("digits",)) is None:
         parser.error(f"--data-dir {args.data_dir} holds no mnist_4k.npz (looked in it and its digits/)")
-    cfg = Config(data_dir=args.data_dir, steps=steps, seed=args.seed, out=args.out, precision=args.precision,
-                 compile=args.compile, num_workers=args.num_workers)
+    cfg = Config(data_dir=args.data_dir, steps=steps, seed=args.seed, optimizers=tuple(args.optimizers),
+                 out=args.out, precision=args.precision, compile=args.compile,
+                 compile_optimizers=args.compile_optimizers, num_workers=args.num_workers)
     ctx, device = init_distributed(args.device)  # under torchrun: one process per GPU / CPU share
     cfg.device = str(device)
     out = Path(cfg.out)

@@ -96,7 +96,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from genlib.cli_args import add_engine_arguments, float_in, int_at_least, positive_float
+from genlib.cli_args import (
+    add_engine_arguments,
+    check_engine_arguments,
+    float_in,
+    int_at_least,
+    positive_float,
+)
 from genlib.cli_args import device as device_arg
 from genlib.data import default_data_root
 from genlib.data.speech import (
@@ -237,6 +243,7 @@ class Config:
     device: str = field(default_factory=lambda: str(default_device()))
     precision: str = "fp32"  # the training engine's autocast: fp32, bf16 or fp16
     compile: bool = False
+    compile_optimizers: bool = False
     num_workers: int = 0
     stream_frames: bool = False  # FC rows read their frames from <out>/frames/ (on disk), not from memory
 
@@ -476,7 +483,7 @@ def _training_setup(cfg: Config) -> dict:
     metrics; the training files themselves are checked by :func:`training_data_id`)."""
     skip = {"epochs", "out", "n_test_utterances", "griffin_lim_iters", "fad", "fad_rate", "vggish_checkpoint",
             "device", "checkpoint_every", "rows", "test_dir", "test_speakers", "librispeech_test_speakers",
-            "evaluate_only", "compile", "num_workers", "stream_frames"}  # fmt: skip
+            "evaluate_only", "compile", "compile_optimizers", "num_workers", "stream_frames"}  # fmt: skip
     return {k: v for k, v in asdict(cfg).items() if k not in skip}
 
 
@@ -523,8 +530,8 @@ def train(
     batches = StepBatches({"frames": data}, batch_size, seed=cfg.seed, order="epochs")
     engine = Engine(
         vae, opt, loss_fn, device=device, precision=cfg.precision, compile=cfg.compile,
-        grad_clip=cfg.grad_clip, checkpointer=checkpoints, unit="epoch",
-        steps_per_unit=batches.steps_per_epoch(), desc="epochs",
+        compile_optimizers=cfg.compile_optimizers, grad_clip=cfg.grad_clip, checkpointer=checkpoints,
+        unit="epoch", steps_per_unit=batches.steps_per_epoch(), desc="epochs",
         divergence_hint=lambda epoch, what: str(_diverged(cfg, epoch, what, checkpoints)),
     )
     batches = StepBatches({"frames": data}, batch_size, seed=cfg.seed, order="epochs", **engine.shard)
@@ -782,6 +789,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
         cfg.train_dirs = tuple(args.train_dir)
     cfg.evaluate_only = args.evaluate_only
     cfg.precision, cfg.compile, cfg.num_workers = args.precision, args.compile, args.num_workers
+    cfg.compile_optimizers = args.compile_optimizers
+    check_engine_arguments(parser, args, [cfg.optimizer])
     cfg.stream_frames = args.stream_frames
     cfg.fad = cfg.fad and not args.no_fad
     cfg.vggish_checkpoint = args.vggish_checkpoint
