@@ -300,7 +300,8 @@ class PSGD(torch.optim.Optimizer):
 
     Args:
         params: parameters or param-group dicts (groups may override every per-group option below).
-        lr: step size (per group); ``None`` → 1e-3 for ``"whiten"``, 1e-2 otherwise.
+        lr: step size (per group); ``None`` → 1e-3 for ``"whiten"``, 1e-2 otherwise. A 0-dim tensor, as
+            for torch's optimizers, lets an LR scheduler change it without recompiling a compiled step.
         preconditioner_lr: normalised step ``μ`` of the preconditioner fit (per group; 0.01–0.1).
         momentum: EMA factor ``β`` in [0, 1) of the gradient that is preconditioned (per group).
         weight_decay: decoupled weight decay, ``θ ← θ (1 − lr·wd)`` (per group).
@@ -605,9 +606,13 @@ class PSGD(torch.optim.Optimizer):
         """The skeleton shared by all families: the chained transforms, then decoupled decay and the step."""
         for transform in self.transforms:
             us = transform(self, group, ps, us)
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):  # an alpha would read it on the host (a graph break when compiled)
+            lr = lr.to(ps[0].device)
+            us = torch._foreach_mul(us, lr)
         if group["weight_decay"] != 0:
-            torch._foreach_mul_(ps, 1.0 - group["lr"] * group["weight_decay"])
-        torch._foreach_add_(ps, us, alpha=-group["lr"])
+            torch._foreach_mul_(ps, 1.0 - lr * group["weight_decay"])
+        torch._foreach_add_(ps, us, alpha=-1.0 if isinstance(lr, torch.Tensor) else -lr)
 
     def _refit_under_cond(self, refit: torch.Tensor, params: Tensors,
                           grads: list[torch.Tensor | None]) -> None:

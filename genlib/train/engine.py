@@ -127,7 +127,8 @@ class Engine:
             string names the ``torch.compile`` backend (default ``"inductor"``).
         compile_optimizers: ``torch.compile`` each optimizer's ``step`` too (same backend, checks off: no
             NaN check of PSGD's gradients). Not with closure optimizers or fp16's ``GradScaler``; keep each
-            group's ``lr`` fixed (a new float value recompiles the step).
+            group's ``lr`` fixed (a new float value recompiles the step) or make it a 0-dim tensor that a
+            scheduler changes in place.
         grad_clip: max gradient norm per optimizer (``None``: no clipping).
         checkpoint_dir: folder of the run's checkpoints (``None``: none); ``checkpoint_every`` units apart.
         checkpointer: a ready :class:`~genlib.train.Checkpointer` instead (its ``every`` counts units).

@@ -688,6 +688,40 @@ def test_refit_schedule_step_compiles_whole_and_follows_eager(family, kw, backen
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_a_tensor_lr_changes_a_compiled_step_without_recompiling():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    # torch's convention: a tensor lr is changed in place (LR schedulers fill_ it), so a compiled step reads
+    # each new value; as a float step size it would be read on the host (a graph break, then a recompile).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
+    X, Y = torch.randn(32, 6), torch.randn(32, 4)
+    twin_model = copy.deepcopy(model)
+    kw = dict(momentum=0.9, weight_decay=0.1, check_finite=False, coords="QEQ",
+              update_probability=ExponentialDecaySchedule(1.0, 0.5, 20))
+    opt = Kron(model.parameters(), lr=torch.tensor(0.01), **kw)
+    twin = Kron(twin_model.parameters(), lr=0.01, **kw)
+    counter = CompileCounterWithBackend("aot_eager")  # aot_eager: fake tensors refuse host reads
+
+    torch._dynamo.reset()
+    step = torch.compile(opt.step, fullgraph=True, backend=counter)
+    for i in range(30):
+        for m, st in ((model, step), (twin_model, twin.step)):
+            m.zero_grad()
+            (m(X) - Y).square().mean().backward()
+            st()
+        if i == 2:  # the first steps create the momentum buffers and the step count's guards
+            traced = counter.frame_count
+        lr = 0.01 * 0.5 * (1 + math.cos(math.pi * (i + 1) / 30))  # cosine annealing, as a scheduler sets it
+        opt.param_groups[0]["lr"].fill_(lr)
+        twin.param_groups[0]["lr"] = lr
+    assert counter.frame_count == traced
+    for a, b in zip(model.parameters(), twin_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    (model(X) - Y).square().mean().backward()
+    assert torch._dynamo.explain(opt.step)().graph_break_count == 0  # fullgraph would trace a host read
+
+
 def test_compiled_steps_of_optimizers_with_other_seeds_share_one_trace():
     # A second optimizer whose seed differs makes dynamo trace its hash keys as symbolic ints: the keys'
     # 64-bit masking must not be traced (inductor refused its constants: "too big to convert to int64_t").
