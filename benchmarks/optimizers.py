@@ -161,7 +161,13 @@ def _data_root() -> Path:
     return Path(default_data_root())
 
 
-def _elbo_run(vae, opt: torch.optim.Optimizer, batches: StepBatches, args) -> Run:
+def _compile_step(opt_name: str, args) -> bool:
+    """``--compile-step`` for genlib's and torch's optimizers. heavyball and kron-torch keep their own
+    compilation: their steps set Python attributes, which dynamo refuses when tracing a whole step."""
+    return args.compile_step and opt_name not in EXTERNAL
+
+
+def _elbo_run(vae, opt: torch.optim.Optimizer, batches: StepBatches, args, compile_step: bool) -> Run:
     """A run minimising ``-ELBO`` of the batches' ``"x"`` (the vae and speech tasks)."""
 
     def loss_fn(batch):
@@ -170,7 +176,7 @@ def _elbo_run(vae, opt: torch.optim.Optimizer, batches: StepBatches, args) -> Ru
 
     run = Run()
     run.engine = Engine(vae, opt, loss_fn, device="cpu", compile=args.compile,
-                        compile_optimizers=args.compile_step, progress=False)
+                        compile_optimizers=compile_step, progress=False)
     run.batch = lambda step: batches[step]
     return run
 
@@ -186,7 +192,8 @@ def build_vae_task(opt_name: str, lr: float, seed: int, args) -> Run:
     vae = rv.build_vae(cfg, tuple(train_x.shape[1:]))
     opt = make_optimizer(opt_name, vae.parameters(), lr, "vae", seed)
 
-    run = _elbo_run(vae, opt, StepBatches({"x": train_x}, cfg.batch_size, seed=seed), args)
+    run = _elbo_run(vae, opt, StepBatches({"x": train_x}, cfg.batch_size, seed=seed), args,
+                    _compile_step(opt_name, args))
 
     def evaluate(final: bool) -> dict[str, float]:
         vae.eval()
@@ -213,7 +220,7 @@ def build_semisup_task(opt_name: str, lr: float, seed: int, args) -> Run:
     vae, _ = rs.build(cfg, tuple(data.x_labeled.shape[1:]))
     ratio = cfg.train.ebm_lr / cfg.train.lr
     tcfg = replace(cfg.train, seed=seed, lr=lr, ebm_lr=lr * ratio, eval_every=0, progress=False,
-                   compile=args.compile, compile_optimizers=args.compile_step, augment=None)
+                   compile=args.compile, compile_optimizers=_compile_step(opt_name, args), augment=None)
 
     def factory(params, lr):
         return make_optimizer(opt_name, params, lr, "semisup", seed)
@@ -245,7 +252,8 @@ def build_speech_task(opt_name: str, lr: float, seed: int, args) -> Run:
     vae = rvc.build_vae(cfg, row, specs[0].shape[0])
     opt = make_optimizer(opt_name, vae.parameters(), lr, "speech", seed)
 
-    run = _elbo_run(vae, opt, StepBatches({"x": frames}, cfg.batch_size, seed=seed, order="epochs"), args)
+    run = _elbo_run(vae, opt, StepBatches({"x": frames}, cfg.batch_size, seed=seed, order="epochs"), args,
+                    _compile_step(opt_name, args))
 
     def evaluate(final: bool) -> dict[str, float]:
         vae.eval()
@@ -273,7 +281,7 @@ def build_xor_task(opt_name: str, lr: float, seed: int, args) -> Run:
     run = Run()
     # the recipe's clipping: gradients to norm 1 (Adam, whitening PSGD), PSGD's closure step to norm 1
     run.engine = Engine(model, opt, loss_fn, device="cpu", compile=args.compile, grad_clip=xcfg.grad_clip,
-                        compile_optimizers=args.compile_step, progress=False)
+                        compile_optimizers=_compile_step(opt_name, args), progress=False)
     run.batch = lambda step: rx.make_batch(xcfg.batch_size, args.xor_length, gen)
     window: list[float] = []
     state: dict[str, float] = {}
@@ -499,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model's loss (genlib Engine)")
     ap.add_argument("--compile-step", action="store_true",
                     help="torch.compile the optimizers' steps too (genlib and torch optimizers; Engine's "
-                         "compile_optimizers)")
+                         "compile_optimizers); heavyball and kron-torch keep their own compilation")
     ap.add_argument("--warmup-steps", type=int, default=1,
                     help="first steps not on the clock (compilation; 3 with --compile-step)")
     ap.add_argument("--quick", action="store_true", help="~2 minutes: vae + xor, 2.5 s runs, 2 lrs, 1 seed")
