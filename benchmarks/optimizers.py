@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(records, best)
     print(f"\n{len(records)} runs in {time.perf_counter() - t0:.0f} s; one torch thread; {args.clock} clock; "
           f"{'compiled' if args.compile else 'eager'} loss, {'compiled' if args.compile_step else 'eager'} "
-          "optimizer steps")
+          f"optimizer steps{' (heavyball, kron-torch: their own)' if args.compile_step else ''}")
     print(markdown(rows, args))
     print(f"\nsaved {out / 'results.json'}")
     return 0
