@@ -279,10 +279,16 @@ def trust_region(opt: PSGD, group: dict, ps: Tensors, us: Tensors) -> Tensors:
     """Scale each tensor's step to an RMS of at most ``max_update_rms``, then clamp its entries to
     ``±max_update_abs`` (sync-free)."""
     c, a = group["max_update_rms"], group["max_update_abs"]
-    if c is not None and c != math.inf:
-        rms = torch._foreach_norm(us)
-        us = [u * torch.clamp(c * math.sqrt(u.numel()) / (r + 1e-30), max=1.0) for u, r in zip(us, rms)]
-    return us if a is None else [u.clamp(-a, a) for u in us]
+    if c is not None and c != math.inf:  # fused over the tensors: a few kernels however many there are
+        scale = torch._foreach_norm(us)
+        torch._foreach_add_(scale, 1e-30)
+        torch._foreach_reciprocal_(scale)
+        torch._foreach_mul_(scale, [c * math.sqrt(u.numel()) for u in us])
+        torch._foreach_clamp_max_(scale, 1.0)
+        us = torch._foreach_mul(us, scale)
+    if a is not None:
+        us = torch._foreach_clamp_min(torch._foreach_clamp_max(us, a), -a)
+    return us
 
 
 def clip_norm(opt: PSGD, group: dict, ps: Tensors, us: Tensors) -> Tensors:
