@@ -275,6 +275,19 @@ def test_max_update_abs_clamps_entries_after_the_rms_bound():
         Diag([x], max_update_abs=0.0)
 
 
+def test_the_rms_bound_scales_each_tensor_by_its_own_rms():
+    # P = I: a tensor whose step RMS exceeds the bound is scaled down to it, one below it is left alone,
+    # whatever their order in the group (the bound is fused over the group's tensors).
+    grads = [torch.full((2, 3), 4.0), torch.full((5,), 0.5), torch.tensor([3.0, -4.0])]  # RMS 4, 0.5, 3.54
+    params = [nn.Parameter(torch.zeros_like(g)) for g in grads]
+    opt = Diag(params, lr=1.0, init_scale=1.0, update_probability=0.0, max_update_rms=2.0)
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    opt.step()
+    for p, g, scale in zip(params, grads, (0.5, 1.0, 2.0 / math.sqrt(12.5))):
+        torch.testing.assert_close(-p.detach(), g * scale)
+
+
 def test_grad_clip_bounds_the_step_and_weight_decay_is_decoupled():
     x = nn.Parameter(torch.zeros(10))
     opt = Diag([x], lr=0.5, grad_clip_max_norm=0.1, init_scale=1.0, update_probability=0.0)
