@@ -65,6 +65,7 @@ from typing import Any
 
 import torch
 
+from genlib.cli_args import device as device_arg
 from genlib.optim import LRA, ExponentialDecaySchedule, Kron
 from genlib.train.batches import StepBatches
 from genlib.train.engine import Engine
@@ -175,7 +176,7 @@ def _elbo_run(vae, opt: torch.optim.Optimizer, batches: StepBatches, args, compi
         return loss, {"loss": loss}
 
     run = Run()
-    run.engine = Engine(vae, opt, loss_fn, device="cpu", compile=args.compile,
+    run.engine = Engine(vae, opt, loss_fn, device=args.device, compile=args.compile,
                         compile_optimizers=compile_step, progress=False)
     run.batch = lambda step: batches[step]
     return run
@@ -188,6 +189,7 @@ def build_vae_task(opt_name: str, lr: float, seed: int, args) -> Run:
     if "vae" not in _CACHE:
         _CACHE["vae"] = rv.load_data(cfg)  # split by seed 0 for every run
     train_x, test_x = _CACHE["vae"]
+    test_x = test_x.to(args.device)
     seed_everything(seed)
     vae = rv.build_vae(cfg, tuple(train_x.shape[1:]))
     opt = make_optimizer(opt_name, vae.parameters(), lr, "vae", seed)
@@ -197,7 +199,8 @@ def build_vae_task(opt_name: str, lr: float, seed: int, args) -> Run:
 
     def evaluate(final: bool) -> dict[str, float]:
         vae.eval()
-        with torch.no_grad(), torch.random.fork_rng():
+        cuda = [args.device] if args.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
             torch.manual_seed(1234)  # the same noise for every run and mark
             out = {"test_elbo": vae.elbo(test_x).elbo.mean().item()}
             out["test_log_px"] = vae.log_likelihood(test_x, n_importance=args.iwae_samples).mean().item()
@@ -225,7 +228,7 @@ def build_semisup_task(opt_name: str, lr: float, seed: int, args) -> Run:
     def factory(params, lr):
         return make_optimizer(opt_name, params, lr, "semisup", seed)
 
-    trainer = SemiSupervisedTrainer(vae, tcfg, optimizer=factory, device="cpu")
+    trainer = SemiSupervisedTrainer(vae, tcfg, optimizer=factory, device=args.device)
     batches = trainer.step_batches(data.x_unlabeled, data.x_labeled, data.y_labeled)
     run = Run()
     run.engine = trainer.engine
@@ -280,8 +283,9 @@ def build_xor_task(opt_name: str, lr: float, seed: int, args) -> Run:
 
     run = Run()
     # the recipe's clipping: gradients to norm 1 (Adam, whitening PSGD), PSGD's closure step to norm 1
-    run.engine = Engine(model, opt, loss_fn, device="cpu", compile=args.compile, grad_clip=xcfg.grad_clip,
-                        compile_optimizers=_compile_step(opt_name, args), progress=False)
+    run.engine = Engine(model, opt, loss_fn, device=args.device, compile=args.compile,
+                        grad_clip=xcfg.grad_clip, compile_optimizers=_compile_step(opt_name, args),
+                        progress=False)
     run.batch = lambda step: rx.make_batch(xcfg.batch_size, args.xor_length, gen)
     window: list[float] = []
     state: dict[str, float] = {}
@@ -511,11 +515,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-steps", type=int, default=1,
                     help="first steps not on the clock (compilation; 3 with --compile-step)")
     ap.add_argument("--quick", action="store_true", help="~2 minutes: vae + xor, 2.5 s runs, 2 lrs, 1 seed")
+    ap.add_argument("--device", type=device_arg, default="cpu",
+                    help="cpu (default: the CPU tables' protocol), cuda or cuda:N: the same table on a GPU "
+                         "(wall clock; each step reads its loss, so the GPU's work is on the clock)")
     ap.add_argument("--out", default="runs/bench_optimizers")
     ap.add_argument("--more-seeds", type=int, nargs="+", default=None, metavar="SEED",
                     help="continue the study saved in --out: run these seeds at its tuned lrs and budget "
                          "(the optimizers it tuned), then table all its runs")
     args = ap.parse_args(argv)
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and args.clock == "cpu":
+        ap.error("--clock cpu counts this process's CPU time, not the GPU's: use --clock wall with "
+                 "--device cuda")
     try:
         lrs = parse_lrs(args.lrs)
     except (argparse.ArgumentTypeError, ValueError) as e:
@@ -547,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"argv": sys.argv[1:] if argv is None else argv, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "cpu_count": os.cpu_count(), "compile": args.compile,
-            "compile_step": args.compile_step,
+            "compile_step": args.compile_step, "device": str(args.device),
+            "device_name": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "cpu",
             "optimizers": optimizers, "skipped": {k: v for k, v in avail.items() if v}}
     records: list[dict] = []
     best: dict[tuple[str, str], float] = {}
@@ -598,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
                     one(task, o, best[task, o], seed)
     save()
     rows = summarize(records, best)
-    print(f"\n{len(records)} runs in {time.perf_counter() - t0:.0f} s; one torch thread; {args.clock} clock; "
+    print(f"\n{len(records)} runs in {time.perf_counter() - t0:.0f} s; {meta['device_name']}, one torch "
+          f"thread; {args.clock} clock; "
           f"{'compiled' if args.compile else 'eager'} loss, {'compiled' if args.compile_step else 'eager'} "
           f"optimizer steps{' (heavyball, kron-torch: their own)' if args.compile_step else ''}")
     print(markdown(rows, args))
