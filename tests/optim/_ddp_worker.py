@@ -71,6 +71,7 @@ def worker(rank: int, out_dir: str) -> None:
     try:
         results = {name: run_config(rank, cfg) for name, cfg in CONFIGS.items()}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # leave together: a gloo process closing while another still runs can abort
     finally:
         dist.destroy_process_group()
 
