@@ -7,8 +7,8 @@ T_LD = 60 Langevin steps, 1000 balanced labels; the SVHN ``.mat`` files are read
     torchrun --nproc-per-node 4 -m recipes.svhn_semisup --data-dir /path/to/svhn --precision bf16
 
 (under ``torchrun`` every process trains its share of each global batch of 100 with DDP, rank 0 writes the
-checkpoints and, after training, evaluates and reports alone; ``--precision``, ``--compile`` and
-``--num-workers`` are the training engine's, :class:`genlib.train.Engine`).
+checkpoints and, after training, evaluates and reports alone; ``--precision``, ``--compile``,
+``--compile-optimizers`` and ``--num-workers`` are the training engine's, :class:`genlib.train.Engine`).
 
 ``--include-extra`` (full SVHN only) adds SVHN's 531,131 ``extra`` images to the unlabelled set, streamed
 from disk rather than held as a 6.5 GB float tensor: the first run converts ``train_32x32.mat`` and
