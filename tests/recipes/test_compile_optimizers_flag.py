@@ -8,7 +8,7 @@ import torch
 
 import recipes.vae_optimizers as vae_optimizers
 from genlib.train.engine import Engine, needs_closure
-from recipes import svhn_semisup, vctk_resynthesis
+from recipes import quickstart, svhn_semisup, vctk_resynthesis
 
 
 def test_the_hvp_suffix_names_exactly_the_closure_optimizers():
@@ -33,6 +33,7 @@ CLOSURE = "steps with a closure"
     (vae_optimizers.main, ["--optimizers", "adam", "adam"], "--optimizers names each optimizer once"),
     (svhn_semisup.main, [COMPILE, "--quick", "--optimizer", "psgd-lra-hvp"], "psgd-lra-hvp " + CLOSURE),
     (vctk_resynthesis.main, [COMPILE, "--quick", "--optimizer", "psgd-lra-hvp"], "psgd-lra-hvp " + CLOSURE),
+    (quickstart.main, [COMPILE, "--quick", "--precision", "fp16"], "fp16 steps the optimizers through a"),
 ])
 def test_what_cannot_compile_is_refused_by_name(tmp_path, capsys, main, argv, message):
     out = tmp_path / "out"
