@@ -128,7 +128,9 @@ class Engine:
         compile_optimizers: ``torch.compile`` each optimizer's ``step`` too (same backend, checks off: no
             NaN check of PSGD's gradients). Not with closure optimizers or fp16's ``GradScaler``; keep each
             group's ``lr`` fixed (a new float value recompiles the step) or make it a 0-dim tensor that a
-            scheduler changes in place.
+            scheduler changes in place. Each optimizer object compiles its own step: a process that builds
+            more than ``torch._dynamo.config.recompile_limit`` (8) of them runs the rest eager, with
+            dynamo's warning (raise the limit for studies of many runs, as ``benchmarks/optimizers.py``).
         grad_clip: max gradient norm per optimizer (``None``: no clipping).
         checkpoint_dir: folder of the run's checkpoints (``None``: none); ``checkpoint_every`` units apart.
         checkpointer: a ready :class:`~genlib.train.Checkpointer` instead (its ``every`` counts units).
