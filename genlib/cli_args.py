@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,7 +31,7 @@ __all__ = [
     "find_data_folder",
     "DATA_DIR_HELP",
     "add_engine_arguments",
-    "check_engine_arguments",
+    "engine_options",
 ]
 
 # Appended to each image recipe's --data-dir help, so every recipe states the same two accepted forms.
@@ -132,10 +133,15 @@ def find_data_folder(
     return None
 
 
+# The training engine's options that add_engine_arguments adds as flags (--compile-optimizers for
+# compile_optimizers).
+_ENGINE_OPTIONS = ("precision", "compile", "compile_optimizers", "num_workers")
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """``--precision``, ``--compile``, ``--compile-optimizers`` and ``--num-workers``: the training engine's
-    options (:class:`genlib.train.Engine`), the same flags in every recipe that trains. Check the parsed
-    values with :func:`check_engine_arguments`."""
+    options (:class:`genlib.train.Engine`), the same flags in every recipe that trains. Read them with
+    :func:`engine_options`."""
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="autocast precision of the loss (fp16 with a gradient scaler; default fp32)")
     parser.add_argument("--compile", action="store_true",
@@ -147,17 +153,20 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DataLoader worker processes preparing batches (default 0: in the trainer)")
 
 
-def check_engine_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                           optimizers: Sequence[str]) -> None:
-    """Refuse, naming the flags, what :class:`genlib.train.Engine` cannot compile: ``--compile-optimizers``
-    with a Newton-type optimizer (the recipes' ``*-hvp`` names step with a closure, which differentiates the
-    loss twice) or with ``--precision fp16`` (a ``GradScaler`` steps the optimizers)."""
-    if not args.compile_optimizers:
-        return
-    closure = [name for name in optimizers if name.endswith("-hvp")]
-    if closure:
-        parser.error(f"--compile-optimizers: {', '.join(closure)} steps with a closure, which runs eager; "
-                     "drop --compile-optimizers or choose a whitening optimizer")
-    if args.precision == "fp16":
-        parser.error("--compile-optimizers: --precision fp16 steps the optimizers through a GradScaler, "
-                     "which runs eager; use bf16 or fp32")
+def engine_options(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   optimizers: Sequence[str]) -> dict[str, Any]:
+    """The engine's options parsed from :func:`add_engine_arguments`' flags, as keyword arguments
+    (``precision``, ``compile``, ``compile_optimizers``, ``num_workers``: fields of the recipes' configs and
+    of :class:`~genlib.train.SemiSupervisedConfig`). First refuses, naming the flags, what
+    :class:`genlib.train.Engine` cannot compile: ``--compile-optimizers`` with a Newton-type optimizer among
+    ``optimizers`` (the recipes' ``*-hvp`` names step with a closure, which differentiates the loss twice) or
+    with ``--precision fp16`` (a ``GradScaler`` steps the optimizers)."""
+    if args.compile_optimizers:
+        closure = [name for name in optimizers if name.endswith("-hvp")]
+        if closure:
+            parser.error(f"--compile-optimizers: {', '.join(closure)} steps with a closure, which runs "
+                         "eager; drop --compile-optimizers or choose a whitening optimizer")
+        if args.precision == "fp16":
+            parser.error("--compile-optimizers: --precision fp16 steps the optimizers through a "
+                         "GradScaler, which runs eager; use bf16 or fp32")
+    return {name: getattr(args, name) for name in _ENGINE_OPTIONS}

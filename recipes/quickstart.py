@@ -29,7 +29,7 @@ import torch
 from genlib.cli_args import (
     DATA_DIR_HELP,
     add_engine_arguments,
-    check_engine_arguments,
+    engine_options,
     find_data_folder,
     int_at_least,
 )
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     add_engine_arguments(p)
     args = p.parse_args(argv)
-    check_engine_arguments(p, args, ["adam"])
+    engine = engine_options(p, args, ["adam"])
     if args.n_labeled <= 0 or args.n_labeled % 10:
         p.error(f"--n-labeled must be a positive multiple of 10 (balanced classes), got {args.n_labeled}")
     if args.data_dir is not None:  # the data root or the folder holding the files; load_data wants the latter
@@ -185,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device:
         cfg.device = args.device
     cfg.train.seed, cfg.train.progress = cfg.seed, not args.no_progress
-    cfg.train.precision, cfg.train.compile = args.precision, args.compile
-    cfg.train.compile_optimizers, cfg.train.num_workers = args.compile_optimizers, args.num_workers
+    cfg.train = replace(cfg.train, **engine)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)

@@ -62,7 +62,7 @@ import torch.distributed as dist
 from genlib.cli_args import (
     DATA_DIR_HELP,
     add_engine_arguments,
-    check_engine_arguments,
+    engine_options,
     find_data_folder,
     int_at_least,
 )
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--t-a", type=int, default=None, help="iteration T_a of the first augmentation")
     add_engine_arguments(p)
     args = p.parse_args(argv)
-    check_engine_arguments(p, args, [args.optimizer])
+    engine = engine_options(p, args, [args.optimizer])
     if args.include_extra and args.quick:
         p.error("--include-extra adds SVHN's extra split: it needs the full SVHN config, not --quick")
     if args.include_extra and args.ablation:
@@ -419,9 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.train.n_iters = args.iters
     cfg.train.seed = args.seed
     cfg.train.progress = not args.no_progress and not args.ablation
-    cfg.train.precision, cfg.train.compile = args.precision, args.compile
-    cfg.train.compile_optimizers = args.compile_optimizers
-    cfg.train.num_workers = args.num_workers
+    cfg.train = replace(cfg.train, **engine)
     if args.seeds:
         cfg.ablation_seeds = tuple(args.seeds)
     if args.ls:

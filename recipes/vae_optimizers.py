@@ -24,7 +24,7 @@ import torch
 from genlib.cli_args import (
     DATA_DIR_HELP,
     add_engine_arguments,
-    check_engine_arguments,
+    engine_options,
     find_data_folder,
     int_at_least,
 )
@@ -145,15 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(set(args.optimizers)) < len(args.optimizers):
         parser.error(f"--optimizers names each optimizer once, got {' '.join(args.optimizers)}")
-    check_engine_arguments(parser, args, args.optimizers)
+    engine = engine_options(parser, args, args.optimizers)
     if args.steps <= 0:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
     steps = 100 if args.quick else args.steps
     if args.data_dir is not None and find_data_folder(args.data_dir, "mnist_4k.npz", ("digits",)) is None:
         parser.error(f"--data-dir {args.data_dir} holds no mnist_4k.npz (looked in it and its digits/)")
     cfg = Config(data_dir=args.data_dir, steps=steps, seed=args.seed, optimizers=tuple(args.optimizers),
-                 out=args.out, precision=args.precision, compile=args.compile,
-                 compile_optimizers=args.compile_optimizers, num_workers=args.num_workers)
+                 out=args.out, **engine)
     ctx, device = init_distributed(args.device)  # under torchrun: one process per GPU / CPU share
     cfg.device = str(device)
     out = Path(cfg.out)

@@ -98,7 +98,7 @@ from torch.utils.data import Dataset
 
 from genlib.cli_args import (
     add_engine_arguments,
-    check_engine_arguments,
+    engine_options,
     float_in,
     int_at_least,
     positive_float,
@@ -788,9 +788,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
     if args.train_dir:
         cfg.train_dirs = tuple(args.train_dir)
     cfg.evaluate_only = args.evaluate_only
-    cfg.precision, cfg.compile, cfg.num_workers = args.precision, args.compile, args.num_workers
-    cfg.compile_optimizers = args.compile_optimizers
-    check_engine_arguments(parser, args, [cfg.optimizer])
+    for name, value in engine_options(parser, args, [cfg.optimizer]).items():
+        setattr(cfg, name, value)
     cfg.stream_frames = args.stream_frames
     cfg.fad = cfg.fad and not args.no_fad
     cfg.vggish_checkpoint = args.vggish_checkpoint

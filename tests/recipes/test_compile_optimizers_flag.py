@@ -12,7 +12,7 @@ from recipes import quickstart, svhn_semisup, vctk_resynthesis
 
 
 def test_the_hvp_suffix_names_exactly_the_closure_optimizers():
-    # check_engine_arguments recognises closure optimizers by their recipe names
+    # engine_options recognises closure optimizers by their recipe names
     params = [torch.zeros(3, requires_grad=True)]
     for name, factory in vae_optimizers.OPTIMIZERS.items():
         assert needs_closure(factory(params)) == name.endswith("-hvp"), name
