@@ -671,6 +671,14 @@ def test_host_and_tensor_coins_agree():
     assert 900 < sum(host) < 1100  # and fair
 
 
+def _squared_error_steps(pairs, X: torch.Tensor, Y: torch.Tensor) -> None:
+    """One squared-error step on ``(X, Y)`` of each ``(model, step function)`` pair."""
+    for m, step in pairs:
+        m.zero_grad()
+        (m(X) - Y).square().mean().backward()
+        step()
+
+
 @pytest.mark.parametrize("family, kw, backend", [
     (Kron, {"coords": "QEQ"}, "inductor"), (Kron, {}, "aot_eager"), (LRA, {"rank": 2}, "aot_eager"),
     (Diag, {}, "aot_eager"), (XMat, {}, "aot_eager"), (Dense, {}, "aot_eager")],
@@ -690,10 +698,7 @@ def test_refit_schedule_step_compiles_whole_and_follows_eager(family, kw, backen
     torch._dynamo.reset()  # each family's step is new code to dynamo: start below its recompile limit
     step = torch.compile(opt.step, fullgraph=True, backend=backend)
     for _ in range(40):
-        for m, st in ((model, step), (twin_model, twin.step)):
-            m.zero_grad()
-            (m(X) - Y).square().mean().backward()
-            st()
+        _squared_error_steps(((model, step), (twin_model, twin.step)), X, Y)
     fits = [pc.num_updates for g in opt.preconditioners for pc in g]
     assert fits == [pc.num_updates for g in twin.preconditioners for pc in g]
     assert 16 < fits[0] < 40
@@ -719,10 +724,7 @@ def test_a_tensor_lr_changes_a_compiled_step_without_recompiling():
     torch._dynamo.reset()
     step = torch.compile(opt.step, fullgraph=True, backend=counter)
     for i in range(30):
-        for m, st in ((model, step), (twin_model, twin.step)):
-            m.zero_grad()
-            (m(X) - Y).square().mean().backward()
-            st()
+        _squared_error_steps(((model, step), (twin_model, twin.step)), X, Y)
         if i == 2:  # the first steps create the momentum buffers and the step count's guards
             traced = counter.frame_count
         lr = 0.01 * 0.5 * (1 + math.cos(math.pi * (i + 1) / 30))  # cosine annealing, as a scheduler sets it
