@@ -421,7 +421,11 @@ class PSGD(torch.optim.Optimizer):
         return self._preconds
 
     def _validate_group(self, g: dict[str, Any], where: str) -> None:
-        _check_number(g["lr"], f"{where}lr", 0.0, math.inf)
+        lr = g["lr"]
+        if isinstance(lr, torch.Tensor) and (lr.ndim != 0 or not lr.is_floating_point()):
+            raise ValueError(f"{where}lr as a tensor must be 0-dim and floating-point (it scales each step), "
+                             f"got shape {tuple(lr.shape)} and dtype {lr.dtype}")
+        _check_number(lr, f"{where}lr", 0.0, math.inf)
         _check_number(g["preconditioner_lr"], f"{where}preconditioner_lr", 0.0, math.inf, lo_open=True)
         _check_number(g["momentum"], f"{where}momentum", 0.0, 1.0, hi_open=True)
         _check_number(g["weight_decay"], f"{where}weight_decay", 0.0, math.inf)

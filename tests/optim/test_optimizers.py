@@ -735,6 +735,9 @@ def test_a_tensor_lr_changes_a_compiled_step_without_recompiling():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     (model(X) - Y).square().mean().backward()
     assert torch._dynamo.explain(opt.step)().graph_break_count == 0  # fullgraph would trace a host read
+    for bad in (torch.tensor([0.01]), torch.tensor(0, dtype=torch.int64)):
+        with pytest.raises(ValueError, match="lr as a tensor must be 0-dim and floating-point"):
+            Kron(model.parameters(), lr=bad)
 
 
 def test_compiled_steps_of_optimizers_with_other_seeds_share_one_trace():
