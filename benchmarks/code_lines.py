@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print(f"{'revision':<12}{'file':<40}{'lines':>8}{'code':>8}")
     for rev in args.rev or ["WORKTREE"]:
-        files = sources(args.path, rev)
+        try:
+            files = sources(args.path, rev)
+        except subprocess.CalledProcessError as err:
+            ap.error(f"--rev {rev}: git cannot read {args.path} there ({err.stderr.strip()})")
         if not files:
             ap.error(f"no .py files under {args.path} at {rev}")
         total = [0, 0]
