@@ -39,17 +39,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"genlib: the {name!r} recipe is not part of this version yet", file=sys.stderr)
         return 2
+    from genlib.cli_args import run_recipe
+
     # argparse names the program after sys.argv[0]: make each recipe's usage line read "genlib NAME ...".
     saved_argv = sys.argv
     sys.argv = [f"genlib {argv[0]}", *argv[1:]]
     try:
-        result = module.main(argv[1:])
+        return run_recipe(module.main, argv[1:], prog=f"genlib {argv[0]}")
     finally:
         sys.argv = saved_argv
-    # A recipe's main returns its exit status; anything else (None, a legacy return value) means success.
-    if isinstance(result, int) and not isinstance(result, bool):
-        return result
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import argparse
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "DATA_DIR_HELP",
     "add_engine_arguments",
     "engine_options",
+    "run_recipe",
 ]
 
 # Appended to each image recipe's --data-dir help, so every recipe states the same two accepted forms.
@@ -136,6 +138,23 @@ def find_data_folder(
 # The training engine's options that add_engine_arguments adds as flags (--compile-optimizers for
 # compile_optimizers).
 _ENGINE_OPTIONS = ("precision", "compile", "compile_optimizers", "num_workers")
+
+
+def run_recipe(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None,
+               prog: str | None = None) -> int:
+    """Run a recipe's ``main(argv)`` as a command: its exit status, and a resume refused because the output
+    folder holds a run with other settings (:class:`~genlib.train.SettingsMismatchError`, which names each
+    setting) printed as one line, ``PROG: error: ...`` with status 2 like argparse's errors, not as a
+    traceback. Called from Python, ``main`` itself still raises."""
+    from genlib.train.checkpoint import SettingsMismatchError
+
+    try:
+        result = main(argv)
+    except SettingsMismatchError as err:
+        print(f"{prog or Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+        return 2
+    # anything but an int (None) means success
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:

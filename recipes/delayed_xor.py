@@ -67,8 +67,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlib.cli_args import device as device_arg
-from genlib.cli_args import float_in, int_at_least, positive_float
+from genlib.cli_args import float_in, int_at_least, positive_float, run_recipe
 from genlib.optim import LRA
+from genlib.train.checkpoint import SettingsMismatchError
 from genlib.train.distributed import finish_distributed
 from genlib.utils import atomic_write_text, default_device
 
@@ -432,14 +433,14 @@ def load_saved_study(cfg: XorConfig) -> tuple[list[dict], XorConfig]:
 
 
 def _check_run_settings(saved: dict, cfg: XorConfig, what: str) -> None:
-    """Raise ``ValueError`` naming each setting of :data:`RUN_SETTINGS` where ``saved`` differs from
-    ``cfg``."""
+    """Raise :class:`SettingsMismatchError` naming each setting of :data:`RUN_SETTINGS` where ``saved``
+    differs from ``cfg``."""
     now = asdict(cfg)
     changed = [f"{k} (saved {saved.get(k, 'not recorded')!r}, now {now[k]!r})"
                for k in RUN_SETTINGS if saved.get(k) != now[k]]
     if changed:
-        raise ValueError(f"--out {cfg.out} {what} with other settings: {'; '.join(changed)}. Rerun "
-                         "with the saved settings to continue it, or choose another --out")
+        raise SettingsMismatchError(f"--out {cfg.out} {what} with other settings: {'; '.join(changed)}. "
+                                    "Rerun with the saved settings to continue it, or choose another --out")
 
 
 def _widened(cfg: XorConfig, saved: dict) -> XorConfig:
@@ -815,4 +816,4 @@ def _with_parts(records: list[dict], out: Path) -> list[dict]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_recipe(main))

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from genlib.cli_args import device as device_arg
-from genlib.cli_args import float_in, int_at_least, positive_float
+from genlib.cli_args import float_in, int_at_least, positive_float, run_recipe
 from genlib.data.synthetic import save_synthetic_dataset
 from genlib.metrics.images import ReferenceClassifier, label_agreement
 from genlib.models import VAE
@@ -211,4 +211,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_recipe(main))

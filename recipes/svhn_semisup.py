@@ -51,7 +51,6 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -65,6 +64,7 @@ from genlib.cli_args import (
     engine_options,
     find_data_folder,
     int_at_least,
+    run_recipe,
 )
 from genlib.cli_args import device as device_arg
 from genlib.data.images import (
@@ -520,4 +520,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_recipe(main))

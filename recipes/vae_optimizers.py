@@ -27,6 +27,7 @@ from genlib.cli_args import (
     engine_options,
     find_data_folder,
     int_at_least,
+    run_recipe,
 )
 from genlib.cli_args import device as device_arg
 from genlib.data import load_digits_sklearn, load_mnist_npz
@@ -187,4 +188,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_recipe(main))

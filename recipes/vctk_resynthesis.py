@@ -102,6 +102,7 @@ from genlib.cli_args import (
     float_in,
     int_at_least,
     positive_float,
+    run_recipe,
 )
 from genlib.cli_args import device as device_arg
 from genlib.data import default_data_root
@@ -956,4 +957,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_recipe(main))

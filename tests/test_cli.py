@@ -1,5 +1,6 @@
 """The ``genlib`` console script dispatches to recipes and rejects unknown commands."""
 
+import importlib
 import json
 
 import pytest
@@ -51,3 +52,22 @@ def test_every_recipe_main_is_typed_to_return_an_exit_status(name):
 
     module = importlib.import_module(f"genlib.recipes.{name}")
     assert typing.get_type_hints(module.main)["return"] is int
+
+
+def test_a_refused_resume_is_one_line_from_genlib_and_from_python_m(monkeypatch, capsys):
+    import inspect
+
+    import genlib.recipes.quickstart as quickstart
+
+    from genlib.train.checkpoint import SettingsMismatchError
+
+    def refused(argv):
+        raise SettingsMismatchError("runs/q was trained with other settings (saved, now): {'seed': (0, 1)}")
+
+    monkeypatch.setattr(quickstart, "main", refused)
+    assert main(["quickstart"]) == 2
+    assert capsys.readouterr().err.startswith("genlib quickstart: error: runs/q was trained")
+    entry = 'if __name__ == "__main__":\n    raise SystemExit(run_recipe(main))'
+    for name in RECIPES:  # python -m recipes.NAME goes through the same wrapper
+        source = inspect.getsource(importlib.import_module(f"genlib.recipes.{name}"))
+        assert source.rstrip().endswith(entry), name

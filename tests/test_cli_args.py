@@ -5,7 +5,8 @@ import argparse
 import pytest
 import torch
 
-from genlib.cli_args import device, find_data_folder, float_in, int_at_least, positive_float
+from genlib.cli_args import device, find_data_folder, float_in, int_at_least, positive_float, run_recipe
+from genlib.train.checkpoint import SettingsMismatchError
 
 
 def _parse(argv, **arguments):
@@ -83,3 +84,19 @@ def test_find_data_folder_accepts_the_root_or_the_folder_itself(tmp_path):
     assert find_data_folder(digits, "mnist_4k.npz") == digits
     assert find_data_folder(tmp_path, "train_32x32.mat") is None
     assert find_data_folder(tmp_path / "nowhere", "mnist_4k.npz") is None
+
+
+def test_run_recipe_prints_a_refused_resume_as_one_line_and_passes_other_errors_on(capsys):
+    def refused(argv):
+        raise SettingsMismatchError(f"runs/x was trained with other settings: {{'seed': (0, {argv[0]})}}")
+
+    assert run_recipe(refused, ["1"], prog="genlib quickstart") == 2
+    err = capsys.readouterr().err
+    assert err == "genlib quickstart: error: runs/x was trained with other settings: {'seed': (0, 1)}\n"
+    assert run_recipe(lambda argv: 3) == 3 and run_recipe(lambda argv: None) == 0
+
+    def broken(argv):
+        raise ValueError("a bug, not a refusal")
+
+    with pytest.raises(ValueError, match="a bug"):  # only refusals lose their traceback
+        run_recipe(broken)

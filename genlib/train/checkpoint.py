@@ -59,7 +59,8 @@ _UNSET = "<unset>"
 
 
 class SettingsMismatchError(ValueError):
-    """A checkpoint was written under other settings than the run that tries to resume from it."""
+    """An output folder holds a run made under other settings than the run that tries to resume from it, or
+    one further along than this run's total steps."""
 
 
 def normalize_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -376,7 +377,7 @@ class Checkpointer:
         self.check_settings(record, path)
         step = int(record["step"])
         if max_step is not None and step > max_step:
-            raise ValueError(
+            raise SettingsMismatchError(
                 f"{path} is at step {step}, more than {max_step_name} {max_step}: raise {max_step_name}, use "
                 f"another --out, or delete {self.directory} to start over"
             )

@@ -1,11 +1,17 @@
 """README's main command: ``python -m recipes.quickstart`` (the whole pipeline), its --quick smoke path."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
 from genlib.data import SyntheticDataset
 from recipes.quickstart import main
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_quickstart_runs_the_pipeline_end_to_end(tmp_path):
@@ -127,5 +133,12 @@ def test_rerun_in_the_same_out_with_another_seed_is_refused_by_name(tmp_path):
         main([*base, "--seed", "1"])
     with pytest.raises(ValueError, match="at step 20, more than n_iters 10"):
         main([*base, "--iters", "10"])
+    # as a command, a refusal is one line and exit status 2, not a traceback
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "recipes.quickstart", *base, "--seed", "1"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("quickstart.py: error: ") and "'seed': (0, 1)" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     # nothing of the refused runs was written over the first run's results
     assert json.loads((tmp_path / "results.json").read_text()) == res
