@@ -66,6 +66,7 @@ from typing import Any
 import torch
 
 from genlib.cli_args import device as device_arg
+from genlib.cli_args import int_at_least
 from genlib.optim import LRA, ExponentialDecaySchedule, Kron
 from genlib.train.batches import StepBatches
 from genlib.train.engine import Engine
@@ -110,26 +111,32 @@ def external_available() -> dict[str, str]:
     return out
 
 
-def make_optimizer(name: str, params, lr: float, task: str, seed: int) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, lr: float, task: str, seed: int, refit_decay: int | None = None,
+                   kron_max_size: int = 1024) -> torch.optim.Optimizer:
+    """``name`` on ``params``; PSGD refits on the task's recipe schedule (``refit_decay`` steps from
+    probability 1 to 0.1 when given) and Kron's factors above ``kron_max_size`` are diagonal."""
     params = list(params)
 
     def refit() -> ExponentialDecaySchedule:
-        return ExponentialDecaySchedule(start=1.0, end=0.1, decay_steps=REFIT_DECAY[task])
+        return ExponentialDecaySchedule(start=1.0, end=0.1, decay_steps=refit_decay or REFIT_DECAY[task])
 
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr)  # weight decay 0.01 (torch's default)
     if name == "psgd-kron":
-        return Kron(params, lr=lr, momentum=0.9, update_probability=refit(), seed=seed)
+        return Kron(params, lr=lr, momentum=0.9, update_probability=refit(), seed=seed,
+                    max_size=kron_max_size)
     if name.startswith("psgd-kron-qeq"):
         return Kron(params, lr=lr, momentum=0.9, update_probability=refit(), seed=seed, coords="QEQ",
+                    max_size=kron_max_size,
                     memory_save_mode=None if name == "psgd-kron-qeq" else "one_diag",
                     max_update_abs=1.0 if name.endswith("-cap") else None)
     if name == "psgd-lra":
         return LRA(params, lr=lr, momentum=0.9, rank=10, update_probability=refit(), seed=seed)
     if name == "psgd-kron-hvp":
-        return Kron(params, lr=lr, curvature="hvp", update_probability=refit(), seed=seed)
+        return Kron(params, lr=lr, curvature="hvp", update_probability=refit(), seed=seed,
+                    max_size=kron_max_size)
     if name == "psgd-lra-hvp":
         return LRA(params, lr=lr, rank=10, curvature="hvp", update_probability=refit(), seed=seed)
     if name == "heavyball-kron":
@@ -192,7 +199,7 @@ def build_vae_task(opt_name: str, lr: float, seed: int, args) -> Run:
     test_x = test_x.to(args.device)
     seed_everything(seed)
     vae = rv.build_vae(cfg, tuple(train_x.shape[1:]))
-    opt = make_optimizer(opt_name, vae.parameters(), lr, "vae", seed)
+    opt = make_optimizer(opt_name, vae.parameters(), lr, "vae", seed, args.refit_decay, args.kron_max_size)
 
     run = _elbo_run(vae, opt, StepBatches({"x": train_x}, cfg.batch_size, seed=seed), args,
                     _compile_step(opt_name, args))
@@ -226,7 +233,7 @@ def build_semisup_task(opt_name: str, lr: float, seed: int, args) -> Run:
                    compile=args.compile, compile_optimizers=_compile_step(opt_name, args), augment=None)
 
     def factory(params, lr):
-        return make_optimizer(opt_name, params, lr, "semisup", seed)
+        return make_optimizer(opt_name, params, lr, "semisup", seed, args.refit_decay, args.kron_max_size)
 
     trainer = SemiSupervisedTrainer(vae, tcfg, optimizer=factory, device=args.device)
     batches = trainer.step_batches(data.x_unlabeled, data.x_labeled, data.y_labeled)
@@ -253,7 +260,7 @@ def build_speech_task(opt_name: str, lr: float, seed: int, args) -> Run:
     frames, specs = _CACHE["speech"]
     seed_everything(seed)
     vae = rvc.build_vae(cfg, row, specs[0].shape[0])
-    opt = make_optimizer(opt_name, vae.parameters(), lr, "speech", seed)
+    opt = make_optimizer(opt_name, vae.parameters(), lr, "speech", seed, args.refit_decay, args.kron_max_size)
 
     run = _elbo_run(vae, opt, StepBatches({"x": frames}, cfg.batch_size, seed=seed, order="epochs"), args,
                     _compile_step(opt_name, args))
@@ -274,7 +281,7 @@ def build_xor_task(opt_name: str, lr: float, seed: int, args) -> Run:
     xcfg = rx.XorConfig()
     gen = torch.Generator().manual_seed(seed)
     model = rx.make_model("rnn", xcfg.hidden, generator=gen)
-    opt = make_optimizer(opt_name, model.parameters(), lr, "xor", seed)
+    opt = make_optimizer(opt_name, model.parameters(), lr, "xor", seed, args.refit_decay, args.kron_max_size)
 
     def loss_fn(batch):
         x, y = batch
@@ -508,6 +515,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="fractions of --seconds at which to evaluate")
     ap.add_argument("--iwae-samples", type=int, default=50, help="importance samples of the vae's log p(x)")
     ap.add_argument("--xor-length", type=int, default=32)
+    ap.add_argument("--refit-decay", type=int_at_least(1), default=None, metavar="STEPS",
+                    help="PSGD's refit probability decays from 1 to 0.1 over STEPS (default: each task's "
+                         f"recipe schedule, {REFIT_DECAY})")
+    ap.add_argument("--kron-max-size", type=int_at_least(1), default=1024,
+                    help="Kron's factors of dims above this are diagonal (default 1024)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model's loss (genlib Engine)")
     ap.add_argument("--compile-step", action="store_true",
                     help="torch.compile the optimizers' steps too (genlib and torch optimizers; Engine's "

@@ -489,10 +489,8 @@ class PSGD(torch.optim.Optimizer):
             pcs = [self._make_preconditioner(tuple(p.shape), group, group["preconditioner_dtype"] or p.dtype,
                                              p.device, gi) for p in params]
             anchors = params
-        rate = 1.0 if callable(self._update_probability) else self._update_probability
         for p, pc in zip(anchors, pcs):
             pc.bind(self.state[p])
-            pc.refit_rate = rate  # a hint for Kron's product cache
         return pcs
 
     # ---- randomness: pure functions of (seed, step)
@@ -607,9 +605,6 @@ class PSGD(torch.optim.Optimizer):
         step = int(self._step_count())
         if callable(p):
             p = _check_number(float(p(step)), f"update_probability({step}) (schedule output)", 0.0, 1.0)
-        for pcs in self._preconds:  # Kron caches its factor products when fits are rare enough
-            for pc in pcs:
-                pc.refit_rate = p
         return self._coin(step) < p or (step == 0 and first)
 
     def _update_group(self, group: dict[str, Any], ps: list[torch.Tensor], us: list[torch.Tensor]) -> None:

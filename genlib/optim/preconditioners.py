@@ -738,11 +738,13 @@ class KronPreconditioner(Preconditioner):
         self.kinds = kron_factor_kinds(self._ishape, max_size, max_skew, memory_save_mode)
         self.coords = coords
         self.integrates_probes = coords in ("QEQ", "QUAD")
-        #: Expected fits per :meth:`precondition` call (the optimizers set their refit probability). Below
-        #: ``rest/d`` caching ``P_i = Q_iᵀQ_i`` pays: forming it costs d³ once per fit, and it saves one
-        #: d²·rest product per call.
-        self.refit_rate = 1.0
+        numel = math.prod(self._ishape)
+        # A matrix factor of dim d ≤ rest = numel/d also keeps its product P_i = Q_iᵀQ_i in the state: one
+        # d²·rest product per step instead of two, for d³ per fit (≤ one d²·rest product).
+        self.products = [i for i, (d, kind) in enumerate(zip(self._ishape, self.kinds))
+                         if kind == "tri" and d * d <= numel]
         super().__init__(shape, **kwargs)
+        self._refresh_products()
 
     def _init_tensors(self, scale):
         s = scale ** (1.0 / len(self.kinds))
@@ -750,6 +752,8 @@ class KronPreconditioner(Preconditioner):
         for i, (d, kind) in enumerate(zip(self._ishape, self.kinds)):
             f = torch.full((d,), s) if kind == "diag" else s * torch.eye(d)
             out[f"Q{i}"] = f.to(dtype=self.dtype, device=self.device)
+        for i in self.products:
+            out[f"P{i}"] = torch.empty_like(out[f"Q{i}"])  # filled by _refresh_products
         if self.lipschitz:
             for i in range(len(self.kinds)):
                 out[f"L{i}"] = torch.zeros((), dtype=self.cdtype, device=self.device)
@@ -761,7 +765,25 @@ class KronPreconditioner(Preconditioner):
 
     def _scaled(self, st, c):
         ck = (c ** (1.0 / len(self.kinds))).to(self.dtype)
-        return {f"Q{i}": st[f"Q{i}"] * ck for i in range(len(self.kinds))}
+        return {**{f"Q{i}": st[f"Q{i}"] * ck for i in range(len(self.kinds))},
+                **{f"P{i}": st[f"P{i}"] * (ck * ck) for i in self.products}}
+
+    def _product(self, q: torch.Tensor) -> torch.Tensor:
+        """``QᵀQ`` of a factor as stored (rounded to the storage dtype), so a reload recomputes the same."""
+        q = _as(_as(q, self.dtype), self.cdtype)
+        return (q.mT @ q).to(self.dtype)
+
+    def _refresh_products(self) -> None:
+        for i in self.products:
+            self.state[f"P{i}"].copy_(self._product(self.state[f"Q{i}"]))
+
+    def bind(self, state: dict[str, Any]) -> None:
+        super().bind(state)
+        self._refresh_products()  # from the factors, whatever the source held
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._refresh_products()
 
     def _solve_t(self, x: torch.Tensor, q: torch.Tensor, dim: int, transpose: bool) -> torch.Tensor:
         """Along ``dim``: ``x Q⁻¹`` (rows times Q⁻¹, i.e. Q⁻ᵀ applied), or ``x Q⁻ᵀ`` with ``transpose``."""
@@ -794,7 +816,10 @@ class KronPreconditioner(Preconditioner):
         elif self.coords in ("QEQ", "QUAD"):  # ∇_k = E[(Ph)_k (Ph)_kᵀ − v_k v_kᵀ] (mode-k unfoldings)
             Ph = h
             for i, q in enumerate(Qs):
-                Ph = _scale_along(Ph, q * q, i + 1) if q.ndim == 1 else _apply_along(Ph, q.mT @ q, i + 1)
+                if q.ndim == 1:
+                    Ph = _scale_along(Ph, q * q, i + 1)
+                else:
+                    Ph = _apply_along(Ph, _as(st[f"P{i}"], dt) if i in self.products else q.mT @ q, i + 1)
             quad = self.coords == "QUAD"
             for i, q in enumerate(Qs):
                 diag = q.ndim == 1
@@ -842,6 +867,7 @@ class KronPreconditioner(Preconditioner):
             norms = torch.stack([q.abs().amax() for q in new]) + _tiny(dt)
             gmean = torch.exp(torch.log(norms).mean())
             new = [q * (gmean / norms[i]) for i, q in enumerate(new)]
+        out.update({f"P{i}": self._product(new[i]) for i in self.products})
         return {**out, **{f"Q{i}": q for i, q in enumerate(new)}}
 
     def _precondition(self, g):
@@ -849,11 +875,10 @@ class KronPreconditioner(Preconditioner):
         x, off = g.reshape(*lead, *self._ishape), len(lead)
         for i, f in enumerate(self.factors):
             q = f.to(g.dtype)
-            d = q.shape[0]
             if q.ndim == 1:
                 x = _scale_along(x, q * q, off + i)
-            elif self.refit_rate * d <= self.numel // d:
-                x = _apply_along(x, self._derive(("P", i, g.dtype), lambda q=q: q.mT @ q), off + i)
+            elif i in self.products:
+                x = _apply_along(x, self._t(f"P{i}", g.dtype), off + i)
             else:
                 x = _apply_along(_apply_along(x, q.mT, off + i), q, off + i)
         return x.reshape(g.shape)

@@ -546,26 +546,28 @@ def test_cached_products_are_dropped_when_q_changes(make):
     torch.testing.assert_close(pre.precondition(x), fresh())
 
 
-def test_kron_caches_a_factor_product_only_when_fits_are_rare_enough():
-    # A 40 × 8 matrix: the 8-dim factor's product always pays (d ≤ rest); the 40-dim one (rest 8) only when
-    # at most one fit per 5 calls is expected. Cached or not, P·g is the same, and a fit drops the cache.
+def test_kron_keeps_the_product_of_each_narrow_factor_in_its_state():
+    # A 40 × 8 matrix: the 8-dim factor (8² ≤ 320) keeps P1 = Q1ᵀQ1 as state, so a step applies one product
+    # instead of two; the 40-dim one (40² > 320) does not. P1 follows Q1 through a fit (the first one also
+    # sets Q's scale), a load and a rebind, whatever P1 the source held, and P·g is unchanged by it.
     pre = KronPreconditioner((40, 8), max_skew=math.inf, dtype=DT)
+    assert pre.products == [1] and "P1" in pre.state and "P0" not in pre.state
+
+    def check():
+        q0, q1 = pre.factors
+        torch.testing.assert_close(pre.state["P1"], q1.mT @ q1, rtol=1e-14, atol=0)
+        x = torch.randn(5, 40, 8, generator=torch.Generator().manual_seed(9), dtype=DT)
+        want = torch.einsum("ij,njk,kl->nil", q0.mT @ q0, x, q1.mT @ q1)
+        torch.testing.assert_close(pre.precondition(x), want, rtol=1e-12, atol=1e-12)
+
+    check()
     g = torch.Generator().manual_seed(2)
     v = torch.randn(3, 40, 8, generator=g, dtype=DT)
-    pre.update(v, v * torch.linspace(0.5, 2.0, 8, dtype=DT) + 0.1 * v.flip(1))
-    x = torch.randn(5, 40, 8, generator=g, dtype=DT)
-    results = {}
-    for rate in (1.0, 0.25, 0.2, 0.0):
-        pre.refit_rate = rate
-        pre._derived.clear()
-        results[rate] = pre.precondition(x)
-        assert sorted(k[1] for k in pre._derived) == ([0, 1] if rate <= 0.2 else [1]), rate
-    for rate in (0.25, 0.2, 0.0):
-        torch.testing.assert_close(results[rate], results[1.0], rtol=1e-12, atol=0)
-    pre.update(v, 2 * v)
-    assert not pre._derived
-    from genlib.optim import Kron
-
-    w = torch.nn.Parameter(torch.randn(40, 8, dtype=DT))
-    opt = Kron([w], update_probability=0.1, max_skew=math.inf)
-    assert opt.preconditioners[0][0].refit_rate == 0.1
+    pre.update(v, 7.0 * (v * torch.linspace(0.5, 2.0, 8, dtype=DT) + 0.1 * v.flip(1)))
+    assert not torch.equal(pre.state["P1"], torch.eye(8, dtype=DT))
+    check()
+    randomize(pre, seed=5)  # loads random factors and a random P1
+    check()
+    pre.bind({k: (t * 3 if k == "Q1" else torch.zeros_like(t)) if k in ("Q1", "P1") else t.clone()
+              for k, t in pre.state.items()})
+    check()
