@@ -94,6 +94,7 @@ from .preconditioners import (
     _safe_norm,
     _splitmix64,
     _srl,
+    _wrapping_mul,
 )
 
 __all__ = ["PSGD", "Kron", "Diag", "LRA", "XMat", "Dense", "CURVATURES", "Params", "PSGDOptions"]
@@ -151,7 +152,7 @@ def _hash_normal(key: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     24-bit uniforms, and Box-Muller turns them into two normals (cos and sin)."""
     n = like.numel()
     i = torch.arange((n + 1) // 2, device=like.device, dtype=torch.int64)
-    z = _mix(key.to(like.device) + (i + 1) * _ODD)
+    z = _mix(key.to(like.device) + _wrapping_mul(i + 1, _ODD))
     u1 = (_srl(z, 40).float() + 0.5) / 2.0**24
     u2 = ((z >> 16) & 0xFFFFFF).float() / 2.0**24
     r, t = torch.sqrt(-2.0 * torch.log(u1)), (2 * math.pi) * u2

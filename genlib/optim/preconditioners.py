@@ -108,6 +108,15 @@ def _i64(c: int) -> int:
 
 
 _ODD, _MIX1, _MIX2 = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
+# The same multipliers as tensors, for compiled code: inductor writes an int multiplier into its C++ as a
+# literal, and a wrapping product of a loop index by a literal is signed overflow, undefined behaviour in C++
+# (it corrupted the heap on the CPU); a tensor operand is opaque to the C++ compiler.
+_AS_TENSOR = {c: torch.tensor(c, dtype=torch.int64) for c in (_ODD, _MIX1, _MIX2)}
+
+
+def _wrapping_mul(z: torch.Tensor, c: int) -> torch.Tensor:
+    """``z · c`` in wrapping int64 arithmetic, ``c`` one of the hash multipliers."""
+    return z * (_AS_TENSOR[c].to(z.device) if torch.compiler.is_compiling() else c)
 
 
 def _srl(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -118,8 +127,8 @@ def _srl(z: torch.Tensor, k: int) -> torch.Tensor:
 def _mix(z: torch.Tensor) -> torch.Tensor:
     """SplitMix64's output function without its increment, in int64 tensor arithmetic (wrapping):
     ``_mix(x + _ODD)`` has the bits of ``_splitmix64(x)``."""
-    z = (z ^ _srl(z, 30)) * _MIX1
-    z = (z ^ _srl(z, 27)) * _MIX2
+    z = _wrapping_mul(z ^ _srl(z, 30), _MIX1)
+    z = _wrapping_mul(z ^ _srl(z, 27), _MIX2)
     return z ^ _srl(z, 31)
 
 
@@ -705,7 +714,9 @@ class KronPreconditioner(Preconditioner):
     """Kronecker-factored ``Q = Q₁ ⊗ Q₂ ⊗ …``, one factor per tensor dim (scalars: one scale). Each factor is
     a matrix (upper-triangular in the ``"EQ"``/``"QE"`` coordinates, full for ``"QEQ"``, symmetric positive
     definite for ``"QUAD"``) or diagonal (:func:`kron_factor_kinds`: wide dims above ``max_size`` and
-    ``memory_save_mode`` give cheap diagonal factors). Factor scales are rebalanced after each fit.
+    ``memory_save_mode`` give cheap diagonal factors). Factor scales are rebalanced after each fit. A matrix
+    factor no wider than the rest of its tensor (``d² ≤ numel``, listed in :attr:`products`) also keeps
+    ``P_i = Q_iᵀQ_i`` in the state: a d × d matrix more, one product per step fewer.
 
     Args:
         shape: tensor shape.
@@ -740,9 +751,10 @@ class KronPreconditioner(Preconditioner):
         self.integrates_probes = coords in ("QEQ", "QUAD")
         numel = math.prod(self._ishape)
         # A matrix factor of dim d ≤ rest = numel/d also keeps its product P_i = Q_iᵀQ_i in the state: one
-        # d²·rest product per step instead of two, for d³ per fit (≤ one d²·rest product).
-        self.products = [i for i, (d, kind) in enumerate(zip(self._ishape, self.kinds))
-                         if kind == "tri" and d * d <= numel]
+        # d²·rest product per step instead of two, for d³ per fit (≤ one d²·rest product). Its state key per
+        # dim, or None: strings stay constants when dynamo recompiles for another tensor (ints turn symbolic).
+        self._pkeys = [f"P{i}" if kind == "tri" and d * d <= numel else None
+                       for i, (d, kind) in enumerate(zip(self._ishape, self.kinds))]
         super().__init__(shape, **kwargs)
         self._refresh_products()
 
@@ -752,12 +764,18 @@ class KronPreconditioner(Preconditioner):
         for i, (d, kind) in enumerate(zip(self._ishape, self.kinds)):
             f = torch.full((d,), s) if kind == "diag" else s * torch.eye(d)
             out[f"Q{i}"] = f.to(dtype=self.dtype, device=self.device)
-        for i in self.products:
-            out[f"P{i}"] = torch.empty_like(out[f"Q{i}"])  # filled by _refresh_products
+        for i, key in enumerate(self._pkeys):
+            if key:
+                out[key] = torch.empty_like(out[f"Q{i}"])  # filled by _refresh_products
         if self.lipschitz:
             for i in range(len(self.kinds)):
                 out[f"L{i}"] = torch.zeros((), dtype=self.cdtype, device=self.device)
         return out
+
+    @property
+    def products(self) -> list[int]:
+        """The dims whose factor keeps ``P_i = Q_iᵀQ_i`` in the state."""
+        return [i for i, key in enumerate(self._pkeys) if key]
 
     @property
     def factors(self) -> list[torch.Tensor]:
@@ -766,7 +784,7 @@ class KronPreconditioner(Preconditioner):
     def _scaled(self, st, c):
         ck = (c ** (1.0 / len(self.kinds))).to(self.dtype)
         return {**{f"Q{i}": st[f"Q{i}"] * ck for i in range(len(self.kinds))},
-                **{f"P{i}": st[f"P{i}"] * (ck * ck) for i in self.products}}
+                **{key: st[key] * (ck * ck) for key in self._pkeys if key}}
 
     def _product(self, q: torch.Tensor) -> torch.Tensor:
         """``QᵀQ`` of a factor as stored (rounded to the storage dtype), so a reload recomputes the same."""
@@ -774,8 +792,9 @@ class KronPreconditioner(Preconditioner):
         return (q.mT @ q).to(self.dtype)
 
     def _refresh_products(self) -> None:
-        for i in self.products:
-            self.state[f"P{i}"].copy_(self._product(self.state[f"Q{i}"]))
+        for i, key in enumerate(self._pkeys):
+            if key:
+                self.state[key].copy_(self._product(self.state[f"Q{i}"]))
 
     def bind(self, state: dict[str, Any]) -> None:
         super().bind(state)
@@ -819,7 +838,8 @@ class KronPreconditioner(Preconditioner):
                 if q.ndim == 1:
                     Ph = _scale_along(Ph, q * q, i + 1)
                 else:
-                    Ph = _apply_along(Ph, _as(st[f"P{i}"], dt) if i in self.products else q.mT @ q, i + 1)
+                    key = self._pkeys[i]
+                    Ph = _apply_along(Ph, _as(st[key], dt) if key else q.mT @ q, i + 1)
             quad = self.coords == "QUAD"
             for i, q in enumerate(Qs):
                 diag = q.ndim == 1
@@ -867,7 +887,7 @@ class KronPreconditioner(Preconditioner):
             norms = torch.stack([q.abs().amax() for q in new]) + _tiny(dt)
             gmean = torch.exp(torch.log(norms).mean())
             new = [q * (gmean / norms[i]) for i, q in enumerate(new)]
-        out.update({f"P{i}": self._product(new[i]) for i in self.products})
+        out.update({key: self._product(new[i]) for i, key in enumerate(self._pkeys) if key})
         return {**out, **{f"Q{i}": q for i, q in enumerate(new)}}
 
     def _precondition(self, g):
@@ -877,8 +897,8 @@ class KronPreconditioner(Preconditioner):
             q = f.to(g.dtype)
             if q.ndim == 1:
                 x = _scale_along(x, q * q, off + i)
-            elif i in self.products:
-                x = _apply_along(x, self._t(f"P{i}", g.dtype), off + i)
+            elif self._pkeys[i]:
+                x = _apply_along(x, self._t(self._pkeys[i], g.dtype), off + i)
             else:
                 x = _apply_along(_apply_along(x, q.mT, off + i), q, off + i)
         return x.reshape(g.shape)

@@ -740,22 +740,29 @@ def test_a_tensor_lr_changes_a_compiled_step_without_recompiling():
             Kron(model.parameters(), lr=bad)
 
 
-def test_compiled_steps_of_optimizers_with_other_seeds_share_one_trace():
+@pytest.mark.parametrize("family, kw", [(LRA, {"rank": 2}), (Kron, {})], ids=["lra", "kron"])
+def test_compiled_steps_of_optimizers_of_other_seeds_and_shapes(family, kw):
     # A second optimizer whose seed differs makes dynamo trace its hash keys as symbolic ints: the keys'
     # 64-bit masking must not be traced (inductor refused its constants: "too big to convert to int64_t").
+    # Other shapes change Kron's per-tensor choices (which factors keep their product): they must stay host
+    # constants, not symbolic ints (a format string of one broke torch.cond). And the probes' wrapping int64
+    # hash of a few hundred entries must not be inductor C++ with literal multipliers (signed overflow, which
+    # C++ leaves undefined, corrupted the heap). Each optimizer steps like an eager twin.
     torch._dynamo.reset()
     X = torch.randn(32, 6)
-    for seed in (1, 2):
+    for seed, width in ((1, 8), (2, 2), (3, 30)):
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
-        opt = LRA(model.parameters(), rank=2, seed=seed, check_finite=False,
-                  update_probability=ExponentialDecaySchedule(1.0, 0.1, 100))
+        model = nn.Sequential(nn.Linear(6, width), nn.Tanh(), nn.Linear(width, 2))
+        twin_model = copy.deepcopy(model)
+        opt, twin = (family(m.parameters(), seed=seed, check_finite=False,
+                            update_probability=ExponentialDecaySchedule(1.0, 0.1, 100), **kw)
+                     for m in (model, twin_model))
         step = torch.compile(opt.step, fullgraph=True)
         for _ in range(3):
-            opt.zero_grad()
-            model(X).square().mean().backward()
-            step()
+            _squared_error_steps(((model, step), (twin_model, twin.step)), X, X[:, :2])
         assert opt.preconditioners[0][0].num_updates >= 1
+        for a, b in zip(model.parameters(), twin_model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("coords", ["EQ", "QEQ"])
