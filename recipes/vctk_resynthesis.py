@@ -32,11 +32,12 @@ windows of ``window_frames`` frames. The frames are held in memory, or with ``--
 whose frames do not fit, e.g. all of VCTK: ~2 M frames, ~8 GB) computed once, utterance by utterance, into
 ``<out>/frames/`` (:class:`genlib.data.speech.SpeechFrameCache`: a complex64 ``.npy`` reused by later runs
 with the same files and STFT settings, rebuilt otherwise) and read from disk through the DataLoader
-(``--num-workers``; same batches, same model as in memory). Optimizer Adam by default: on this model
-``--optimizer psgd-kron`` (Kron in the QEQ coordinates, one diagonal factor per matrix, step entries clamped)
-is level with it at equal CPU time and costs 2.4× per step (benchmarks/README.md, "Optimizers at equal CPU
-time, third run"); ``--optimizer psgd-lra`` (gradient whitening, momentum 0.9) is the paper's PSGD and
-``psgd-lra-hvp`` its Newton type. On the test set each utterance is encoded, decoded (posterior mean), and the
+(``--num-workers``; same batches, same model as in memory). The default optimizer is ``psgd-kron``: Kron in
+the QEQ coordinates with diagonal factors for each matrix's largest dim and for dims above 256, step entries
+clamped. On the Gamma FC model it costs about Adam's step and is ahead of tuned Adam at equal CPU time
+(benchmarks/README.md, "Optimizers at equal CPU time, fifth run"); ``--optimizer adam`` is the measured
+baseline, ``--optimizer psgd-lra`` (gradient whitening, momentum 0.9) the paper's PSGD and ``psgd-lra-hvp``
+its Newton type. On the test set each utterance is encoded, decoded (posterior mean), and the
 decoded magnitude (``magnitude_mean``) is turned back into a waveform with three phases: the ground-truth
 phase (GT), Griffin-Lim (GL, torchaudio) and, for von Mises rows, the learned phase location (vM; random phase
 is the reference it must beat). Reported per row and phase: PESQ wideband (P.862.2) and narrowband (P.862),
@@ -224,14 +225,13 @@ class Config:
     window_batch_size: int = 16  # windows (conv rows)
     lr: float = 1e-3  # Adam
     psgd_lr: float = 1e-4  # PSGD-LRA: lr 1e-3 diverged (NaN) within 3 epochs on VCTK frames
-    # psgd-kron: QEQ coordinates, one diagonal factor per matrix, every step entry clamped to ±1 (best of
-    # 1.5e-4, 3e-4, 1e-3 at equal CPU time, benchmarks/README.md)
+    # psgd-kron (best of 7.5e-5, 1.5e-4, 3e-4 and 1e-3 at equal CPU time, benchmarks/README.md)
     psgd_kron_lr: float = 3e-4
     # psgd-lra-hvp (the papers' Newton type, exact Hessian-vector products): lr is a fraction of a Newton step
     psgd_hvp_lr: float = 1e-2
-    # Adam: level with the best PSGD (psgd-kron) at equal CPU time on this model and cheaper per step
+    # psgd-kron: ahead of tuned Adam at equal CPU time on the Gamma FC model, at about Adam's step cost
     # (benchmarks/optimizers.py); psgd-lra: the paper's
-    optimizer: str = "adam"  # or "psgd-kron", "psgd-lra" or "psgd-lra-hvp"
+    optimizer: str = "psgd-kron"  # or "adam", "psgd-lra" or "psgd-lra-hvp"
     grad_clip: float | None = None  # max gradient norm (None: off); see benchmarks/vctk_resynthesis.md
     checkpoint_every: int = 10  # epochs between atomic checkpoints (<out>/<row>/train_<epoch>.pt, vae.pt)
     n_test_utterances: int = 10  # per test speaker
@@ -451,8 +451,10 @@ def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     # refit the preconditioner every step at first, then on ~10% of steps (the PSGD papers' schedule)
     refit = ExponentialDecaySchedule(start=1.0, end=0.1, decay_steps=200)
     if cfg.optimizer == "psgd-kron":
+        # diagonal factors for each matrix's largest dim and for dims above 256: dense 512-wide factors cost
+        # twice Adam's whole step here and did not buy more per second (benchmarks/README.md)
         return Kron(params, lr=cfg.psgd_kron_lr, momentum=0.9, coords="QEQ", memory_save_mode="one_diag",
-                    max_update_abs=1.0, update_probability=refit)
+                    max_size=256, max_update_abs=1.0, update_probability=refit)
     if cfg.optimizer == "psgd-lra":
         return LRA(params, lr=cfg.psgd_lr, momentum=0.9, rank=10, update_probability=refit)
     if cfg.optimizer == "psgd-lra-hvp":
@@ -716,9 +718,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
         "--optimizer", choices=("adam", "psgd-kron", "psgd-lra", "psgd-lra-hvp"), default=None,
-        help="default adam (level with psgd-kron at equal time here and cheaper per step: "
-             "benchmarks/README.md); psgd-kron: Kron-QEQ, the fastest PSGD here; psgd-lra: the paper's PSGD; "
-             "psgd-lra-hvp: the papers' Newton-type PSGD (exact Hessian-vector products)",
+        help="default psgd-kron (Kron-QEQ with cheap diagonal factors on wide dims: ahead of tuned Adam at "
+             "equal CPU time here, at about Adam's step cost: benchmarks/README.md); adam; psgd-lra: the "
+             "paper's PSGD; psgd-lra-hvp: the papers' Newton-type PSGD (exact Hessian-vector products)",
     )
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the chosen optimizer")
     parser.add_argument(

@@ -189,15 +189,18 @@ def test_newton_type_psgd_trains_through_a_closure(utterances):
 
 
 def test_kron_option_is_the_benchmarked_configuration_and_trains(utterances):
-    # --optimizer psgd-kron: Kron in the QEQ coordinates, one diagonal factor per matrix, step entries clamped
+    # the default, --optimizer psgd-kron: Kron in the QEQ coordinates, diagonal factors for each matrix's
+    # largest dim and dims above 256, step entries clamped
     train_waves, _ = utterances
+    assert vr.Config().optimizer == "psgd-kron"
     cfg = vr.Config(latent_dim=8, hidden=(64,), epochs=4, optimizer="psgd-kron", device="cpu")
     frames = stft(train_waves[0])[:, ::4].T.contiguous()
     torch.manual_seed(0)
     vae = vr.build_vae(cfg, vr.ROWS["gamma-fc"], frames.shape[1])
     opt = vr.make_optimizer(cfg, vae.parameters())
     group = opt.param_groups[0]
-    assert (group["coords"], group["memory_save_mode"], group["max_update_abs"]) == ("QEQ", "one_diag", 1.0)
+    assert (group["coords"], group["memory_save_mode"], group["max_size"], group["max_update_abs"]) == (
+        "QEQ", "one_diag", 256, 1.0)
     assert group["lr"] == cfg.psgd_kron_lr == vr.optimizer_lr(cfg)
     losses = vr.train(cfg, vae, frames, batch_size=32)
     assert losses[-1] < losses[0] - 1.0, losses
