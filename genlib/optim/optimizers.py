@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, TypedDict
 
 if sys.version_info >= (3, 11):
@@ -82,6 +82,7 @@ from genlib.utils import hash_seed, resolve_validate_args
 
 from .preconditioners import (
     _ODD,
+    HOST_COUNTERS,
     DensePreconditioner,
     DiagPreconditioner,
     KronPreconditioner,
@@ -494,6 +495,30 @@ class PSGD(torch.optim.Optimizer):
             pc.bind(self.state[p])
         return pcs
 
+    def _follow_parameters(self) -> None:
+        """Move the state to the parameters' devices where they moved after this optimizer was built
+        (``model.to(device)`` keeps the Parameter objects; torch's optimizers create their state at the first
+        step, PSGD's preconditioners exist from the start). A static check: nothing is traced while the
+        devices agree; the move itself runs eagerly (one graph break, at most once)."""
+        if any(pc.device != p.device for p, pc in self._anchored()):
+            self._move_state()
+
+    def _anchored(self) -> Iterator[tuple[torch.Tensor, Preconditioner]]:
+        """(parameter, preconditioner) pairs: each preconditioner with the tensor that holds its state."""
+        for group, pcs in zip(self.param_groups, self._preconds):
+            yield from zip(group["params"][:1] if self.flatten else group["params"], pcs)
+
+    @torch.compiler.disable
+    def _move_state(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state[p]
+                for k, t in st.items():
+                    if isinstance(t, torch.Tensor) and k not in HOST_COUNTERS:
+                        st[k] = t.to(p.device)
+        for p, pc in self._anchored():
+            pc.to(p.device)
+
     # ---- randomness: pure functions of (seed, step)
     def _step_count(self) -> torch.Tensor:
         return self.state[self._anchor]["step"]
@@ -563,6 +588,7 @@ class PSGD(torch.optim.Optimizer):
                 f"curvature={self._curvature!r} needs step(closure): a function that re-evaluates "
                 "the model on the batch and returns the loss without calling backward()"
             )
+        self._follow_parameters()
         params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
         refit = self._refit_now()
         if isinstance(refit, torch.Tensor) and self._curvature != "whiten":

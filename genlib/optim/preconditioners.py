@@ -60,6 +60,7 @@ __all__ = [
 
 _HALF = (torch.float16, torch.bfloat16)
 _BETA_L = 0.9  # Lipschitz-estimate EMA (Li 2024's betaL)
+HOST_COUNTERS = ("fits", "step")  # CPU counters (as torch keeps "step"): read without a device sync
 
 
 def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -292,6 +293,15 @@ class Preconditioner:
         self.state = state
         self._derived.clear()
         self._scale_known = False  # re-read at the next commit
+
+    def to(self, device: torch.device | str) -> Preconditioner:
+        """Move Q to ``device``: every tensor of the bound state but the host counters."""
+        self.device = torch.device(device)
+        for k, t in self.state.items():
+            if isinstance(t, torch.Tensor) and k not in HOST_COUNTERS:
+                self.state[k] = t.to(self.device)
+        self._derived.clear()
+        return self
 
     def _check_batch(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -651,6 +661,11 @@ class XMatPreconditioner(Preconditioner):
         self._mask = torch.ones(dim, device=self.device)
         if dim % 2:
             self._mask[dim // 2] = 0
+
+    def to(self, device: torch.device | str) -> XMatPreconditioner:
+        super().to(device)
+        self._mask = self._mask.to(self.device)
+        return self
 
     def _init_tensors(self, scale):
         dim = self.shape[0]
