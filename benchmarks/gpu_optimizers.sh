@@ -5,7 +5,8 @@
 #
 # First every task runs a few untimed steps, all tasks at once, to fill torch.compile's on-disk caches: the
 # timed runs then start in seconds instead of compiling one after another (compilation is off their clock
-# either way). About 6 minutes on an H200 with SEEDS=1.
+# either way). On an H200 the warm-up takes 2-3 minutes, and the timed runs of speech, vae and semisup with
+# SEEDS=1 about 7 more.
 #
 #   bash benchmarks/gpu_optimizers.sh [OUT] [extra benchmarks.optimizers flags, appended to every task]
 #   SEEDS=1 TASKS="speech vae" bash benchmarks/gpu_optimizers.sh     # seeds 0-1 (default 0-2), two tasks
