@@ -64,6 +64,7 @@ from genlib.cli_args import (
     engine_options,
     find_data_folder,
     int_at_least,
+    positive_float,
     run_recipe,
 )
 from genlib.cli_args import device as device_arg
@@ -163,22 +164,23 @@ class Config:
 
 # Optimizer of both parameter groups (encoder/decoder at train.lr, EBM at train.ebm_lr). "psgd-kron" runs
 # PSGD's gradient-whitening mode (backward() + step()) in the inverse-free QEQ coordinates with one diagonal
-# factor per matrix, the best PSGD at equal time in benchmarks/README.md; the "-hvp" ones are the papers'
-# Newton type, which the trainer steps with a closure. Their lr is a fraction of a Newton step, not an Adam
-# rate: 50x the config's (0.05 at --quick; x10 trained far slower in 200-iteration probes). The
-# preconditioner is refitted every step at first, then on ~10 % of steps, so most steps cost no
-# Hessian-vector product (and no curvature fit for "psgd-kron").
+# factor per matrix and diagonal factors on dims above 128, refitting on fewer steps after the first ~100:
+# the best PSGD at equal time on this model in benchmarks/README.md. The "-hvp" ones are the papers' Newton
+# type, which the trainer steps with a closure. Their lr is a fraction of a Newton step, not an Adam rate:
+# 50x the config's (0.05 at --quick; x10 trained far slower in 200-iteration probes). Preconditioners are
+# refitted every step at first, then on ~10 % of steps, so most steps cost no curvature fit (and, for the
+# Newton types, no Hessian-vector product).
 _NEWTON_LR = 50.0
 
 
-def _refit() -> ExponentialDecaySchedule:
-    return ExponentialDecaySchedule(start=1.0, end=0.1, decay_steps=500)
+def _refit(decay_steps: int = 500) -> ExponentialDecaySchedule:
+    return ExponentialDecaySchedule(start=1.0, end=0.1, decay_steps=decay_steps)
 
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
-    "psgd-kron": lambda params, lr: Kron(params, lr=lr, momentum=0.9, coords="QEQ",
-                                         memory_save_mode="one_diag", update_probability=_refit()),
+    "psgd-kron": lambda params, lr: Kron(params, lr=lr, momentum=0.9, coords="QEQ", max_size=128,
+                                         memory_save_mode="one_diag", update_probability=_refit(100)),
     "psgd-kron-hvp": lambda params, lr: Kron(params, lr=_NEWTON_LR * lr, curvature="hvp",
                                              update_probability=_refit()),
     "psgd-lra-hvp": lambda params, lr: LRA(params, lr=_NEWTON_LR * lr, curvature="hvp",
@@ -397,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="override the number of training iterations (0: evaluate the untrained model)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="the encoder/decoder lr (default: the config's); the EBM's keeps its ratio to it")
     p.add_argument("--augment", action="store_true",
                    help="Algorithm 2 steps 7-8: train on entropy-filtered CRAIG coresets of own samples")
     p.add_argument("--ablation", action="store_true", help="the Table 5.1 analogue (see above)")
@@ -417,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.iters < 0:
             p.error(f"--iters must be >= 0, got {args.iters}")
         cfg.train.n_iters = args.iters
+    if args.lr is not None:
+        cfg.train.ebm_lr *= args.lr / cfg.train.lr
+        cfg.train.lr = args.lr
     cfg.train.seed = args.seed
     cfg.train.progress = not args.no_progress and not args.ablation
     cfg.train = replace(cfg.train, **engine)

@@ -130,7 +130,8 @@ def test_bad_data_dir_and_device_are_argparse_errors(tmp_path, capsys, monkeypat
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     for argv, message in ((["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
                           (["--device", "cuda"], "--device cuda requested but no CUDA GPU is visible"),
-                          (["--seed", "-1"], "argument --seed: must be an integer >= 0")):
+                          (["--seed", "-1"], "argument --seed: must be an integer >= 0"),
+                          (["--lr", "0"], "argument --lr: must be a finite number > 0")):
         with pytest.raises(SystemExit) as e:
             main(["--quick", *argv, "--out", str(tmp_path / "o")])
         assert e.value.code == 2 and message in capsys.readouterr().err
@@ -152,6 +153,8 @@ def test_rerun_with_other_settings_is_refused_by_name(tmp_path):
         main([*base, "--optimizer", "psgd-kron"])
     with pytest.raises(ValueError, match=r"'seed': \(0, 7\)"):
         main([*base, "--seed", "7"])
+    with pytest.raises(ValueError, match=r"'train.lr': \(0.001, 0.003\)"):
+        main([*base, "--lr", "3e-3"])
     assert json.loads((out / "results.json").read_text()) == res  # the refused runs wrote nothing
 
 
