@@ -823,3 +823,27 @@ def test_kron_gives_wide_layers_diagonal_factors():
     opt = Kron(nn.Linear(300, 200).parameters(), memory_save_mode="one_diag")
     assert opt.preconditioners[0][0].kinds == ["tri", "diag"]
     assert opt.preconditioners[0][0].factors[1].shape == (300,)
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
+def test_a_preconditioner_on_another_device_than_its_parameter_is_moved_to_it(family):
+    # The CPU stand-in for a model moved to a GPU after its optimizer was built (tests/optim/test_cuda.py
+    # does that on a GPU): the preconditioners claim another device, the step moves them to their
+    # parameters' and the trajectory is the untouched twin's.
+    model, _ = mlp_problem()
+    twin_model = copy.deepcopy(model)
+    opt = family(model.parameters(), lr=0.05, momentum=0.9)
+    twin = family(twin_model.parameters(), lr=0.05, momentum=0.9)
+    for pcs in opt.preconditioners:
+        for pc in pcs:
+            pc.device = torch.device("meta")
+    X = torch.randn(64, 6, generator=torch.Generator().manual_seed(1), dtype=DT)
+    target = model(X).detach() * 0.5
+    for m, o in ((model, opt), (twin_model, twin)):
+        for _ in range(3):
+            o.zero_grad()
+            (m(X) - target).square().mean().backward()
+            o.step()
+    assert all(pc.device == torch.device("cpu") for pcs in opt.preconditioners for pc in pcs)
+    for a, b in zip(model.parameters(), twin_model.parameters()):
+        assert torch.equal(a, b)
