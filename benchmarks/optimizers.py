@@ -44,7 +44,8 @@ seconds per step relative to Adam.
 
 ``--compile-step`` compiles each optimizer's ``step`` too (Engine's ``compile_optimizers``: torch's Adam as
 torch compiles it, genlib's PSGD as one graph with its refits under ``torch.cond``); the steps before
-``--warmup-steps`` (first compile, recompiles once lazy state exists) are off the clock for every optimizer.
+``--warmup-steps`` (first compile, recompiles once lazy state exists; for speech at least an epoch and a
+step, as its short last batch compiles a graph of its own) are off the clock for every optimizer.
 
 Writes ``--out``/results.json (atomically, after every run) and prints a markdown table.
 """
@@ -158,6 +159,8 @@ class Run:
     batch: Callable[[int], Any]
     evaluate: Callable[[bool], dict[str, float]]
     after_step: Callable[[int, float], bool] | None = None  # (step, loss) -> stop now (xor: solved)
+    # steps off the clock at least: a task whose batches change shape compiles once per shape
+    min_warmup_steps: int = 0
 
 
 _CACHE: dict[str, Any] = {}
@@ -262,8 +265,9 @@ def build_speech_task(opt_name: str, lr: float, seed: int, args) -> Run:
     vae = rvc.build_vae(cfg, row, specs[0].shape[0])
     opt = make_optimizer(opt_name, vae.parameters(), lr, "speech", seed, args.refit_decay, args.kron_max_size)
 
-    run = _elbo_run(vae, opt, StepBatches({"x": frames}, cfg.batch_size, seed=seed, order="epochs"), args,
-                    _compile_step(opt_name, args))
+    batches = StepBatches({"x": frames}, cfg.batch_size, seed=seed, order="epochs")
+    run = _elbo_run(vae, opt, batches, args, _compile_step(opt_name, args))
+    run.min_warmup_steps = batches.steps_per_epoch() + 1  # the epoch's last batch is smaller
 
     def evaluate(final: bool) -> dict[str, float]:
         vae.eval()
@@ -319,12 +323,13 @@ BUILDERS = {"vae": build_vae_task, "semisup": build_semisup_task, "speech": buil
 
 # -------------------------------------------------------------------------------------------- one run
 def train_one(task: str, opt_name: str, lr: float, seed: int, args) -> dict:
-    """Train for ``args.seconds`` on ``args.clock`` (evaluations and the first ``args.warmup_steps`` steps
-    not counted)."""
+    """Train for ``args.seconds`` on ``args.clock`` (evaluations and the first ``args.warmup_steps`` steps,
+    or the task's ``min_warmup_steps`` where more, not counted)."""
     torch.set_num_threads(1)
     t_build = time.perf_counter()
     run = BUILDERS[task](opt_name, lr, seed, args)
     build_s = time.perf_counter() - t_build
+    warmup = max(args.warmup_steps, run.min_warmup_steps)
     rec: dict[str, Any] = {"task": task, "optimizer": opt_name, "lr": lr, "seed": seed,
                            "budget_s": args.seconds, "curve": [], "time_marks": [], "step_marks": [],
                            "diverged": False}
@@ -363,7 +368,7 @@ def train_one(task: str, opt_name: str, lr: float, seed: int, args) -> dict:
             rec["diverged"], rec["error"] = True, f"{type(e).__name__}: {str(e)[:200]}"
             break
         dt, dtw = clock() - t, time.perf_counter() - tw
-        if step < args.warmup_steps:
+        if step < warmup:
             first_step_s += dtw  # lazy state, compilation (recompiles once state exists): not on the clock
         else:
             elapsed += dt
@@ -388,7 +393,7 @@ def train_one(task: str, opt_name: str, lr: float, seed: int, args) -> dict:
     final = {} if rec["diverged"] else (evaluate(True) or {})
     rec.update(steps=step, seconds=elapsed, wall_seconds=wall, clock=args.clock, first_step_s=first_step_s,
                build_s=build_s, eval_s=eval_s,
-               s_per_step=elapsed / (step - args.warmup_steps) if step > args.warmup_steps else math.nan,
+               s_per_step=elapsed / (step - warmup) if step > warmup else math.nan, warmup_steps=warmup,
                final=final, final_loss=loss_v)
     if task == "xor":
         rec["solved"] = "solved_step" in rec
@@ -525,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch.compile the optimizers' steps too (genlib and torch optimizers; Engine's "
                          "compile_optimizers); heavyball and kron-torch keep their own compilation")
     ap.add_argument("--warmup-steps", type=int, default=1,
-                    help="first steps not on the clock (compilation; 3 with --compile-step)")
+                    help="first steps not on the clock (compilation; 3 with --compile-step; speech takes "
+                         "at least an epoch and one step: its last batch is smaller, a second graph)")
     ap.add_argument("--quick", action="store_true", help="~2 minutes: vae + xor, 2.5 s runs, 2 lrs, 1 seed")
     ap.add_argument("--device", type=device_arg, default="cpu",
                     help="cpu (default: the CPU tables' protocol), cuda or cuda:N: the same table on a GPU "

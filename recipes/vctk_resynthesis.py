@@ -34,16 +34,18 @@ whose frames do not fit, e.g. all of VCTK: ~2 M frames, ~8 GB) computed once, ut
 with the same files and STFT settings, rebuilt otherwise) and read from disk through the DataLoader
 (``--num-workers``; same batches, same model as in memory). The default optimizer is ``psgd-kron``: Kron in
 the QEQ coordinates with diagonal factors for each matrix's largest dim and for dims above 256, step entries
-clamped. On the Gamma FC model it costs about Adam's step and is ahead of tuned Adam at equal CPU time
-(benchmarks/README.md, "Optimizers at equal CPU time, fifth run"); ``--optimizer adam`` is the measured
-baseline, ``--optimizer psgd-lra`` (gradient whitening, momentum 0.9) the paper's PSGD and ``psgd-lra-hvp``
-its Newton type. On the test set each utterance is encoded, decoded (posterior mean), and the
-decoded magnitude (``magnitude_mean``) is turned back into a waveform with three phases: the ground-truth
-phase (GT), Griffin-Lim (GL, torchaudio) and, for von Mises rows, the learned phase location (vM; random phase
-is the reference it must beat). Reported per row and phase: PESQ wideband (P.862.2) and narrowband (P.862),
-STOI / ESTOI, log-spectral distance, and FAD: under VGGish when ``--vggish-checkpoint`` points at a local
-state dict (comparable to published FAD), otherwise under the offline Resemblyzer speaker embedding -- that
-FAD is NOT comparable to the VGGish FAD of the literature; compare rows only.
+clamped. On the Gamma FC model it costs about Adam's step and ties tuned Adam at equal CPU time; in the
+``--quick`` run it is ahead on the IS FC row (benchmarks/README.md, "Optimizers at equal CPU time, sixth
+run"), and the paper trains with PSGD. ``--optimizer adam`` is the measured baseline (``--lr 3e-4`` is its
+tuned lr in the quick config; 1e-3, the default, is the lr of the recorded long runs), ``--optimizer
+psgd-lra`` (gradient whitening, momentum 0.9) the paper's PSGD and ``psgd-lra-hvp`` its Newton type. On the
+test set each utterance is encoded, decoded (posterior mean), and the decoded magnitude (``magnitude_mean``)
+is turned back into a waveform with three phases: the ground-truth phase (GT), Griffin-Lim (GL, torchaudio)
+and, for von Mises rows, the learned phase location (vM; random phase is the reference it must beat). Reported
+per row and phase: PESQ wideband (P.862.2) and narrowband (P.862), STOI / ESTOI, log-spectral distance, and
+FAD: under VGGish when ``--vggish-checkpoint`` points at a local state dict (comparable to published FAD),
+otherwise under the offline Resemblyzer speaker embedding -- that FAD is NOT comparable to the VGGish FAD of
+the literature; compare rows only.
 
 Each row has its own folder ``<out>/<row>/`` (so runs of different rows never overwrite each other):
 ``results.json``, ``spectrograms.png`` (ground truth vs the row), ``precision.png`` (Fig. 6.3: the magnitude
@@ -223,14 +225,14 @@ class Config:
     epochs: int = 300
     batch_size: int = 128  # frames (FC rows)
     window_batch_size: int = 16  # windows (conv rows)
-    lr: float = 1e-3  # Adam
+    lr: float = 1e-3  # Adam: the recorded long runs' lr (3e-4 is the quick config's tuned one)
     psgd_lr: float = 1e-4  # PSGD-LRA: lr 1e-3 diverged (NaN) within 3 epochs on VCTK frames
-    # psgd-kron (best of 7.5e-5, 1.5e-4, 3e-4 and 1e-3 at equal CPU time, benchmarks/README.md)
+    # psgd-kron (best in the --quick recipe run of 1.5e-4 and 3e-4; 1.5e-4 and 3e-4 tie at equal CPU time)
     psgd_kron_lr: float = 3e-4
     # psgd-lra-hvp (the papers' Newton type, exact Hessian-vector products): lr is a fraction of a Newton step
     psgd_hvp_lr: float = 1e-2
-    # psgd-kron: ahead of tuned Adam at equal CPU time on the Gamma FC model, at about Adam's step cost
-    # (benchmarks/optimizers.py); psgd-lra: the paper's
+    # psgd-kron: level with tuned Adam at equal CPU time on the Gamma FC model at about Adam's step cost,
+    # ahead on IS FC in the --quick run, PSGD as in the paper (benchmarks/README.md); psgd-lra: the paper's
     optimizer: str = "psgd-kron"  # or "adam", "psgd-lra" or "psgd-lra-hvp"
     grad_clip: float | None = None  # max gradient norm (None: off); see benchmarks/vctk_resynthesis.md
     checkpoint_every: int = 10  # epochs between atomic checkpoints (<out>/<row>/train_<epoch>.pt, vae.pt)
@@ -718,9 +720,10 @@ def parse_config(argv: list[str] | None = None) -> Config:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
         "--optimizer", choices=("adam", "psgd-kron", "psgd-lra", "psgd-lra-hvp"), default=None,
-        help="default psgd-kron (Kron-QEQ with cheap diagonal factors on wide dims: ahead of tuned Adam at "
-             "equal CPU time here, at about Adam's step cost: benchmarks/README.md); adam; psgd-lra: the "
-             "paper's PSGD; psgd-lra-hvp: the papers' Newton-type PSGD (exact Hessian-vector products)",
+        help="default psgd-kron (Kron-QEQ with cheap diagonal factors on wide dims: level with tuned Adam "
+             "at equal CPU time here at about Adam's step cost, ahead on IS FC: benchmarks/README.md); adam; "
+             "psgd-lra: the paper's PSGD; psgd-lra-hvp: the papers' Newton-type PSGD (exact Hessian-vector "
+             "products)",
     )
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the chosen optimizer")
     parser.add_argument(
