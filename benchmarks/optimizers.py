@@ -6,8 +6,9 @@ Tasks (``--tasks``):
               metric: held-out ELBO (and IWAE log p(x), ``--iwae-samples`` importance samples), higher wins
     semisup   the svhn_semisup ``--quick`` model and config (latent-EBM prior, MNIST-4k, 100 labels) trained
               by SemiSupervisedTrainer; metric: latent classifier test accuracy, higher wins
-    speech    the Gamma FC speech VAE of recipes/vctk_resynthesis.py (row gamma-fc) on the shared VCTK
-              speakers (train p225-p227, test p228, as its ``--quick``); metric: held-out ELBO per frame
+    speech    the Gamma FC speech VAE of recipes/vctk_resynthesis.py (row gamma-fc; ``--speech-row is-fc``:
+              the Itakura-Saito one) on the shared VCTK speakers (train p225-p227, test p228, as its
+              ``--quick``); metric: held-out ELBO per frame
     xor       delayed XOR, tanh RNN, length ``--xor-length`` (recipes/delayed_xor.py); metric: solved (running
               mean of the last 10 fresh-batch losses < 0.1) and the seconds / iterations it took
 
@@ -254,7 +255,7 @@ def build_speech_task(opt_name: str, lr: float, seed: int, args) -> Run:
     from recipes import vctk_resynthesis as rvc
 
     cfg = rvc.Config(n_test_utterances=rvc.QUICK["n_test_utterances"], seed=0, device="cpu")
-    row = rvc.ROWS["gamma-fc"]
+    row = rvc.ROWS[args.speech_row]
     if "speech" not in _CACHE:
         train_utts, test_utts = rvc.load_corpus(cfg)
         specs = [stft(load_audio(u.path)) for u in rvc.test_utterances(cfg, test_utts)]
@@ -520,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="fractions of --seconds at which to evaluate")
     ap.add_argument("--iwae-samples", type=int, default=50, help="importance samples of the vae's log p(x)")
     ap.add_argument("--xor-length", type=int, default=32)
+    ap.add_argument("--speech-row", choices=("gamma-fc", "is-fc"), default="gamma-fc",
+                    help="the speech task's vctk_resynthesis row (default gamma-fc)")
     ap.add_argument("--refit-decay", type=int_at_least(1), default=None, metavar="STEPS",
                     help="PSGD's refit probability decays from 1 to 0.1 over STEPS (default: each task's "
                          f"recipe schedule, {REFIT_DECAY})")

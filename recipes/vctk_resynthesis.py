@@ -35,7 +35,7 @@ with the same files and STFT settings, rebuilt otherwise) and read from disk thr
 (``--num-workers``; same batches, same model as in memory). The default optimizer is ``psgd-kron``: Kron in
 the QEQ coordinates with diagonal factors for each matrix's largest dim and for dims above 256, step entries
 clamped. On the Gamma FC model it costs about Adam's step and ties tuned Adam at equal CPU time; in the
-``--quick`` run it is ahead on the IS FC row (benchmarks/README.md, "Optimizers at equal CPU time, sixth
+``--quick`` run it is ahead on the IS FC row, level within noise at equal time (benchmarks/README.md, "sixth
 run"), and the paper trains with PSGD. ``--optimizer adam`` is the measured baseline (``--lr 3e-4`` is its
 tuned lr in the quick config; 1e-3, the default, is the lr of the recorded long runs), ``--optimizer
 psgd-lra`` (gradient whitening, momentum 0.9) the paper's PSGD and ``psgd-lra-hvp`` its Newton type. On the
@@ -232,7 +232,7 @@ class Config:
     # psgd-lra-hvp (the papers' Newton type, exact Hessian-vector products): lr is a fraction of a Newton step
     psgd_hvp_lr: float = 1e-2
     # psgd-kron: level with tuned Adam at equal CPU time on the Gamma FC model at about Adam's step cost,
-    # ahead on IS FC in the --quick run, PSGD as in the paper (benchmarks/README.md); psgd-lra: the paper's
+    # level within noise on IS FC, PSGD as in the paper (benchmarks/README.md); psgd-lra: the paper's
     optimizer: str = "psgd-kron"  # or "adam", "psgd-lra" or "psgd-lra-hvp"
     grad_clip: float | None = None  # max gradient norm (None: off); see benchmarks/vctk_resynthesis.md
     checkpoint_every: int = 10  # epochs between atomic checkpoints (<out>/<row>/train_<epoch>.pt, vae.pt)
@@ -721,9 +721,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
     parser.add_argument(
         "--optimizer", choices=("adam", "psgd-kron", "psgd-lra", "psgd-lra-hvp"), default=None,
         help="default psgd-kron (Kron-QEQ with cheap diagonal factors on wide dims: level with tuned Adam "
-             "at equal CPU time here at about Adam's step cost, ahead on IS FC: benchmarks/README.md); adam; "
-             "psgd-lra: the paper's PSGD; psgd-lra-hvp: the papers' Newton-type PSGD (exact Hessian-vector "
-             "products)",
+             "at equal CPU time here at about Adam's step cost, benchmarks/README.md; the paper's family); "
+             "adam; psgd-lra: the paper's PSGD; psgd-lra-hvp: the papers' Newton-type PSGD (exact "
+             "Hessian-vector products)",
     )
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the chosen optimizer")
     parser.add_argument(
