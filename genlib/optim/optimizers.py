@@ -82,7 +82,6 @@ from genlib.utils import hash_seed, resolve_validate_args
 
 from .preconditioners import (
     _ODD,
-    HOST_COUNTERS,
     DensePreconditioner,
     DiagPreconditioner,
     KronPreconditioner,
@@ -96,6 +95,7 @@ from .preconditioners import (
     _splitmix64,
     _srl,
     _wrapping_mul,
+    move_state,
 )
 
 __all__ = ["PSGD", "Kron", "Diag", "LRA", "XMat", "Dense", "CURVATURES", "Params", "PSGDOptions"]
@@ -510,14 +510,12 @@ class PSGD(torch.optim.Optimizer):
 
     @torch.compiler.disable
     def _move_state(self) -> None:
-        for group in self.param_groups:
-            for p in group["params"]:
-                st = self.state[p]
-                for k, t in st.items():
-                    if isinstance(t, torch.Tensor) and k not in HOST_COUNTERS:
-                        st[k] = t.to(p.device)
-        for p, pc in self._anchored():
-            pc.to(p.device)
+        anchored = {id(p): pc for p, pc in self._anchored()}  # a preconditioner moves its bound state[p]
+        for p in (p for g in self.param_groups for p in g["params"]):
+            if id(p) in anchored:
+                anchored[id(p)].to(p.device)
+            else:
+                move_state(self.state[p], p.device)
 
     # ---- randomness: pure functions of (seed, step)
     def _step_count(self) -> torch.Tensor:

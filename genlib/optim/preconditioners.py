@@ -63,6 +63,13 @@ _BETA_L = 0.9  # Lipschitz-estimate EMA (Li 2024's betaL)
 HOST_COUNTERS = ("fits", "step")  # CPU counters (as torch keeps "step"): read without a device sync
 
 
+def move_state(state: dict[str, Any], device: torch.device) -> None:
+    """Move a state dict's tensors to ``device`` in place, but the host counters."""
+    for k, t in state.items():
+        if isinstance(t, torch.Tensor) and k not in HOST_COUNTERS:
+            state[k] = t.to(device)
+
+
 def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """Widest of ``dtypes``, half types promoted to float32 (the fits need single precision)."""
     out = torch.float32 if dtypes[0] in _HALF else dtypes[0]
@@ -297,9 +304,7 @@ class Preconditioner:
     def to(self, device: torch.device | str) -> Preconditioner:
         """Move Q to ``device``: every tensor of the bound state but the host counters."""
         self.device = torch.device(device)
-        for k, t in self.state.items():
-            if isinstance(t, torch.Tensor) and k not in HOST_COUNTERS:
-                self.state[k] = t.to(self.device)
+        move_state(self.state, self.device)
         self._derived.clear()
         return self
 
