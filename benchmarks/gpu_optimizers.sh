@@ -5,8 +5,8 @@
 #
 # First every task runs a few untimed steps, all tasks at once, to fill torch.compile's on-disk caches: the
 # timed runs then start in seconds instead of compiling one after another (compilation is off their clock
-# either way). On an H200 the warm-up takes 2-3 minutes, and the timed runs of speech, vae and semisup with
-# SEEDS=1 about 7 more.
+# either way). On an H200 the warm-up of vae, speech and xor took 2.5 minutes, and each task's timed runs
+# with SEEDS=1 about 3 more (PSGD's first compiled step, off the clock, takes 40-90 s on a fresh machine).
 #
 #   bash benchmarks/gpu_optimizers.sh [OUT] [extra benchmarks.optimizers flags, appended to every task]
 #   SEEDS=1 TASKS="speech vae" bash benchmarks/gpu_optimizers.sh     # seeds 0-1 (default 0-2), two tasks
