@@ -851,6 +851,9 @@ class LRA(PSGD):
     Args (besides :class:`PSGD`'s):
         rank: rank of ``UVᵀ`` (>= 0; 0 is diagonal); capped at ``dim − 1`` for small groups.
         elementwise_step: one step size per entry of the diagonal factor (appendix A.1.4).
+
+    Step it eagerly on wide groups: compiled, its ``dim × rank`` factors pass through ``torch.cond`` (which
+    cannot skip or mutate them) on every step, refit or not (benchmarks/README.md, "Eager against compiled").
     """
 
     flatten = True
