@@ -43,10 +43,12 @@ is ``state[first param]["step"]``. ``opt.state_dict()`` is the standard torch fo
 ``torch.load(weights_only=True)``. Refit coins and probe vectors are a hash of ``(seed, step)``
 (:func:`stream_seed`), so a resumed run repeats the uninterrupted one bit for bit and all DDP ranks agree.
 
-Compiling: with checks off (``check_finite=False``) a whitening step compiles as one graph. Under
-``torch.compile`` the refit coin is a tensor (a schedule is called with the step count tensor) and the fits
-run under ``torch.cond`` (pure fits: :meth:`~genlib.optim.preconditioners.Preconditioner.fitted`), on the
-same steps as eagerly.
+Compiling: with checks off (``check_finite=False``) a whitening step compiles as one graph, refitting on
+the same steps as eagerly, in one of two ways chosen per family by measurement (:attr:`PSGD.refit_in_op`;
+benchmarks/README.md, "Eager against compiled"): Kron, Diag and XMat trace their fits behind a tensor coin
+under ``torch.cond`` (pure fits: :meth:`~genlib.optim.preconditioners.Preconditioner.fitted`; fused, but
+the state passes through new tensors every step); LRA and Dense, whose state is large, refit inside one
+opaque custom op that flips the coin on the host and runs the eager fits in place.
 
 Distributed: ``"whiten"`` with a DDP-wrapped model is DDP-safe as it stands. When the optimizer
 differentiates a closure itself (``"hvp"``, ``"finite_diff"``, whitening closures without ``backward()``),
@@ -67,6 +69,7 @@ from __future__ import annotations
 
 import math
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, TypedDict
 
@@ -229,6 +232,21 @@ def _finite_diff(opt: PSGD, params, closure, refit):
 CURVATURE_SOURCES: dict[str, Callable] = {"whiten": _whiten, "hvp": _hvp, "finite_diff": _finite_diff}
 CURVATURES = tuple(CURVATURE_SOURCES)
 
+_LIVE: weakref.WeakValueDictionary[int, PSGD] = weakref.WeakValueDictionary()  # optimizers by _key
+
+
+@torch.library.custom_op("genlib::psgd_refit", mutates_args=("state",))
+def _refit_op(state: list[torch.Tensor], grads: list[torch.Tensor], live: list[int], step: torch.Tensor,
+              key: int) -> None:
+    """A compiled whitening step's refit as one opaque op (:attr:`PSGD.refit_in_op`): it flips the coin on
+    the host and runs the eager fits, writing ``state`` in place; no ``torch.cond``, no graph break."""
+    _LIVE[key]._refit_in_op(state, grads, live, step)
+
+
+@_refit_op.register_fake
+def _(state, grads, live, step, key) -> None:
+    return None
+
 
 def _loss_of(out: Any) -> torch.Tensor:
     loss = (
@@ -339,6 +357,9 @@ class PSGD(torch.optim.Optimizer):
     flatten: ClassVar[bool] = False
     #: Per-tensor families: True sets every tensor's initial scale from the whole group's first pairs.
     group_init: bool = False
+    #: Compiled whitening steps refit through an opaque op (eager fits, state written in place) instead of
+    #: ``torch.cond`` (traced fits, state passed through new tensors every step): for large state.
+    refit_in_op: ClassVar[bool] = False
     #: The update skeleton's chain, applied in order to the gradients of a group.
     transforms: ClassVar[tuple[Callable, ...]] = (ema_momentum, precondition, trust_region, clip_norm)
     _default_lipschitz: ClassVar[bool] = False
@@ -390,6 +411,7 @@ class PSGD(torch.optim.Optimizer):
         )
         self._validate_group(defaults, "")
         super().__init__(params, defaults)
+        self._register()
         self._anchor = next(p for g in self.param_groups for p in g["params"])  # holds the step count
         self.state[self._anchor]["step"] = torch.tensor(0.0)
 
@@ -528,10 +550,11 @@ class PSGD(torch.optim.Optimizer):
             return (_splitmix64(self._coin_key + step) >> 11) * 2.0**-53
         return _srl(_mix(step.long() + self._coin_base), 11).double() * 2.0**-53
 
-    def _probes(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _probes(self, params: list[torch.Tensor], step: torch.Tensor | None = None) -> list[torch.Tensor]:
         """``v ~ N(0, I)`` shaped like each parameter: a counter-based hash of (seed, step, index) computed
         on the parameters' devices (no generator state; the same draws on CPU and GPU; compiles)."""
-        key = _mix(self._step_count().long() + self._probe_key)  # one stream per step, far from the others
+        step = self._step_count() if step is None else step
+        key = _mix(step.long() + self._probe_key)  # one stream per step, far from the others
         out = []
         for p in params:  # a stream per tensor too
             out.append(_hash_normal(key, p))
@@ -601,7 +624,10 @@ class PSGD(torch.optim.Optimizer):
         elif closure is not None:
             with torch.enable_grad():
                 out = closure()
-        if isinstance(refit, torch.Tensor) and params:
+        if params and self.refit_in_op and self._curvature == "whiten" and torch.compiler.is_compiling():
+            live = [k for k, g in enumerate(grads) if g is not None]
+            _refit_op(self._op_state(), [grads[k] for k in live], live, self._step_count(), self._key)
+        elif isinstance(refit, torch.Tensor) and params:
             self._refit_under_cond(refit, params, grads)
         elif refit and params:
             for pc, new in self._fits(params, vs, grads if hs is None else hs, lambda pc: pc.state):
@@ -623,13 +649,16 @@ class PSGD(torch.optim.Optimizer):
         p = self._update_probability
         if not callable(p) and p >= 1.0:
             return True
-        first = any(g["init_scale"] is None for g in self.param_groups)
         if torch.compiler.is_compiling():
-            step = self._step_count()
+            step, first = self._step_count(), any(g["init_scale"] is None for g in self.param_groups)
             return (self._coin(step) < (p(step) if callable(p) else p)) | ((step == 0) & first)
-        step = int(self._step_count())
+        return self._host_coin(int(self._step_count()))
+
+    def _host_coin(self, step: int) -> bool:
+        p = self._update_probability
         if callable(p):
             p = _check_number(float(p(step)), f"update_probability({step}) (schedule output)", 0.0, 1.0)
+        first = any(g["init_scale"] is None for g in self.param_groups)
         return self._coin(step) < p or (step == 0 and first)
 
     def _update_group(self, group: dict[str, Any], ps: list[torch.Tensor], us: list[torch.Tensor]) -> None:
@@ -643,6 +672,25 @@ class PSGD(torch.optim.Optimizer):
         if group["weight_decay"] != 0:
             torch._foreach_mul_(ps, 1.0 - lr * group["weight_decay"])
         torch._foreach_add_(ps, us, alpha=-1.0 if isinstance(lr, torch.Tensor) else -lr)
+
+    def _op_state(self) -> list[torch.Tensor]:
+        """The state entries a fit writes, in one fixed order: what the refit op mutates."""
+        return [pc.state[k] for g in self._preconds for pc in g for k in pc.keys + pc.BOOKKEEPING]
+
+    def _refit_in_op(self, state: Tensors, grads: Tensors, live: list[int], step: torch.Tensor) -> None:
+        """The refit op's body: the host coin of ``step``, then the eager fits of the whitening pairs, written
+        into ``state`` (:meth:`_op_state`'s tensors, or the compiler's stand-ins for them)."""
+        if not self._host_coin(int(step)):
+            return
+        it = iter(state)
+        into = {pc: {**pc.state, **{k: next(it) for k in pc.keys + pc.BOOKKEEPING}}
+                for g in self._preconds for pc in g}
+        params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        hs: list[torch.Tensor | None] = [None] * len(params)
+        for k, g in zip(live, grads):
+            hs[k] = g
+        for pc, new in self._fits(params, None, hs, into.__getitem__, step):
+            pc.commit(new, into[pc])
 
     def _refit_under_cond(self, refit: torch.Tensor, params: Tensors,
                           grads: list[torch.Tensor | None]) -> None:
@@ -670,7 +718,7 @@ class PSGD(torch.optim.Optimizer):
 
     def _fits(
         self, params: Tensors, vs: list[torch.Tensor | None] | None, hs: list[torch.Tensor | None],
-        state_of: Callable[[Preconditioner], dict[str, torch.Tensor]],
+        state_of: Callable[[Preconditioner], dict[str, torch.Tensor]], step: torch.Tensor | None = None,
     ) -> list[tuple[Preconditioner, dict[str, torch.Tensor]]]:
         """Each preconditioner's new state after one fit on this step's pairs ``(vs, hs)``, read from
         ``state_of(pc)`` and written nowhere. ``vs=None``: whitening pairs ``(v, g)``, the probes drawn here
@@ -680,7 +728,7 @@ class PSGD(torch.optim.Optimizer):
                 id(p) for g, pcs in zip(self.param_groups, self._preconds) for p, pc in zip(g["params"], pcs)
                 if pc.integrates_probes}
             drawn = [p for p, h in zip(params, hs) if h is not None and id(p) not in integrated]
-            by_p = dict(zip(map(id, drawn), self._probes(drawn)))
+            by_p = dict(zip(map(id, drawn), self._probes(drawn, step)))
             vs = [by_p.get(id(p)) for p in params]
         pair = {id(p): (v, h) for p, v, h in zip(params, vs, hs) if h is not None}
         out = []
@@ -729,6 +777,14 @@ class PSGD(torch.optim.Optimizer):
         keep = ("_curvature", "_update_probability", "seed", "sync_closure_grads", "check_finite",
                 "group_init", "_preconds", "_coin_key", "_coin_base", "_probe_key", "_anchor")
         return {**super().__getstate__(), **{k: self.__dict__[k] for k in keep}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._register()  # a copy is another optimizer to the refit op
+
+    def _register(self) -> None:
+        self._key = id(self)
+        _LIVE[self._key] = self
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (torch's format); continuing repeats the uninterrupted run."""
@@ -852,11 +908,13 @@ class LRA(PSGD):
         rank: rank of ``UVᵀ`` (>= 0; 0 is diagonal); capped at ``dim − 1`` for small groups.
         elementwise_step: one step size per entry of the diagonal factor (appendix A.1.4).
 
-    Step it eagerly on wide groups: compiled, its ``dim × rank`` factors pass through ``torch.cond`` (which
-    cannot skip or mutate them) on every step, refit or not (benchmarks/README.md, "Eager against compiled").
+    Compiled, its refits run eagerly inside one opaque op (:attr:`PSGD.refit_in_op`): under ``torch.cond``
+    its ``dim × rank`` factors would pass through new tensors on every step, refit or not
+    (benchmarks/README.md, "Eager against compiled").
     """
 
     flatten = True
+    refit_in_op = True
 
     def __init__(
         self,
@@ -912,9 +970,12 @@ class Dense(PSGD):
 
     Args (besides :class:`PSGD`'s):
         triangular: upper-triangular ``Q``, or a full invertible ``Q`` (default; fits faster).
+
+    Compiled, its refits run eagerly inside one opaque op (:attr:`PSGD.refit_in_op`), as LRA's.
     """
 
     flatten = True
+    refit_in_op = True
 
     def __init__(
         self,

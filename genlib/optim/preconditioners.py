@@ -348,13 +348,15 @@ class Preconditioner:
         """:meth:`update` without validation or host synchronisation (``v, h``: ``(n, *shape)``)."""
         self.commit(self.fitted(self.state, v, h))
 
-    def commit(self, new: dict[str, torch.Tensor]) -> None:
-        """Copy ``new`` tensors (from :meth:`fitted`) into the state, in place."""
+    def commit(self, new: dict[str, torch.Tensor], into: dict[str, torch.Tensor] | None = None) -> None:
+        """Copy ``new`` tensors (from :meth:`fitted`) in place into the state (or ``into``, a stand-in for
+        it)."""
+        into = self.state if into is None else into
         for k, t in new.items():
-            self.state[k].copy_(t)
+            into[k].copy_(t)
         self._derived.clear()
         if not (torch.compiler.is_compiling() or self._scale_known):  # one sync per fit until it is set
-            self._scale_known = bool(self.state["initialized"])
+            self._scale_known = bool(into["initialized"])
 
     def fitted(self, st: dict[str, torch.Tensor], v: torch.Tensor | None,
                h: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -54,7 +54,6 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from genlib.optim import LRA
 from genlib.train.checkpoint import Checkpointer, get_rng_state, set_rng_state
 from genlib.train.distributed import all_gather_objects, barrier, context
 from genlib.train.logger import MetricsLogger
@@ -232,10 +231,6 @@ class Engine:
                              "precision='fp16' (a GradScaler steps the optimizers) need eager steps")
         self._steps = [_unchecked(torch.compile(o.step, backend=backend)) if compile_optimizers else o.step
                        for o in opts]
-        if compile_optimizers and any(isinstance(o, LRA) for o in opts):
-            warnings.warn("compile_optimizers: LRA's compiled step is slower than its eager one (its U, V "
-                          "pass through torch.cond on every step; benchmarks/README.md, 'Eager against "
-                          "compiled'); compiled as asked", stacklevel=2)
         if compile and self.closure:
             warnings.warn("compile: closure optimizers (PSGD 'hvp' / 'finite_diff') differentiate the loss "
                           "twice, which compiled graphs do not support; the loss runs eager", stacklevel=2)

@@ -681,13 +681,15 @@ def _squared_error_steps(pairs, X: torch.Tensor, Y: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("family, kw, backend", [
     (Kron, {"coords": "QEQ"}, "inductor"), (Kron, {}, "aot_eager"), (LRA, {"rank": 2}, "aot_eager"),
-    (Diag, {}, "aot_eager"), (XMat, {}, "aot_eager"), (Dense, {}, "aot_eager")],
-    ids=["kron-qeq", "kron", "lra", "diag", "xmat", "dense"])
+    (LRA, {"rank": 2}, "inductor"), (Diag, {}, "aot_eager"), (XMat, {}, "aot_eager"),
+    (Dense, {}, "aot_eager"), (Dense, {}, "inductor")],
+    ids=["kron-qeq", "kron", "lra", "lra-op-inductor", "diag", "xmat", "dense", "dense-op-inductor"])
 def test_refit_schedule_step_compiles_whole_and_follows_eager(family, kw, backend):
-    # A tensor coin puts the fits under torch.cond, which needs them pure (new state out, nothing written):
-    # the compiled step is one graph (fullgraph=True raises on a break), it refits on the same steps as an
+    # A tensor coin puts the fits under torch.cond, which needs them pure (new state out, nothing written),
+    # or, for LRA and Dense (refit_in_op), in one custom op that writes the state in place: either way the
+    # compiled step is one graph (fullgraph=True raises on a break), it refits on the same steps as an
     # eager twin, LRA crosses its 16-fit renewal, and the parameters stay together. (aot_eager: the same
-    # trace as inductor without its code generation, which one family exercises.)
+    # trace as inductor without its code generation; inductor also re-inplaces the op's writes.)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
     X, Y = torch.randn(32, 6), torch.randn(32, 4)
@@ -704,6 +706,20 @@ def test_refit_schedule_step_compiles_whole_and_follows_eager(family, kw, backen
     assert 16 < fits[0] < 40
     for a, b in zip(model.parameters(), twin_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_copy_of_an_op_refitting_optimizer_refits_its_own_state_when_compiled():
+    # LRA's compiled refits run in an op that finds its optimizer by key: a deep copy (a checkpointed or
+    # forked model and optimizer) must get a key of its own, or its steps would refit the original.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
+    opt = LRA(model.parameters(), rank=2, check_finite=False)
+    model2, opt2 = copy.deepcopy((model, opt))
+    assert LRA.refit_in_op and opt2._key != opt._key
+    X, Y = torch.randn(32, 6), torch.randn(32, 4)
+    _squared_error_steps([(model2, torch.compile(opt2.step, fullgraph=True))] * 3, X, Y)
+    assert opt2.preconditioners[0][0].num_updates == 3 and opt.preconditioners[0][0].num_updates == 0
+    assert not torch.equal(opt2.preconditioners[0][0].U, opt.preconditioners[0][0].U)
 
 
 def test_a_tensor_lr_changes_a_compiled_step_without_recompiling():

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from genlib.optim import LRA, Kron
+from genlib.optim import Kron
 from genlib.train.batches import StepBatches, step_loader
 from genlib.train.engine import Engine
 
@@ -153,9 +153,6 @@ def test_compiled_optimizer_steps_are_one_graph_and_match_eager():
         _engine(model, opt=Kron(model.parameters(), curvature="hvp"), compile_optimizers=True)
     with pytest.raises(ValueError, match="compile_optimizers must be True or False"):
         _engine(_net(), compile_optimizers="yes")
-    model = _net()
-    with pytest.warns(UserWarning, match="LRA's compiled step is slower"):
-        _engine(model, opt=LRA(model.parameters()), compile_optimizers=True)
 
 
 def test_closure_optimizers_see_one_prepared_batch_and_mixed_modes_are_refused():
