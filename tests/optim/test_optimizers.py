@@ -720,6 +720,9 @@ def test_a_copy_of_an_op_refitting_optimizer_refits_its_own_state_when_compiled(
     _squared_error_steps([(model2, torch.compile(opt2.step, fullgraph=True))] * 3, X, Y)
     assert opt2.preconditioners[0][0].num_updates == 3 and opt.preconditioners[0][0].num_updates == 0
     assert not torch.equal(opt2.preconditioners[0][0].U, opt.preconditioners[0][0].U)
+    # and two compiled optimizers through the same code each refit their own state
+    _squared_error_steps([(model, torch.compile(opt.step, fullgraph=True))] * 2, X, Y)
+    assert opt.preconditioners[0][0].num_updates == 2 and opt2.preconditioners[0][0].num_updates == 3
 
 
 def test_a_tensor_lr_changes_a_compiled_step_without_recompiling():
