@@ -13,6 +13,7 @@ from torch import nn
 
 from genlib.optim import LRA, Dense, Diag, Kron, XMat
 from genlib.optim.preconditioners import HOST_COUNTERS
+from tests.optim._steps import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -37,13 +38,7 @@ def test_cuda_run_follows_the_cpu_run(family, curvature):
         model, loss = _problem(device)
         opt = FAMILIES[family](model.parameters(), lr=0.1, momentum=0.9 if curvature == "whiten" else 0.0,
                                curvature=curvature, seed=3)
-        for _ in range(25):
-            if curvature == "whiten":
-                opt.zero_grad()
-                loss().backward()
-                opt.step()
-            else:
-                opt.step(loss)
+        train(opt, loss, 25, closure=curvature != "whiten")
         assert all(s.device.type == device for st in opt.state.values() for s in st.values()
                    if isinstance(s, torch.Tensor) and s.dim() > 0)
         runs.append([p.detach().cpu() for p in model.parameters()])

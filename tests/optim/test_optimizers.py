@@ -15,6 +15,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from genlib.optim import LRA, PSGD, Dense, Diag, ExponentialDecaySchedule, Kron, XMat
 from genlib.optim.preconditioners import LRAPreconditioner
+from tests.optim._steps import train
 
 DT = torch.float64
 FAMILIES = [Dense, LRA, Kron, XMat, Diag]
@@ -22,16 +23,6 @@ FAMILIES = [Dense, LRA, Kron, XMat, Diag]
 
 def rosenbrock(x: torch.Tensor) -> torch.Tensor:
     return 100 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2
-
-
-def train(opt, loss_fn, steps: int, closure: bool) -> None:
-    for _ in range(steps):
-        if closure:
-            opt.step(loss_fn)
-        else:
-            opt.zero_grad()
-            loss_fn().backward()
-            opt.step()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -411,13 +402,7 @@ def test_frozen_and_unused_tensors_are_left_alone(family, curvature):
     x = torch.randn(5, 4)
     loss = lambda: (x @ (w.mT @ w) @ frozen).square().mean()  # noqa: E731
     w0 = w.detach().clone()
-    for _ in range(3):
-        if curvature == "whiten":
-            opt.zero_grad()
-            loss().backward()
-            opt.step()
-        else:
-            opt.step(loss)
+    train(opt, loss, 3, closure=curvature != "whiten")
     assert torch.equal(frozen.detach(), before[0]) and not torch.equal(w.detach(), w0)
     if curvature == "whiten":  # no .grad at all: skipped, like torch optimizers do
         assert torch.equal(unused.detach(), before[1])
