@@ -70,7 +70,7 @@ from __future__ import annotations
 import math
 import sys
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, TypedDict
 
 if sys.version_info >= (3, 11):
@@ -626,7 +626,8 @@ class PSGD(torch.optim.Optimizer):
                 out = closure()
         if params and self.refit_in_op and self._curvature == "whiten" and torch.compiler.is_compiling():
             live = [k for k, g in enumerate(grads) if g is not None]
-            _refit_op(self._op_state(), [grads[k] for k in live], live, self._step_count(), self._key)
+            _refit_op([pc.state[k] for pc, k in self._written()], [grads[k] for k in live], live,
+                      self._step_count(), self._key)
         elif isinstance(refit, torch.Tensor) and params:
             self._refit_under_cond(refit, params, grads)
         elif refit and params:
@@ -673,22 +674,29 @@ class PSGD(torch.optim.Optimizer):
             torch._foreach_mul_(ps, 1.0 - lr * group["weight_decay"])
         torch._foreach_add_(ps, us, alpha=-1.0 if isinstance(lr, torch.Tensor) else -lr)
 
-    def _op_state(self) -> list[torch.Tensor]:
-        """The state entries a fit writes, in one fixed order: what the refit op mutates."""
-        return [pc.state[k] for g in self._preconds for pc in g for k in pc.keys + pc.BOOKKEEPING]
+    def _written(self) -> list[tuple[Preconditioner, str]]:
+        """(preconditioner, key) of every state entry a fit writes, in one fixed order: the tensors the
+        refit op mutates and ``torch.cond`` passes through."""
+        return [(pc, k) for g in self._preconds for pc in g for k in pc.keys + pc.BOOKKEEPING]
+
+    @staticmethod
+    def _scatter(live: list[int], gs: Sequence[torch.Tensor], n: int) -> list[torch.Tensor | None]:
+        """The gradients of ``n`` parameters from those of the ``live`` ones (None elsewhere)."""
+        hs: list[torch.Tensor | None] = [None] * n
+        for k, g in zip(live, gs):
+            hs[k] = g
+        return hs
 
     def _refit_in_op(self, state: Tensors, grads: Tensors, live: list[int], step: torch.Tensor) -> None:
         """The refit op's body: the host coin of ``step``, then the eager fits of the whitening pairs, written
-        into ``state`` (:meth:`_op_state`'s tensors, or the compiler's stand-ins for them)."""
+        into ``state`` (the tensors of :meth:`_written`, or the compiler's stand-ins for them)."""
         if not self._host_coin(int(step)):
             return
-        it = iter(state)
-        into = {pc: {**pc.state, **{k: next(it) for k in pc.keys + pc.BOOKKEEPING}}
-                for g in self._preconds for pc in g}
+        into = {pc: dict(pc.state) for g in self._preconds for pc in g}
+        for (pc, k), t in zip(self._written(), state):
+            into[pc][k] = t
         params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
-        hs: list[torch.Tensor | None] = [None] * len(params)
-        for k, g in zip(live, grads):
-            hs[k] = g
+        hs = self._scatter(live, grads, len(params))
         for pc, new in self._fits(params, None, hs, into.__getitem__, step):
             pc.commit(new, into[pc])
 
@@ -696,15 +704,15 @@ class PSGD(torch.optim.Optimizer):
                           grads: list[torch.Tensor | None]) -> None:
         """A whitening step's fits behind a tensor coin: ``torch.cond`` runs them or keeps the state."""
         pcs = [pc for g in self._preconds for pc in g]
-        keys = [(pc, k) for pc in pcs for k in pc.keys + pc.BOOKKEEPING]
+        keys = self._written()
         live = [k for k, g in enumerate(grads) if g is not None]
 
         def fit(*gs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            hs: list[torch.Tensor | None] = [None] * len(params)
-            for k, g in zip(live, gs):
-                hs[k] = g
+            hs = self._scatter(live, gs, len(params))
             # fits read clones: a view of live state inside a branch would alias the branch's inputs
-            states = {pc: {k: pc.state[k].clone() for k in pc.keys + pc.BOOKKEEPING} for pc in pcs}
+            states: dict[Preconditioner, dict[str, torch.Tensor]] = {pc: {} for pc in pcs}
+            for pc, k in keys:
+                states[pc][k] = pc.state[k].clone()
             new = dict(self._fits(params, None, hs, states.__getitem__))
             new = {pc: {**states[pc], **new.get(pc, {})} for pc in pcs}
             return tuple(new[pc][k].to(pc.state[k].dtype).contiguous() for pc, k in keys)  # keep's layout
